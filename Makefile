@@ -1,0 +1,37 @@
+# Two entry points: `make demo` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+# torch is pinned: 2.13.0 is the CPU build that installs offline on the dev/CI machines;
+# an unpinned torch would pull a multi-GB CUDA build.
+TORCH_PIN := torch==2.13.0
+FMNIST_DIR := /usr/share/datasets/fashion-mnist
+
+.PHONY: demo test data venv clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_PIN)
+	$(PY) -m pip install -q -e '.[test]' $(TORCH_PIN)
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Fashion-MNIST from Debian (IDX files under $(FMNIST_DIR)); skipped when present or when apt is unavailable.
+data:
+	@if [ ! -d $(FMNIST_DIR) ]; then \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; \
+	  else echo "apt-get not found: install Fashion-MNIST into $(FMNIST_DIR) or set BILEVEL_DATA"; fi; \
+	fi
+
+demo: venv data
+	$(PY) -m bilevel.demo
+
+test: venv data
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache build src/*.egg-info
