@@ -1,0 +1,20 @@
+"""bilevel: gradient-based bilevel optimization in PyTorch.
+
+``min_x F(x, y*(x))`` with ``y*(x) = argmin_y f(x, y)``. The functional core:
+
+* :func:`hypergrad` -- the hypergradient of one method at one x;
+* :func:`solve` -- an outer optimization loop around it;
+* :func:`check_hypergrad` -- finite-difference check of any method;
+* :data:`METHODS` -- the named methods (inner dynamics composed with a hypergradient estimator).
+"""
+from . import dynamics, estimators, linear_solve, models
+from .api import HypergradCheck, HypergradResult, SolveResult, check_hypergrad, hypergrad, solve
+from .errors import NonFiniteError
+from .methods import METHODS, Method, Plan, register
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "METHODS", "Method", "Plan", "register", "hypergrad", "solve", "check_hypergrad", "HypergradResult",
+    "SolveResult", "HypergradCheck", "NonFiniteError", "dynamics", "estimators", "linear_solve", "models",
+]

@@ -1,0 +1,303 @@
+"""The public functional API: :func:`hypergrad`, :func:`solve` and :func:`check_hypergrad`."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Type, Union
+
+import torch
+
+from . import methods as _methods
+from ._tree import Spec, Tree, as_box, flatten
+from .dynamics.base import nonfinite_kind
+from .errors import NonFiniteError
+from .methods import Method, Plan, check_float, check_int
+from .problem import Problem
+
+Objective = Callable[[Tree, Tree], torch.Tensor]
+
+
+@dataclass
+class HypergradResult:
+    """Result of :func:`hypergrad`.
+
+    Attributes
+    ----------
+    grad : Tensor or dict
+        The method's estimate of d phi/dx, phi(x) = F(x, y*(x)); same structure as ``x``.
+    y : Tensor or dict
+        The lower-level iterate the estimate was taken at (y_K, or y_kbar for PTT).
+    grad_y0 : Tensor or dict or None
+        Gradient w.r.t. the initialization ``y0`` for methods that learn it, else None.
+    info : dict
+        Diagnostics: ``upper`` (F at ``y``), ``lower`` (f at ``y``), ``lower_grad_norm_first`` /
+        ``lower_grad_norm_last`` (||grad_y f|| at the first and last inner step), method-specific entries
+        (``k_bar``, ``solver_residual``, ...).
+    """
+
+    grad: Tree
+    y: Tree
+    grad_y0: Optional[Tree]
+    info: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SolveResult:
+    """Result of :func:`solve`.
+
+    Attributes
+    ----------
+    x : Tensor or dict
+        Final upper-level variable (projected onto ``x_bounds``).
+    y : Tensor or dict
+        Lower-level iterate of the method at the final ``x``.
+    history : list of dict
+        One record per outer step: ``step``, ``upper``, ``lower``, ``grad_norm`` and method diagnostics,
+        taken at the x of that step (before its update).
+    y0 : Tensor or dict
+        The initialization the last inner loop started from (the learned one for IA methods).
+    info : dict
+        ``upper_final``: F at the final (x, y).
+    """
+
+    x: Tree
+    y: Tree
+    history: List[Dict[str, Any]]
+    y0: Tree
+    info: Dict[str, Any] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def _check_common(inner_steps: Any, inner_lr: Any) -> tuple:
+    return check_int("inner_steps", inner_steps, 1), check_float("inner_lr", inner_lr, positive=True)
+
+
+def _flatten_input(value: Tree, name: str) -> tuple:
+    flat, spec = flatten(value, name)
+    kind = nonfinite_kind(flat)
+    if kind is not None:
+        raise NonFiniteError(f"{kind} in the input {name}")
+    return flat, spec
+
+
+def _to_float(v: Any) -> Any:
+    if isinstance(v, torch.Tensor) and v.numel() == 1:
+        return float(v)
+    return v
+
+
+def _setup(upper: Objective, lower: Objective, x: Tree, y0: Tree, method: str, inner_steps: Any,
+           inner_lr: Any, y_bounds: Any):
+    meth = _methods.get(method)
+    steps, lr = _check_common(inner_steps, inner_lr)
+    if not callable(upper) or not callable(lower):
+        raise ValueError("upper and lower must be callables f(x, y) returning scalar tensors")
+    xf, xs = _flatten_input(x, "x")
+    yf, ys = _flatten_input(y0, "y0")
+    problem = Problem.from_user(upper, lower, xs, ys, as_box(y_bounds, ys, "y_bounds"))
+    return meth, steps, lr, problem, xf, yf
+
+
+def _finish(problem: Problem, est, x: torch.Tensor, wrt_init: bool) -> HypergradResult:
+    info = {k: _to_float(v) for k, v in est.info.items()}
+    kind = nonfinite_kind(est.grad_x)
+    if kind is not None:
+        raise NonFiniteError(f"{kind} in the hypergradient (upper objective {info.get('upper')})")
+    with torch.no_grad():
+        info["lower"] = float(problem.lower(x, est.y))
+    xs, ys = problem.x_spec, problem.y_spec
+    gy0 = ys.unflatten(est.grad_y0) if (wrt_init and est.grad_y0 is not None) else None
+    return HypergradResult(xs.unflatten(est.grad_x), ys.unflatten(est.y), gy0, info)
+
+
+# ------------------------------------------------------------------------------------------ API
+def hypergrad(upper: Objective, lower: Objective, x: Tree, y0: Tree, *, method: str, inner_steps: int,
+              inner_lr: float, y_bounds: Any = None, **options: Any) -> HypergradResult:
+    """Hypergradient of phi(x) = F(x, y*(x)) by the given method.
+
+    Parameters
+    ----------
+    upper, lower : callable
+        ``F(x, y)`` and ``f(x, y)``, returning scalar tensors; ``x`` and ``y`` arrive with the structure
+        of the arguments below (tensor or dict of tensors).
+    x : Tensor or dict of Tensor
+        Upper-level variable (never modified).
+    y0 : Tensor or dict of Tensor
+        Initialization of the inner loop (never modified).
+    method : str
+        One of :data:`bilevel.METHODS` (e.g. ``"rhg"``, ``"fhg"``, ``"trhg"``, ``"cg"``, ``"neumann"``).
+    inner_steps : int
+        K >= 1 inner iterations.
+    inner_lr : float
+        Lower-level step size (> 0).
+    y_bounds : (lo, hi) or callable, optional
+        Box for the inner iterates (numbers, tensors or dicts), or a projection ``proj(y) -> y``.
+    **options
+        Method options (see ``bilevel.METHODS[method].options``); unknown ones raise ValueError.
+
+    Returns
+    -------
+    HypergradResult
+    """
+    meth, steps, lr, problem, xf, yf = _setup(upper, lower, x, y0, method, inner_steps, inner_lr, y_bounds)
+    plan = meth.bind(problem, lr, steps, options)
+    est = plan.estimate(xf, yf, steps, wrt_init=meth.learns_init)
+    return _finish(problem, est, xf, meth.learns_init)
+
+
+def _optimizer(outer_optimizer: Any, params: Sequence[torch.Tensor], lr: float,
+               kwargs: Optional[Dict[str, Any]]) -> torch.optim.Optimizer:
+    kwargs = dict(kwargs or {})
+    if isinstance(outer_optimizer, str):
+        table: Dict[str, Type[torch.optim.Optimizer]] = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+        if outer_optimizer.lower() not in table:
+            raise ValueError(f"unknown outer_optimizer {outer_optimizer!r}; use 'adam', 'sgd' or a "
+                             "torch.optim.Optimizer class")
+        cls = table[outer_optimizer.lower()]
+    elif isinstance(outer_optimizer, type) and issubclass(outer_optimizer, torch.optim.Optimizer):
+        cls = outer_optimizer
+    else:
+        raise ValueError(f"outer_optimizer must be 'adam', 'sgd' or a torch.optim.Optimizer class, got "
+                         f"{outer_optimizer!r}")
+    return cls(list(params), lr=lr, **kwargs)
+
+
+def solve(upper: Objective, lower: Objective, x0: Tree, y0: Tree, *, method: str, outer_steps: int,
+          outer_lr: float, outer_optimizer: Union[str, Type[torch.optim.Optimizer]] = "adam",
+          inner_steps: int, inner_lr: float, x_bounds: Any = None, y_bounds: Any = None,
+          warm_start: bool = False, outer_kwargs: Optional[Dict[str, Any]] = None,
+          callback: Optional[Callable[[int, Dict[str, Any]], None]] = None, **options: Any) -> SolveResult:
+    """Minimize phi(x) = F(x, y*(x)) with an outer optimizer fed by :func:`hypergrad`.
+
+    Every outer step runs ``inner_steps`` inner iterations from ``y0`` (from the learned initialization
+    for methods that learn it; from the previous step's iterate with ``warm_start=True``), takes the
+    method's hypergradient, applies one step of ``outer_optimizer`` (``"adam"``, ``"sgd"`` or a
+    ``torch.optim.Optimizer`` class, built with ``lr=outer_lr`` and ``outer_kwargs``) and projects x onto
+    ``x_bounds`` (and a learned initialization onto ``y_bounds``). Inputs are never modified.
+
+    ``callback(t, record)`` is called after every outer step with that step's history record.
+    Returns a :class:`SolveResult`.
+    """
+    meth, steps, lr, problem, xf, yf = _setup(upper, lower, x0, y0, method, inner_steps, inner_lr, y_bounds)
+    T = check_int("outer_steps", outer_steps, 0)
+    olr = check_float("outer_lr", outer_lr, positive=True)
+    if not isinstance(warm_start, bool):
+        raise ValueError(f"warm_start must be True or False, got {warm_start!r}")
+    project_x = as_box(x_bounds, problem.x_spec, "x_bounds")
+    x = xf.clone()
+    if project_x is not None:
+        x = project_x(x).detach().clone()
+    y_init = problem.project(yf.clone()).detach().clone() if meth.learns_init else yf.clone()
+    params = [x, y_init] if meth.learns_init else [x]
+    opt = _optimizer(outer_optimizer, params, olr, outer_kwargs)
+    plan = None if meth.schedule is not None else meth.bind(problem, lr, steps, options)
+    history: List[Dict[str, Any]] = []
+    start = y_init
+    for t in range(T):
+        if meth.schedule is not None:
+            plan = meth.bind(problem, lr, steps, meth.schedule(dict(options), t))
+        est = plan.estimate(x, start, steps, wrt_init=meth.learns_init)
+        res = _finish(problem, est, x, meth.learns_init)
+        record = {"step": t, "upper": res.info["upper"], "lower": res.info["lower"],
+                  "grad_norm": float(torch.linalg.vector_norm(est.grad_x))}
+        record.update({k: v for k, v in res.info.items() if k not in record and _plain(v)})
+        history.append(record)
+        x.grad = est.grad_x.detach().clone()
+        if meth.learns_init:
+            y_init.grad = est.grad_y0.detach().clone()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            if project_x is not None:
+                x.copy_(project_x(x))
+            if meth.learns_init:
+                y_init.copy_(problem.project(y_init))
+        if nonfinite_kind(x) is not None:
+            raise NonFiniteError(f"nan/inf in x after outer step {t + 1} (reduce outer_lr)")
+        start = est.y.detach() if warm_start else y_init
+        if callback is not None:
+            callback(t, record)
+    if plan is None:
+        plan = meth.bind(problem, lr, steps, meth.schedule(dict(options), T))
+    with torch.no_grad():
+        final_upper, y_final = plan.value(x.detach(), start, steps)
+    xs, ys = problem.x_spec, problem.y_spec
+    return SolveResult(xs.unflatten(x.detach().clone()), ys.unflatten(y_final.detach()), history,
+                       ys.unflatten(start.detach().clone()), {"upper_final": float(final_upper)})
+
+
+def _plain(v: Any) -> bool:
+    return isinstance(v, (int, float, bool, str)) or v is None
+
+
+# ------------------------------------------------------------------------------------------ checks
+@dataclass
+class HypergradCheck:
+    """Result of :func:`check_hypergrad`: directional derivatives from the method and from finite differences.
+
+    Attributes
+    ----------
+    method_derivatives, fd_derivatives : Tensor
+        ``<grad, d_i>`` and ``(phi(x + eps d_i) - phi(x - eps d_i)) / (2 eps)`` per direction ``d_i``.
+    max_abs_error, max_rel_error : float
+    ok : bool
+        Every direction within ``atol + rtol * |fd|``.
+    result : HypergradResult
+        The method's result at x.
+    """
+
+    method_derivatives: torch.Tensor
+    fd_derivatives: torch.Tensor
+    max_abs_error: float
+    max_rel_error: float
+    ok: bool
+    result: HypergradResult
+
+
+def check_hypergrad(upper: Objective, lower: Objective, x: Tree, y0: Tree, *, method: str, inner_steps: int,
+                    inner_lr: float, y_bounds: Any = None, eps: Optional[float] = None, rtol: float = 1e-5,
+                    atol: float = 1e-8, directions: Optional[int] = None, seed: int = 0,
+                    **options: Any) -> HypergradCheck:
+    """Compare a method's hypergradient with central finite differences of the unrolled objective.
+
+    The unrolled objective is the function of x the method differentiates: F(x, y_K(x)) for the unrolled
+    and implicit methods (for the latter, and for truncation, the comparison measures their bias), and
+    F(x, y_kbar(x)) for pessimistic truncation. Runs in the dtype of ``x`` (use float64 for tight checks).
+
+    Parameters
+    ----------
+    eps : float, optional
+        Finite-difference step; default ``eps(dtype) ** (1/3)`` times ``max(1, ||x||_inf)``.
+    rtol, atol : float
+        Tolerances for ``ok``.
+    directions : int, optional
+        Number of random unit directions; default: every coordinate when x has at most 64 entries,
+        else 8 random directions.
+    seed : int
+        Seed of the random directions.
+    """
+    meth, steps, lr, problem, xf, yf = _setup(upper, lower, x, y0, method, inner_steps, inner_lr, y_bounds)
+    plan: Plan = meth.bind(problem, lr, steps, options)
+    est = plan.estimate(xf, yf, steps, wrt_init=meth.learns_init)
+    res = _finish(problem, est, xf, meth.learns_init)
+    n = xf.numel()
+    if directions is None and n <= 64:
+        dirs = torch.eye(n, dtype=xf.dtype, device=xf.device)
+    else:
+        k = 8 if directions is None else check_int("directions", directions, 1)
+        gen = torch.Generator().manual_seed(seed)
+        dirs = torch.randn(k, n, generator=gen, dtype=torch.float64).to(xf)
+        dirs = dirs / torch.linalg.vector_norm(dirs, dim=1, keepdim=True)
+    h = eps if eps is not None else torch.finfo(xf.dtype).eps ** (1.0 / 3.0) * max(1.0, float(xf.abs().max()))
+    fd = []
+    with torch.no_grad():
+        for d in dirs:
+            plus = plan.value(xf + h * d, yf, steps)[0]
+            minus = plan.value(xf - h * d, yf, steps)[0]
+            fd.append((plus - minus) / (2 * h))
+    fd_t = torch.stack(fd).to(xf.dtype)
+    md = dirs @ est.grad_x
+    err = (md - fd_t).abs()
+    rel = err / torch.clamp(torch.maximum(fd_t.abs(), md.abs()), min=torch.finfo(xf.dtype).tiny)
+    ok = bool((err <= atol + rtol * fd_t.abs()).all())
+    return HypergradCheck(md, fd_t, float(err.max()), float(rel.max()), ok, res)

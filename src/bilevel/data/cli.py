@@ -1,0 +1,107 @@
+"""Command line for the data layer: ``python -m bilevel.data download NAME``.
+
+The main ``bilevel`` command mounts the same commands as ``bilevel data ...``
+through :func:`add_subparser`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from .download import DEFAULT_BASE_URLS, DownloadError, download
+from .sources import DATASETS, DatasetNotFoundError, find_idx_files
+
+_NAMES = sorted(DATASETS)
+
+
+def _cmd_download(args: argparse.Namespace) -> int:
+    try:
+        dest = download(args.name, dest=args.dest, base_url=args.base_url, timeout=args.timeout, force=args.force)
+    except DownloadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.name}: files ready in {dest}")
+    return 0
+
+
+def _cmd_locate(args: argparse.Namespace) -> int:
+    try:
+        images, labels = find_idx_files(args.name, args.split, args.root)
+    except DatasetNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(images.parent)
+    return 0
+
+
+def _add_commands(subparsers: "argparse._SubParsersAction") -> None:
+    """Register ``download`` and ``locate`` on an argparse sub-parser collection."""
+    p = subparsers.add_parser(
+        "download",
+        help="download the official IDX files of a dataset",
+        description="Download the four official IDX files of NAME, verify them and store them in DEST.",
+    )
+    p.add_argument("name", choices=_NAMES, metavar="NAME", help=f"dataset: {', '.join(_NAMES)}")
+    p.add_argument("--dest", default=None, metavar="DIR", help="target directory (default: ~/.cache/bilevel/NAME)")
+    defaults = "; ".join(f"{k}: {v}" for k, v in sorted(DEFAULT_BASE_URLS.items()))
+    p.add_argument("--base-url", default=None, metavar="URL", help=f"URL prefix of the files (default: {defaults})")
+    p.add_argument("--timeout", type=float, default=30.0, metavar="S", help="socket timeout in seconds (default: 30)")
+    p.add_argument("--force", action="store_true", help="re-download files that are already present")
+    p.set_defaults(func=_cmd_download)
+
+    p = subparsers.add_parser("locate", help="print the directory a dataset is loaded from")
+    p.add_argument("name", choices=_NAMES, metavar="NAME", help=f"dataset: {', '.join(_NAMES)}")
+    p.add_argument("--split", choices=("train", "test"), default="train")
+    p.add_argument("--root", default=None, metavar="DIR", help="directory searched first")
+    p.set_defaults(func=_cmd_locate)
+
+
+def add_subparser(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParser:
+    """Register the ``data`` command (with ``download`` and ``locate``) on a parent CLI.
+
+    Parameters
+    ----------
+    subparsers : argparse._SubParsersAction
+        The object returned by ``parser.add_subparsers()`` of the parent CLI.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The ``data`` parser.  Parsed arguments carry ``func``; call
+        ``args.func(args)`` to run the command, it returns an exit code.
+    """
+    data = subparsers.add_parser("data", help="get and inspect datasets", description="Get and inspect datasets.")
+    inner = data.add_subparsers(dest="data_command", metavar="COMMAND", required=True)
+    _add_commands(inner)
+    return data
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the stand-alone parser used by ``python -m bilevel.data``.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+    """
+    parser = argparse.ArgumentParser(prog="python -m bilevel.data", description="Get and inspect datasets.")
+    _add_commands(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the data command line.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        Arguments without the program name (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        Process exit code (0 on success).
+    """
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))

@@ -1,0 +1,9 @@
+"""Hypergradient estimators: how an inner trajectory is turned into d phi / dx.
+
+Each module exposes ``estimate(problem, dynamics, x, y0, steps, *, wrt_init, ...) -> Estimate`` and, where
+the estimate is the exact gradient of a well-defined function, ``value(...)`` computing that function.
+"""
+from . import forward, implicit, reverse, truncated
+from .base import Estimate
+
+__all__ = ["Estimate", "forward", "implicit", "reverse", "truncated"]

@@ -1,0 +1,45 @@
+"""What every hypergradient estimator returns, and the checks they share."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+
+from ..errors import NonFiniteError
+from ..dynamics.base import nonfinite_kind
+
+
+@dataclass
+class Estimate:
+    """A hypergradient on flat vectors.
+
+    Attributes
+    ----------
+    grad_x : Tensor
+        Estimate of d phi / dx (flat).
+    grad_y0 : Tensor or None
+        Gradient w.r.t. the inner initialization (methods that learn it), else None.
+    y : Tensor
+        The lower-level iterate the estimate was taken at (flat, detached).
+    info : dict
+        Diagnostics; tensors are converted to floats by the public API.
+    """
+
+    grad_x: torch.Tensor
+    grad_y0: Optional[torch.Tensor]
+    y: torch.Tensor
+    info: Dict[str, object] = field(default_factory=dict)
+
+
+def check_finite(t: torch.Tensor, what: str) -> torch.Tensor:
+    kind = nonfinite_kind(t)
+    if kind is not None:
+        raise NonFiniteError(f"{kind} in {what}")
+    return t
+
+
+def grads_or_zeros(out: torch.Tensor, inputs: Sequence[torch.Tensor], **kw) -> Tuple[torch.Tensor, ...]:
+    """``torch.autograd.grad`` with zeros for inputs ``out`` does not depend on."""
+    gs = torch.autograd.grad(out, inputs, allow_unused=True, **kw)
+    return tuple(torch.zeros_like(i) if g is None else g for g, i in zip(gs, inputs))

@@ -1,0 +1,45 @@
+"""T-RHG: truncated back-propagation (Shaban et al., 2019).
+
+The first K - T steps run without a tape; their iterate y_{K-T} is a constant. Reverse mode then goes
+through the last T steps only:
+
+    h_T = grad_x F + sum_{k=K-T}^{K-1} B_k^T A_{k+1}^T ... A_{K-1}^T grad_y F.
+
+T = K is RHG; T = 0 keeps only grad_x F. Cost: K - T plain steps, T taped steps and a backward pass over
+them; memory O(T).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..dynamics.base import Dynamics, run
+from ..problem import Problem
+from .base import Estimate
+from . import reverse
+
+
+def estimate(problem: Problem, dyn: Dynamics, x: torch.Tensor, y0: torch.Tensor, steps: int, *,
+             truncate: int, wrt_init: bool = False) -> Estimate:
+    """Back-propagate through the last ``truncate`` of ``steps`` inner steps."""
+    if wrt_init and truncate < steps:
+        raise ValueError("a truncated unroll cannot differentiate the initialization (truncate < inner_steps)")
+    x = x.detach()
+    info: dict = {}
+    state = run(dyn, x, dyn.init(x, y0.detach()), 0, steps - truncate, create_graph=False, info=info)
+    prefix = _shift(dyn, steps - truncate, state)
+    est = reverse.estimate(problem, prefix, x, state[0], truncate, wrt_init=wrt_init)
+    for key in ("lower_grad_norm_first",):
+        if key in info:
+            est.info[key] = info[key]
+    return est
+
+
+def _shift(dyn: Dynamics, offset: int, state) -> Dynamics:
+    """The same dynamics resumed at step ``offset`` from a given state (schedules keep their step index)."""
+    def init(x, y):
+        return (y,) + tuple(state[1:])
+
+    def step(k, x, st, create_graph):
+        return dyn.step(k + offset, x, st, create_graph)
+
+    return Dynamics(init, step)

@@ -1,0 +1,8 @@
+"""Named methods: small presets composing an inner dynamics with a hypergradient estimator.
+
+Importing this package registers every built-in method in :data:`METHODS`.
+"""
+from .registry import METHODS, Method, Plan, check_float, check_int, get, register, unrolled
+from . import classical  # noqa: F401  (registers rhg, fhg, trhg, cg, neumann)
+
+__all__ = ["METHODS", "Method", "Plan", "check_float", "check_int", "get", "register", "unrolled"]

@@ -1,0 +1,51 @@
+"""Presets of the classical estimators: RHG, FHG, T-RHG, CG and Neumann, all on plain gradient descent.
+
+Inner dynamics for all five: ``y_{k+1} = P(y_k - inner_lr * grad_y f(x, y_k))`` (P: projection onto
+``y_bounds``). See ``docs/methods/`` for the formulas and costs.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+from .. import linear_solve
+from ..dynamics import gd
+from ..estimators import forward, implicit, reverse, truncated
+from ..problem import Problem
+from .registry import Method, Plan, check_float, check_int, register, unrolled
+
+
+def _rhg(problem: Problem, inner_lr: float, inner_steps: int) -> Plan:
+    return unrolled(reverse.estimate, problem, gd(problem, inner_lr))
+
+
+def _fhg(problem: Problem, inner_lr: float, inner_steps: int) -> Plan:
+    return unrolled(forward.estimate, problem, gd(problem, inner_lr))
+
+
+def _trhg(problem: Problem, inner_lr: float, inner_steps: int, *, truncate: Optional[int] = None) -> Plan:
+    t = max(1, inner_steps // 2) if truncate is None else check_int("truncate", truncate, 0, inner_steps)
+    return unrolled(truncated.estimate, problem, gd(problem, inner_lr), truncate=t)
+
+
+def _cg(problem: Problem, inner_lr: float, inner_steps: int, *, cg_steps: int = 100,
+        cg_tol: Optional[float] = None) -> Plan:
+    steps = check_int("cg_steps", cg_steps, 1)
+    tol = None if cg_tol is None else check_float("cg_tol", cg_tol, nonnegative=True)
+    solve = functools.partial(linear_solve.cg, steps=steps, tol=tol)
+    return unrolled(implicit.estimate, problem, gd(problem, inner_lr), solve=solve)
+
+
+def _neumann(problem: Problem, inner_lr: float, inner_steps: int, *, neumann_terms: int = 20,
+             neumann_lr: Optional[float] = None) -> Plan:
+    terms = check_int("neumann_terms", neumann_terms, 1)
+    lr = inner_lr if neumann_lr is None else check_float("neumann_lr", neumann_lr, positive=True)
+    solve = functools.partial(linear_solve.neumann, terms=terms, lr=lr)
+    return unrolled(implicit.estimate, problem, gd(problem, inner_lr), solve=solve)
+
+
+register(Method("rhg", _rhg, summary="reverse-mode through the whole unroll (exact for F(x, y_K))"))
+register(Method("fhg", _fhg, summary="forward-mode through the unroll; memory independent of K"))
+register(Method("trhg", _trhg, summary="reverse-mode through the last `truncate` steps"))
+register(Method("cg", _cg, summary="implicit differentiation at y_K, conjugate-gradient linear solve"))
+register(Method("neumann", _neumann, summary="implicit differentiation at y_K, truncated Neumann series"))

@@ -1,0 +1,118 @@
+"""The method registry: named methods are small presets composing an inner dynamics with a hypergradient estimator.
+
+A :class:`Method` has a ``build(problem, inner_lr, inner_steps, **options) -> Plan`` whose keyword
+arguments are exactly the method's options (so unknown options are rejected by name), and a :class:`Plan`
+binds the estimator (``estimate``) and the objective it differentiates (``value``). ``METHODS`` maps public
+names to methods; :func:`register` adds one.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Tuple
+
+import torch
+
+from ..estimators import Estimate, reverse
+from ..problem import Problem
+
+
+class Plan(NamedTuple):
+    """A method bound to a problem.
+
+    ``estimate(x, y0, steps, wrt_init) -> Estimate`` and ``value(x, y0, steps) -> (F value, y)``, the
+    function of x whose gradient the method computes or approximates (used by finite-difference checks and
+    for the final iterate of :func:`bilevel.solve`).
+    """
+
+    estimate: Callable[..., Estimate]
+    value: Callable[[torch.Tensor, torch.Tensor, int], Tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class Method:
+    """A named method.
+
+    Attributes
+    ----------
+    name : str
+    build : callable
+        ``build(problem, inner_lr, inner_steps, **options) -> Plan``.
+    learns_init : bool
+        True when the method learns the inner initialization (``res.grad_y0``).
+    summary : str
+        One line for listings.
+    schedule : callable, optional
+        ``schedule(options, t) -> options`` applied by :func:`bilevel.solve` at outer step t.
+    """
+
+    name: str
+    build: Callable[..., Plan]
+    learns_init: bool = False
+    summary: str = ""
+    schedule: Optional[Callable[[Dict[str, Any], int], Dict[str, Any]]] = None
+
+    @property
+    def options(self) -> Tuple[str, ...]:
+        params = inspect.signature(self.build).parameters.values()
+        return tuple(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
+
+    def bind(self, problem: Problem, inner_lr: float, inner_steps: int, options: Mapping[str, Any]) -> Plan:
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            allowed = ", ".join(self.options) or "none"
+            raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))} for method {self.name!r}; "
+                             f"its options are: {allowed}")
+        return self.build(problem, inner_lr, inner_steps, **options)
+
+
+METHODS: Dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    """Add a method to :data:`METHODS` (its name must be new)."""
+    if method.name in METHODS:
+        raise ValueError(f"a method named {method.name!r} is already registered")
+    METHODS[method.name] = method
+    return method
+
+
+def get(name: str) -> Method:
+    """The method called ``name``; a ValueError names the valid ones otherwise."""
+    if not isinstance(name, str) or name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; valid methods are: {', '.join(sorted(METHODS))}")
+    return METHODS[name]
+
+
+# ---------------------------------------------------------------- option checks shared by presets
+def check_int(name: str, value: Any, low: int, high: Optional[int] = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < low or (high is not None and value > high):
+        rng = f">= {low}" if high is None else f"between {low} and {high}"
+        raise ValueError(f"{name} must be {rng}, got {value}")
+    return value
+
+
+def check_float(name: str, value: Any, *, positive: bool = False, nonnegative: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) and not (
+            isinstance(value, torch.Tensor) and value.numel() == 1):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    v = float(value)
+    if v != v or v in (float("inf"), float("-inf")):
+        raise ValueError(f"{name} must be finite, got {v}")
+    if positive and v <= 0:
+        raise ValueError(f"{name} must be > 0, got {v}")
+    if nonnegative and v < 0:
+        raise ValueError(f"{name} must be >= 0, got {v}")
+    return v
+
+
+def unrolled(estimator: Callable[..., Estimate], problem: Problem, dyn, **kw) -> Plan:
+    """A plan differentiating (or approximating the gradient of) F(x, y_K) for dynamics ``dyn``."""
+    est = functools.partial(estimator, problem, dyn, **kw)
+    return Plan(lambda x, y0, steps, wrt_init=False: est(x, y0, steps, wrt_init=wrt_init),
+                functools.partial(reverse.value, problem, dyn))
+
+
