@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from .download import DEFAULT_BASE_URLS, DownloadError, download
+from .fetch import DEFAULT_BASE_URLS, DownloadError, download
 from .sources import DATASETS, DatasetNotFoundError, find_idx_files
 
 _NAMES = sorted(DATASETS)

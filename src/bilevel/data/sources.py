@@ -174,7 +174,7 @@ def how_to_get(name: str) -> list[str]:
         "needs network access; same as `python -m bilevel.data download`)"
     )
     lines.append(
-        f"or put the four IDX files (.gz or uncompressed) in a directory DIR and set {ENV_VAR}=DIR "
+        f"put the four IDX files (.gz or uncompressed) in a directory DIR and set {ENV_VAR}=DIR "
         f"(files may sit in DIR/{info.name}/ or directly in DIR/)"
     )
     return lines

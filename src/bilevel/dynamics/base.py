@@ -37,13 +37,14 @@ def nonfinite_kind(t: torch.Tensor) -> Optional[str]:
 
 def run(dyn: Dynamics, x: torch.Tensor, state: State, start: int, stop: int, *, create_graph: bool,
         info: Optional[Dict[str, object]] = None,
-        on_step: Optional[Callable[[int, State], None]] = None) -> State:
+        on_step: Optional[Callable[[int, State], None]] = None, total: Optional[int] = None) -> State:
     """Run steps ``k = start..stop-1`` and return the final state.
 
     With ``create_graph=False`` the loop runs under ``torch.no_grad()`` (only the gradient evaluations
     inside each step use the tape, and free it at once). Finiteness is checked once at the end; if the
     final iterate is not finite the loop is replayed without a graph to name the first bad step.
-    ``on_step(k, state)`` is called after step ``k`` (used by trajectory-based estimators).
+    ``on_step(k, state)`` is called after step ``k`` (used by trajectory-based estimators). ``total``
+    (default ``stop``) is the length of the whole unroll, for error messages.
     """
     initial = tuple(s.detach() for s in state)
     g_first = g_last = None
@@ -57,14 +58,14 @@ def run(dyn: Dynamics, x: torch.Tensor, state: State, start: int, stop: int, *, 
             if on_step is not None:
                 on_step(k, state)
     if stop > start and nonfinite_kind(state[0]) is not None:
-        _locate_nonfinite(dyn, x.detach(), initial, start, stop)
+        _locate_nonfinite(dyn, x.detach(), initial, start, stop, stop if total is None else total)
     if info is not None and g_last is not None:
         info["lower_grad_norm_first"] = torch.linalg.vector_norm(g_first)
         info["lower_grad_norm_last"] = torch.linalg.vector_norm(g_last.detach())
     return state
 
 
-def _locate_nonfinite(dyn: Dynamics, x: torch.Tensor, state: State, start: int, stop: int) -> None:
+def _locate_nonfinite(dyn: Dynamics, x: torch.Tensor, state: State, start: int, stop: int, total: int) -> None:
     with torch.no_grad():
         for k in range(start, stop):
             state, g = dyn.step(k, x, state, False)
@@ -72,6 +73,6 @@ def _locate_nonfinite(dyn: Dynamics, x: torch.Tensor, state: State, start: int, 
                 kind = nonfinite_kind(t)
                 if kind is not None:
                     raise NonFiniteError(
-                        f"{kind} in the inner loop: the {what} became {kind} at inner step {k + 1} of {stop} "
+                        f"{kind} in the inner loop: the {what} became {kind} at inner step {k + 1} of {total} "
                         "(reduce inner_lr or check the lower-level objective)")
     raise NonFiniteError(f"nan/inf in the inner loop between steps {start + 1} and {stop}")

@@ -11,23 +11,28 @@ The gradient w.r.t. the initialization y_0 comes from the same backward pass.
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 
-from ..dynamics.base import Dynamics, run
+from ..dynamics.base import Dynamics, State, run
 from ..problem import Problem
 from .base import Estimate, check_finite, grads_or_zeros
 
 
 def estimate(problem: Problem, dyn: Dynamics, x: torch.Tensor, y0: torch.Tensor, steps: int, *,
-             wrt_init: bool = False) -> Estimate:
-    """Exact gradient of F(x, y_K(x, y0)) w.r.t. x (and y0 when ``wrt_init``)."""
+             wrt_init: bool = False, start: int = 0, state: Optional[State] = None) -> Estimate:
+    """Exact gradient of F(x, y_K(x, y0)) w.r.t. x (and y0 when ``wrt_init``).
+
+    With ``start > 0`` the unroll resumes at step ``start`` from ``state`` (whose iterate is ``y0``), the
+    earlier steps being constants: this is how truncation reuses this estimator.
+    """
     info: dict = {}
     with torch.enable_grad():
         x = x.detach().requires_grad_()
         y0 = y0.detach().requires_grad_(wrt_init)
-        state = run(dyn, x, dyn.init(x, y0), 0, steps, create_graph=True, info=info)
+        state = dyn.init(x, y0) if state is None else (y0,) + tuple(s.detach() for s in state[1:])
+        state = run(dyn, x, state, start, steps, create_graph=True, info=info)
         y = state[0]
         upper = problem.upper(x, y)
         check_finite(upper.detach(), f"the upper objective after {steps} inner steps")

@@ -25,21 +25,10 @@ def estimate(problem: Problem, dyn: Dynamics, x: torch.Tensor, y0: torch.Tensor,
         raise ValueError("a truncated unroll cannot differentiate the initialization (truncate < inner_steps)")
     x = x.detach()
     info: dict = {}
-    state = run(dyn, x, dyn.init(x, y0.detach()), 0, steps - truncate, create_graph=False, info=info)
-    prefix = _shift(dyn, steps - truncate, state)
-    est = reverse.estimate(problem, prefix, x, state[0], truncate, wrt_init=wrt_init)
-    for key in ("lower_grad_norm_first",):
-        if key in info:
-            est.info[key] = info[key]
+    state = run(dyn, x, dyn.init(x, y0.detach()), 0, steps - truncate, create_graph=False, info=info,
+                total=steps)
+    est = reverse.estimate(problem, dyn, x, state[0], steps, wrt_init=wrt_init, start=steps - truncate,
+                           state=state)
+    if "lower_grad_norm_first" in info:
+        est.info["lower_grad_norm_first"] = info["lower_grad_norm_first"]
     return est
-
-
-def _shift(dyn: Dynamics, offset: int, state) -> Dynamics:
-    """The same dynamics resumed at step ``offset`` from a given state (schedules keep their step index)."""
-    def init(x, y):
-        return (y,) + tuple(state[1:])
-
-    def step(k, x, st, create_graph):
-        return dyn.step(k + offset, x, st, create_graph)
-
-    return Dynamics(init, step)
