@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import bilevel
-from conftest import make_quadratic
+from quadratic_problems import make_quadratic
 
 
 @pytest.fixture

@@ -8,13 +8,13 @@
 * :data:`METHODS` -- the named methods (inner dynamics composed with a hypergradient estimator).
 """
 from . import dynamics, estimators, linear_solve, models
-from .api import HypergradCheck, HypergradResult, SolveResult, check_hypergrad, hypergrad, solve
+from .api import HypergradCheck, HypergradResult, OuterLoop, SolveResult, check_hypergrad, hypergrad, solve
 from .errors import NonFiniteError
 from .methods import METHODS, Method, Plan, register
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "METHODS", "Method", "Plan", "register", "hypergrad", "solve", "check_hypergrad", "HypergradResult",
+    "METHODS", "Method", "OuterLoop", "Plan", "register", "hypergrad", "solve", "check_hypergrad", "HypergradResult",
     "SolveResult", "HypergradCheck", "NonFiniteError", "dynamics", "estimators", "linear_solve", "models",
 ]

@@ -51,9 +51,9 @@ class Spec:
         parts = torch.split(flat, self.sizes)
         return {k: p.view(s) for k, p, s in zip(self.keys, parts, self.shapes)}
 
-    def flatten(self, tree: Tree, name: str = "value") -> torch.Tensor:
+    def flatten(self, tree: Tree, name: str = "value", detach: bool = True) -> torch.Tensor:
         """Flatten a tree of this structure (checks that keys and shapes match)."""
-        flat, spec = flatten(tree, name)
+        flat, spec = flatten(tree, name, detach)
         if spec.keys != self.keys or spec.shapes != self.shapes:
             raise ValueError(
                 f"{name} does not match the structure of the variable: expected "
@@ -76,12 +76,14 @@ def _check_leaf(t: Any, name: str) -> torch.Tensor:
     return t
 
 
-def flatten(tree: Tree, name: str = "value") -> Tuple[torch.Tensor, Spec]:
-    """Return ``(flat, spec)``: a detached 1-D tensor holding every entry of ``tree`` and its structure.
+def flatten(tree: Tree, name: str = "value", detach: bool = True) -> Tuple[torch.Tensor, Spec]:
+    """Return ``(flat, spec)``: a 1-D tensor holding every entry of ``tree`` and its structure.
 
-    The flat tensor never aliases a user tensor that could later be modified in place by the library:
-    callers that need a writable copy clone it.
+    The flat tensor is detached unless ``detach=False`` (used where the tree is an intermediate result that
+    gradients must flow through, e.g. the output of a projection inside an unroll). Callers that need a
+    writable copy clone it.
     """
+    cut = (lambda t: t.detach()) if detach else (lambda t: t)
     if isinstance(tree, Mapping):
         if len(tree) == 0:
             raise ValueError(f"{name} is an empty dict; it must hold at least one tensor")
@@ -97,10 +99,10 @@ def flatten(tree: Tree, name: str = "value") -> Tuple[torch.Tensor, Spec]:
                 f"all tensors of {name} must share one dtype and device, got dtypes {sorted(map(str, dtypes))} "
                 f"and devices {sorted(map(str, devices))}"
             )
-        flat = torch.cat([t.detach().reshape(-1) for t in leaves])
+        flat = torch.cat([cut(t).reshape(-1) for t in leaves])
         return flat, Spec(keys, tuple(t.shape for t in leaves), leaves[0].dtype, leaves[0].device)
     t = _check_leaf(tree, name)
-    return t.detach().reshape(-1), Spec(None, (t.shape,), t.dtype, t.device)
+    return cut(t).reshape(-1), Spec(None, (t.shape,), t.dtype, t.device)
 
 
 def as_box(bounds: Any, spec: Spec, name: str) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
@@ -116,8 +118,9 @@ def as_box(bounds: Any, spec: Spec, name: str) -> Optional[Callable[[torch.Tenso
 
         def proj(flat: torch.Tensor) -> torch.Tensor:
             out = user_proj(spec.unflatten(flat))
-            return spec.flatten(out, f"the output of the {name} projection") if not isinstance(out, torch.Tensor) \
-                else _flat_like(out, spec, name)
+            if isinstance(out, torch.Tensor):
+                return _flat_like(out, spec, name)
+            return spec.flatten(out, f"the output of the {name} projection", detach=False)
 
         return proj
     if not isinstance(bounds, (tuple, list)) or len(bounds) != 2:

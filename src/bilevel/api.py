@@ -162,6 +162,121 @@ def _optimizer(outer_optimizer: Any, params: Sequence[torch.Tensor], lr: float,
     return cls(list(params), lr=lr, **kwargs)
 
 
+class OuterLoop:
+    """The outer optimization one step at a time; the objectives may change between steps.
+
+    :func:`solve` is a loop over :meth:`step` with fixed objectives. Use this class directly when each
+    outer step sees new data (mini-batches, few-shot meta-batches) or when a run must be checkpointed:
+    :meth:`state_dict` / :meth:`load_state_dict` hold x, the inner initialization, the warm-start iterate,
+    the step counter and the optimizer state.
+
+    Parameters are those of :func:`solve` (without the objectives and ``outer_steps``).
+    """
+
+    def __init__(self, x0: Tree, y0: Tree, *, method: str, outer_lr: float,
+                 outer_optimizer: Union[str, Type[torch.optim.Optimizer]] = "adam", inner_steps: int,
+                 inner_lr: float, x_bounds: Any = None, y_bounds: Any = None, warm_start: bool = False,
+                 outer_kwargs: Optional[Dict[str, Any]] = None, **options: Any):
+        self.method = _methods.get(method)
+        self.inner_steps, self.inner_lr = _check_common(inner_steps, inner_lr)
+        self.outer_lr = check_float("outer_lr", outer_lr, positive=True)
+        if not isinstance(warm_start, bool):
+            raise ValueError(f"warm_start must be True or False, got {warm_start!r}")
+        self.warm_start = warm_start
+        self.options = dict(options)
+        unknown = sorted(set(options) - set(self.method.options))
+        if unknown:
+            raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))} for method {method!r}; its "
+                             f"options are: {', '.join(self.method.options) or 'none'}")
+        xf, self.x_spec = _flatten_input(x0, "x0")
+        yf, self.y_spec = _flatten_input(y0, "y0")
+        self._project_x = as_box(x_bounds, self.x_spec, "x_bounds")
+        self._project_y = as_box(y_bounds, self.y_spec, "y_bounds")
+        self._x = xf.clone() if self._project_x is None else self._project_x(xf).detach().clone()
+        learns = self.method.learns_init
+        self._y_init = (self._project(yf) if learns else yf).detach().clone()
+        self._start = self._y_init
+        self._last_y = self._y_init
+        params = [self._x, self._y_init] if learns else [self._x]
+        self.optimizer = _optimizer(outer_optimizer, params, self.outer_lr, outer_kwargs)
+        self.t = 0
+
+    def _project(self, y: torch.Tensor) -> torch.Tensor:
+        return y if self._project_y is None else self._project_y(y)
+
+    def _plan(self, upper: Objective, lower: Objective, t: int) -> tuple:
+        problem = Problem.from_user(upper, lower, self.x_spec, self.y_spec, self._project_y)
+        opts = self.method.schedule(dict(self.options), t) if self.method.schedule else self.options
+        return problem, self.method.bind(problem, self.inner_lr, self.inner_steps, opts)
+
+    @property
+    def x(self) -> Tree:
+        """Current upper-level variable (a copy, in the user's structure)."""
+        return self.x_spec.unflatten(self._x.detach().clone())
+
+    @property
+    def y0(self) -> Tree:
+        """The initialization the next inner loop starts from."""
+        return self.y_spec.unflatten(self._start.detach().clone())
+
+    @property
+    def y(self) -> Tree:
+        """The lower-level iterate of the last step (at the x before that step's update)."""
+        return self.y_spec.unflatten(self._last_y.detach().clone())
+
+    def step(self, upper: Objective, lower: Objective) -> Dict[str, Any]:
+        """One outer step on these objectives; returns its record (``step``, ``upper``, ``lower``, ...)."""
+        learns = self.method.learns_init
+        problem, plan = self._plan(upper, lower, self.t)
+        est = plan.estimate(self._x, self._start, self.inner_steps, wrt_init=learns)
+        res = _finish(problem, est, self._x, learns)
+        record = {"step": self.t, "upper": res.info["upper"], "lower": res.info["lower"],
+                  "grad_norm": float(torch.linalg.vector_norm(est.grad_x))}
+        record.update({k: v for k, v in res.info.items() if k not in record and _plain(v)})
+        self._x.grad = est.grad_x.detach().clone()
+        if learns:
+            self._y_init.grad = est.grad_y0.detach().clone()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            if self._project_x is not None:
+                self._x.copy_(self._project_x(self._x))
+            if learns:
+                self._y_init.copy_(self._project(self._y_init))
+        if nonfinite_kind(self._x) is not None:
+            raise NonFiniteError(f"nan/inf in x after outer step {self.t + 1} (reduce outer_lr)")
+        self._last_y = est.y.detach()
+        self._start = self._last_y if self.warm_start else self._y_init
+        self.t += 1
+        return record
+
+    def evaluate(self, upper: Objective, lower: Objective) -> tuple:
+        """``(F, y)`` of the method at the current x: the inner loop run from the current initialization."""
+        _, plan = self._plan(upper, lower, self.t)
+        with torch.no_grad():
+            value, y = plan.value(self._x.detach(), self._start, self.inner_steps)
+        return float(value), self.y_spec.unflatten(y.detach())
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Everything needed to continue exactly: step counter, x, initialization, warm start, optimizer."""
+        return {"t": self.t, "x": self._x.detach().clone(), "y_init": self._y_init.detach().clone(),
+                "start": self._start.detach().clone(), "last_y": self._last_y.detach().clone(),
+                "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        with torch.no_grad():
+            for name in ("x", "y_init"):
+                cur = getattr(self, "_" + name)
+                if state[name].shape != cur.shape:
+                    raise ValueError(f"checkpoint {name} has shape {tuple(state[name].shape)}, expected "
+                                     f"{tuple(cur.shape)}")
+                cur.copy_(state[name])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.t = int(state["t"])
+        self._last_y = state["last_y"].clone()
+        self._start = self._y_init if not self.warm_start else state["start"].clone()
+
+
 def solve(upper: Objective, lower: Objective, x0: Tree, y0: Tree, *, method: str, outer_steps: int,
           outer_lr: float, outer_optimizer: Union[str, Type[torch.optim.Optimizer]] = "adam",
           inner_steps: int, inner_lr: float, x_bounds: Any = None, y_bounds: Any = None,
@@ -176,54 +291,24 @@ def solve(upper: Objective, lower: Objective, x0: Tree, y0: Tree, *, method: str
     ``x_bounds`` (and a learned initialization onto ``y_bounds``). Inputs are never modified.
 
     ``callback(t, record)`` is called after every outer step with that step's history record.
-    Returns a :class:`SolveResult`.
+    Returns a :class:`SolveResult`. For objectives that change between steps, see :class:`OuterLoop`.
     """
-    meth, steps, lr, problem, xf, yf = _setup(upper, lower, x0, y0, method, inner_steps, inner_lr, y_bounds)
+    if not callable(upper) or not callable(lower):
+        raise ValueError("upper and lower must be callables f(x, y) returning scalar tensors")
     T = check_int("outer_steps", outer_steps, 0)
-    olr = check_float("outer_lr", outer_lr, positive=True)
-    if not isinstance(warm_start, bool):
-        raise ValueError(f"warm_start must be True or False, got {warm_start!r}")
-    project_x = as_box(x_bounds, problem.x_spec, "x_bounds")
-    x = xf.clone()
-    if project_x is not None:
-        x = project_x(x).detach().clone()
-    y_init = problem.project(yf.clone()).detach().clone() if meth.learns_init else yf.clone()
-    params = [x, y_init] if meth.learns_init else [x]
-    opt = _optimizer(outer_optimizer, params, olr, outer_kwargs)
-    plan = None if meth.schedule is not None else meth.bind(problem, lr, steps, options)
+    loop = OuterLoop(x0, y0, method=method, outer_lr=outer_lr, outer_optimizer=outer_optimizer,
+                     inner_steps=inner_steps, inner_lr=inner_lr, x_bounds=x_bounds, y_bounds=y_bounds,
+                     warm_start=warm_start, outer_kwargs=outer_kwargs, **options)
+    if T == 0:  # validate the objectives once even when no step is taken
+        _setup(upper, lower, x0, y0, method, inner_steps, inner_lr, y_bounds)
     history: List[Dict[str, Any]] = []
-    start = y_init
     for t in range(T):
-        if meth.schedule is not None:
-            plan = meth.bind(problem, lr, steps, meth.schedule(dict(options), t))
-        est = plan.estimate(x, start, steps, wrt_init=meth.learns_init)
-        res = _finish(problem, est, x, meth.learns_init)
-        record = {"step": t, "upper": res.info["upper"], "lower": res.info["lower"],
-                  "grad_norm": float(torch.linalg.vector_norm(est.grad_x))}
-        record.update({k: v for k, v in res.info.items() if k not in record and _plain(v)})
+        record = loop.step(upper, lower)
         history.append(record)
-        x.grad = est.grad_x.detach().clone()
-        if meth.learns_init:
-            y_init.grad = est.grad_y0.detach().clone()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            if project_x is not None:
-                x.copy_(project_x(x))
-            if meth.learns_init:
-                y_init.copy_(problem.project(y_init))
-        if nonfinite_kind(x) is not None:
-            raise NonFiniteError(f"nan/inf in x after outer step {t + 1} (reduce outer_lr)")
-        start = est.y.detach() if warm_start else y_init
         if callback is not None:
             callback(t, record)
-    if plan is None:
-        plan = meth.bind(problem, lr, steps, meth.schedule(dict(options), T))
-    with torch.no_grad():
-        final_upper, y_final = plan.value(x.detach(), start, steps)
-    xs, ys = problem.x_spec, problem.y_spec
-    return SolveResult(xs.unflatten(x.detach().clone()), ys.unflatten(y_final.detach()), history,
-                       ys.unflatten(start.detach().clone()), {"upper_final": float(final_upper)})
+    final_upper, y_final = loop.evaluate(upper, lower)
+    return SolveResult(loop.x, y_final, history, loop.y0, {"upper_final": final_upper})
 
 
 def _plain(v: Any) -> bool:

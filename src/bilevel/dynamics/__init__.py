@@ -1,5 +1,7 @@
 """Inner dynamics: how the lower-level iterate moves (see :mod:`bilevel.dynamics.base`)."""
 from .base import Dynamics, State, run
+from .aggregation import aggregation
 from .gd import gd
+from .nesterov import nesterov
 
-__all__ = ["Dynamics", "State", "run", "gd"]
+__all__ = ["Dynamics", "State", "run", "aggregation", "gd", "nesterov"]

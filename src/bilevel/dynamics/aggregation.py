@@ -1,0 +1,140 @@
+"""Gradient aggregation: inner steps that mix a lower-level and an upper-level gradient step.
+
+One inner step (j = k + 1 is the 1-based step number, k = 0..K-1 the index of :func:`bilevel.dynamics.run`)
+moves along a convex combination of a descent step on the lower objective f and one on the upper objective F:
+
+    d^f_j = s_l grad_y f(x, y_k)                                  (smooth lower level)
+    d^f_j = y_k - prox_{s_l g}(y_k - s_l grad_y f(x, y_k))        (lower level f + g, BDA supp. D.2)
+    d^F_j = s_u grad_y F(x, y_k)
+    y_{k+1} = P( y_k - (w_j d^F_j + (1 - w_j) d^f_j) )
+
+with P the projection onto the lower-level constraint set (``problem.project``), s_l the lower and s_u the
+upper step. Two weighting conventions of the same family are supported:
+
+* ``weights="upper"`` -- BDA (Liu et al., 2020, Eq. 10): ``w_j = alpha_j`` weights the *upper* step;
+  alpha = 0 is plain (proximal) gradient descent.
+* ``weights="lower"`` -- Li, Gu & Huang's Algorithm 1 (their BiG-SAM step, Eq. 13): ``1 - w_j = alpha_j``
+  weights the *lower* step, ``omega_{k+1} = alpha theta + (1 - alpha) phi`` with ``theta = omega - t grad h``,
+  ``phi = omega - s grad g``; alpha = 1 is plain gradient descent.
+
+With ``every = m > 1`` only the steps j = m, 2m, 3m, ... aggregate; the others are plain (proximal) gradient
+steps on f (Li-Gu-Huang's "improved-m" ablation). A step whose upper weight is exactly 0 *is* the
+:func:`bilevel.dynamics.gd` step, so such settings reproduce RHG bit for bit.
+
+Cost per aggregated step: one evaluation of f and of F and two backward passes (grad_y f and grad_y F), i.e.
+about twice a plain gradient step; differentiated in reverse mode, two Hessian-vector products' worth more
+(one of f, one of F) instead of one. Plain steps cost what :func:`bilevel.dynamics.gd` costs.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Callable, Optional, Union
+
+import torch
+
+from ..problem import FlatFn, Problem, requires_grad_leaf
+from .base import Dynamics
+from .gd import Prox, gd
+
+Alpha = Union[float, Callable[[int], Any]]
+
+__all__ = ["aggregation", "alpha_value"]
+
+
+def alpha_value(alpha: Alpha, j: int, name: str = "alpha") -> float:
+    """The weight of the 1-based inner step ``j``: ``alpha`` itself, or ``alpha(j)`` for a schedule.
+
+    Raises ValueError unless the value is a real number in [0, 1] (checked when it is produced).
+    """
+    value = alpha(j) if callable(alpha) else alpha
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        what = f"{name}({j})" if callable(alpha) else name
+        raise ValueError(f"{what} must be a real number in [0, 1], got {value!r}")
+    v = float(value)
+    if not (math.isfinite(v) and 0.0 <= v <= 1.0):
+        what = f"{name}({j})" if callable(alpha) else name
+        raise ValueError(f"{what} = {v} is outside [0, 1]; the aggregation weight of every inner step must lie "
+                         "in [0, 1]")
+    return v
+
+
+def _grad_y_or_zeros(fn: FlatFn, x: torch.Tensor, y: torch.Tensor, create_graph: bool) -> torch.Tensor:
+    """``d fn / dy`` like :func:`bilevel.problem.grad_y`, but zeros when fn does not depend on y."""
+    with torch.enable_grad():
+        y = requires_grad_leaf(y)
+        out = fn(x, y)
+        if not out.requires_grad:
+            return torch.zeros_like(y)
+        (g,) = torch.autograd.grad(out, y, create_graph=create_graph, allow_unused=True)
+    return torch.zeros_like(y) if g is None else g
+
+
+def aggregation(problem: Problem, lower_lr: float, upper_lr: float, alpha: Alpha, *, weights: str = "upper",
+                prox: Optional[Prox] = None, every: int = 1) -> Dynamics:
+    """Aggregated upper/lower gradient steps (BDA, BiG-SAM-style); see the module docstring.
+
+    Parameters
+    ----------
+    problem : Problem
+        The bilevel problem (flat vectors); ``problem.project`` is applied after every step.
+    lower_lr : float
+        s_l (BDA) / t (Li-Gu-Huang), > 0.
+    upper_lr : float
+        s_u (BDA) / s (Li-Gu-Huang), > 0.
+    alpha : float or callable
+        A weight in [0, 1], or a schedule ``j -> alpha_j`` called with the 1-based step number j of every
+        aggregated step; values outside [0, 1] raise ValueError when produced.
+    weights : {"upper", "lower"}
+        Which step alpha weights: "upper" (BDA) or "lower" (Li-Gu-Huang's BiG-SAM step).
+    prox : callable, optional
+        ``prox(v, step)`` on the flat vector: proximal map of a nonsmooth lower-level term g, applied inside
+        the lower direction as in BDA supplement D.2 (and in every plain step).
+    every : int
+        Aggregate on steps j = every, 2 every, ...; plain gradient steps otherwise. Default 1 (every step).
+
+    Returns
+    -------
+    Dynamics
+    """
+    if weights not in ("upper", "lower"):
+        raise ValueError(f"weights must be 'upper' (alpha weights the upper step, BDA) or 'lower' (alpha weights "
+                         f"the lower step, BiG-SAM as in Li-Gu-Huang), got {weights!r}")
+    for name, lr in (("lower_lr", lower_lr), ("upper_lr", upper_lr)):
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
+            raise ValueError(f"{name} must be a finite number > 0, got {lr!r}")
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"every must be an integer >= 1, got {every!r}")
+    if not callable(alpha):
+        alpha = alpha_value(alpha, 1)
+    if prox is not None and not callable(prox):
+        raise ValueError(f"prox must be a callable prox(v, step) or None, got {type(prox).__name__}")
+    s_l, s_u = float(lower_lr), float(upper_lr)
+    plain = gd(problem, s_l, prox)
+
+    def init(x, y0):
+        return (y0,)
+
+    def step(k, x, state, create_graph):
+        j = k + 1
+        if j % every != 0:
+            return plain.step(k, x, state, create_graph)
+        a = alpha_value(alpha, j)
+        w_up, w_low = (a, 1.0 - a) if weights == "upper" else (1.0 - a, a)
+        if w_up == 0.0:
+            return plain.step(k, x, state, create_graph)
+        y = state[0]
+        # the lower gradient is always returned (diagnostics); it joins the tape only if it is used
+        g = _grad_y_or_zeros(problem.lower, x, y, create_graph and w_low != 0.0)
+        g_up = _grad_y_or_zeros(problem.upper, x, y, create_graph)
+        d_up = s_u * g_up
+        if w_low == 0.0:
+            y_new = y - d_up
+        else:
+            d_low = s_l * g if prox is None else y - prox(y - s_l * g, s_l)
+            y_new = y - (w_up * d_up + w_low * d_low)
+        return (problem.project(y_new),), g
+
+    return Dynamics(init, step)

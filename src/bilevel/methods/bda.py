@@ -1,0 +1,105 @@
+"""Aggregation methods: ``"bda"`` (Liu et al., ICML 2020) and ``"bigsam"`` (Li, Gu & Huang, 2020).
+
+Both are the aggregation dynamics of :mod:`bilevel.dynamics.aggregation` composed with reverse-mode
+differentiation of the unroll (:mod:`bilevel.estimators.reverse`): the hypergradient is the exact gradient of
+phi_K(x) = F(x, y_K(x)) for the aggregated unroll.
+
+``"bda"`` -- Bi-level Descent Aggregation (BDA Eq. 10; nonsmooth lower level: supplement D.2, Eq. 13)::
+
+    y_{k+1} = P( y_k - (alpha_{k+1} s_u grad_y F(x, y_k) + (1 - alpha_{k+1}) d^f_k) ),   k = 0..K-1
+    d^f_k   = s_l grad_y f(x, y_k)                                or, with ``lower_prox``,
+    d^f_k   = y_k - prox_{s_l g}(y_k - s_l grad_y f(x, y_k))
+
+``"bigsam"`` -- the improved bilevel model's inner solver (Li-Gu-Huang Alg. 1 / Eq. 13; their h is our lower
+objective f, their g our upper objective F)::
+
+    theta = y_k - t grad_y f(x, y_k),  phi = y_k - s grad_y F(x, y_k),
+    y_{k+1} = P( alpha_{k+1} theta + (1 - alpha_{k+1}) phi )      on steps k + 1 = m, 2m, ... (m = bigsam_every)
+    y_{k+1} = P( theta )                                           on the other steps
+
+with s_l = t = ``inner_lr`` and s_u = s = ``upper_lr``. Cost per aggregated inner step: one extra gradient of F
+(about 2x an RHG step forward and backward); memory O(K) iterates as RHG.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Optional
+
+import torch
+
+from .. import prox as _prox  # noqa: F401  (makes bilevel.prox available after `import bilevel`)
+from .. import schedules
+from .._tree import Spec
+from ..dynamics.aggregation import Alpha, aggregation, alpha_value
+from ..estimators import reverse
+from ..problem import Problem
+from .registry import Method, Plan, check_float, check_int, register, unrolled
+
+
+def _alpha_option(alpha: Any, default: Alpha) -> Alpha:
+    if alpha is None:
+        return default
+    if callable(alpha):
+        return alpha
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, torch.Tensor)):
+        raise ValueError(f"alpha must be a number in [0, 1] or a callable k -> alpha_k (k = 1..K), got {alpha!r}")
+    if isinstance(alpha, torch.Tensor) and alpha.numel() != 1:
+        raise ValueError(f"alpha must be a number in [0, 1] or a callable k -> alpha_k (k = 1..K), got a tensor "
+                         f"of shape {tuple(alpha.shape)}")
+    return alpha_value(alpha, 1)
+
+
+def _upper_lr(upper_lr: Any, inner_lr: float) -> float:
+    return inner_lr if upper_lr is None else check_float("upper_lr", upper_lr, positive=True)
+
+
+def _flat_prox(user_prox: Any, spec: Spec) -> Optional[Callable[[torch.Tensor, float], torch.Tensor]]:
+    """Wrap ``prox(v, step)`` on the user's structure (tensor or dict) into a differentiable map on flat vectors."""
+    if user_prox is None:
+        return None
+    if not callable(user_prox):
+        raise ValueError(f"lower_prox must be a callable prox(v, step) (e.g. bilevel.prox.l1(0.1)) or None, got "
+                         f"{type(user_prox).__name__}")
+
+    def prox(flat: torch.Tensor, step: float) -> torch.Tensor:
+        out = user_prox(spec.unflatten(flat), step)
+        if spec.keys is None:
+            if not isinstance(out, torch.Tensor) or out.shape != spec.shapes[0]:
+                got = f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
+                raise ValueError(f"lower_prox must return {spec.describe()}, got {got}")
+            return out.reshape(-1)
+        if not isinstance(out, Mapping) or set(out.keys()) != set(spec.keys):
+            raise ValueError(f"lower_prox must return {spec.describe()}, got {type(out).__name__}")
+        parts = []
+        for k, shape in zip(spec.keys, spec.shapes):
+            t = out[k]
+            if not isinstance(t, torch.Tensor) or t.shape != shape:
+                raise ValueError(f"lower_prox must return {spec.describe()}; entry {k!r} is wrong")
+            parts.append(t.reshape(-1))  # keeps the tape (unlike Spec.flatten, which detaches)
+        return torch.cat(parts)
+
+    return prox
+
+
+def _bda(problem: Problem, inner_lr: float, inner_steps: int, *, upper_lr: Optional[float] = None,
+         alpha: Optional[Alpha] = None, lower_prox: Optional[Callable[..., Any]] = None) -> Plan:
+    """BDA: ``upper_lr`` (s_u, default ``inner_lr``), ``alpha`` (float or ``k -> alpha_k``, default 0.5/k),
+    ``lower_prox`` (``prox(v, step)`` of a nonsmooth lower-level term, on y's structure; default None)."""
+    dyn = aggregation(problem, inner_lr, _upper_lr(upper_lr, inner_lr),
+                      _alpha_option(alpha, schedules.inverse(0.5)), weights="upper",
+                      prox=_flat_prox(lower_prox, problem.y_spec))
+    return unrolled(reverse.estimate, problem, dyn)
+
+
+def _bigsam(problem: Problem, inner_lr: float, inner_steps: int, *, upper_lr: Optional[float] = None,
+            alpha: Optional[Alpha] = None, bigsam_every: int = 1) -> Plan:
+    """BiG-SAM inner loop: ``upper_lr`` (s, default ``inner_lr``), ``alpha`` (weight of the lower step, float or
+    ``k -> alpha_k``, default k^-0.25), ``bigsam_every`` (aggregate on steps m, 2m, ...; default 1)."""
+    every = check_int("bigsam_every", bigsam_every, 1)
+    dyn = aggregation(problem, inner_lr, _upper_lr(upper_lr, inner_lr),
+                      _alpha_option(alpha, schedules.power(0.25)), weights="lower", every=every)
+    return unrolled(reverse.estimate, problem, dyn)
+
+
+register(Method("bda", _bda, summary="BDA: aggregated upper/lower gradient steps, reverse mode through the unroll"))
+register(Method("bigsam", _bigsam,
+                summary="BiG-SAM inner loop (Li-Gu-Huang): alpha-averaged lower/upper steps, reverse mode"))

@@ -1,0 +1,46 @@
+"""IAPTT-GM and its variants (Liu, Liu, Zeng & Zhang, NeurIPS 2021): the inner loop starts from a learned
+initialization auxiliary z (``learns_init=True``), y_0 = z, projected onto ``y_bounds`` by :func:`bilevel.solve`.
+
+* ``iaptt`` -- IA + pessimistic trajectory truncation (Algorithm 1): projected gradient descent
+  ``y_{k+1} = P(y_k - s grad_y f(x, y_k))`` (:func:`bilevel.dynamics.gd`), objective
+  ``max_{1<=k<=K} F(x, y_k(x, z))`` differentiated at ``k_bar`` (:mod:`bilevel.estimators.ptt`).
+  Cost: K plain steps + K evaluations of F + k_bar taped steps + one backward pass.
+* ``iagm`` -- IA without truncation: ``F(x, y_K(x, z))`` by reverse mode (:mod:`bilevel.estimators.reverse`).
+  Cost: as RHG (K taped steps + one backward pass).
+* ``iagm-a`` -- IA-GM(A), Eq. 9: FISTA dynamics (:func:`bilevel.dynamics.nesterov`), ``F(x, y_K(x, z))``
+  by reverse mode. Cost: as RHG, two iterates in the state.
+
+None of them has options beyond ``inner_steps`` / ``inner_lr`` (``s``; Theorem 3.4 uses ``1 / L_f``).
+See ``docs/methods/iaptt.md``, ``iagm.md`` and ``iagm-a.md``.
+"""
+from __future__ import annotations
+
+import functools
+
+from ..dynamics import gd, nesterov
+from ..estimators import ptt, reverse
+from ..problem import Problem
+from .registry import Method, Plan, register, unrolled
+
+
+def _iaptt(problem: Problem, inner_lr: float, inner_steps: int) -> Plan:
+    dyn = gd(problem, inner_lr)
+    est = functools.partial(ptt.estimate, problem, dyn)
+    return Plan(lambda x, y0, steps, wrt_init=False: est(x, y0, steps, wrt_init=wrt_init),
+                functools.partial(ptt.value, problem, dyn))
+
+
+def _iagm(problem: Problem, inner_lr: float, inner_steps: int) -> Plan:
+    return unrolled(reverse.estimate, problem, gd(problem, inner_lr))
+
+
+def _iagm_a(problem: Problem, inner_lr: float, inner_steps: int) -> Plan:
+    return unrolled(reverse.estimate, problem, nesterov(problem, inner_lr))
+
+
+register(Method("iaptt", _iaptt, learns_init=True,
+                summary="learned initialization + pessimistic trajectory truncation (max_k F(x, y_k))"))
+register(Method("iagm", _iagm, learns_init=True,
+                summary="learned initialization, reverse mode through the whole gradient-descent unroll"))
+register(Method("iagm-a", _iagm_a, learns_init=True,
+                summary="learned initialization, reverse mode through a FISTA (Nesterov) unroll"))

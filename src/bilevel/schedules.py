@@ -1,0 +1,213 @@
+"""Step-indexed weight schedules ``k -> alpha_k`` (k = 1, 2, ...) for the aggregation methods.
+
+The aggregation methods (``"bda"``, ``"bigsam"``) mix an upper- and a lower-level gradient step with a weight
+``alpha_k`` that may change with the inner step k. A schedule is any callable ``k -> float`` taking the
+1-based step number; this module ships the ones the papers use:
+
+========================  =======================================  ==========================================
+helper                    alpha_k                                  used by
+========================  =======================================  ==========================================
+``constant(c)``           c                                        BDA Fig. 3 (alpha = 0, alpha = 0.5)
+``inverse(c)``            c / k                                    BDA Sec. 5.1 (0.5/k), Fig. 3 (0.9/k)
+``power(p, c=1)``         c * k^(-p)                               Li-Gu-Huang (k^-0.25, BiG-SAM default)
+``geometric(c, q)``       c * q^k                                  BVFIM supplement B.2 (0.5 * 0.999^k)
+``bda_theory(...)``       min{2 gamma / (k (1 - beta)), 1 - eps}   BDA Prop. 1 / Thm. 2
+========================  =======================================  ==========================================
+
+with ``beta = sqrt(1 - 2 s_u sigma L_F / (sigma + L_F))`` for ``bda_theory`` (BDA Prop. 1), sigma and L_F the
+strong-convexity and smoothness constants of F(x, .). Evaluating a schedule costs one Python call per inner
+step (no tensors). Schedules are immutable (frozen dataclasses): they hold no state between calls.
+
+A schedule only produces numbers; the method that consumes it checks that every alpha_k lies in [0, 1] when
+the value is produced (inside the inner loop), so ``inverse(2.0)`` is a valid schedule object whose first
+value 2.0 is rejected by ``"bda"``.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["constant", "inverse", "power", "geometric", "bda_theory", "Schedule"]
+
+
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a real number, got {value!r}")
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {v}")
+    return v
+
+
+def _step(k: Any) -> int:
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        raise ValueError(f"a schedule is called with the 1-based inner step number k (an int >= 1), got {k!r}")
+    if k < 1:
+        raise ValueError(f"a schedule is called with the 1-based inner step number k >= 1, got k = {k}")
+    return int(k)
+
+
+class Schedule:
+    """Base class of the shipped schedules: ``schedule(k) -> float`` for the 1-based step number k."""
+
+    def __call__(self, k: int) -> float:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class _Constant(Schedule):
+    c: float
+
+    def __call__(self, k: int) -> float:
+        _step(k)
+        return self.c
+
+
+@dataclass(frozen=True)
+class _Power(Schedule):
+    c: float
+    p: float
+
+    def __call__(self, k: int) -> float:
+        return self.c * float(_step(k)) ** (-self.p)
+
+
+@dataclass(frozen=True)
+class _Geometric(Schedule):
+    c: float
+    q: float
+
+    def __call__(self, k: int) -> float:
+        return self.c * self.q ** _step(k)
+
+
+@dataclass(frozen=True)
+class _BDATheory(Schedule):
+    gamma: float
+    beta: float
+    eps: float
+
+    def __call__(self, k: int) -> float:
+        return min(2.0 * self.gamma / (_step(k) * (1.0 - self.beta)), 1.0 - self.eps)
+
+
+def constant(c: float) -> Schedule:
+    """``alpha_k = c`` for every k.
+
+    Parameters
+    ----------
+    c : float
+        The constant value (finite).
+
+    Returns
+    -------
+    Schedule
+    """
+    return _Constant(_number("c", c))
+
+
+def inverse(c: float) -> Schedule:
+    """Harmonic decay ``alpha_k = c / k`` (BDA Sec. 5.1 uses ``inverse(0.5)``).
+
+    Parameters
+    ----------
+    c : float
+        Numerator (finite).
+
+    Returns
+    -------
+    Schedule
+    """
+    return _Power(_number("c", c), 1.0)
+
+
+def power(p: float, c: float = 1.0) -> Schedule:
+    """Polynomial decay ``alpha_k = c * k^(-p)`` (Li-Gu-Huang use ``power(0.25)``).
+
+    Parameters
+    ----------
+    p : float
+        Exponent, >= 0 (p = 0 is the constant c).
+    c : float, default 1
+        Scale (finite).
+
+    Returns
+    -------
+    Schedule
+    """
+    pv = _number("p", p)
+    if pv < 0:
+        raise ValueError(f"p must be >= 0 (a decaying schedule k^-p), got {pv}")
+    return _Power(_number("c", c), pv)
+
+
+def geometric(c: float, q: float) -> Schedule:
+    """Geometric decay ``alpha_k = c * q^k``.
+
+    Parameters
+    ----------
+    c : float
+        Scale (finite).
+    q : float
+        Ratio, ``0 < q <= 1``.
+
+    Returns
+    -------
+    Schedule
+    """
+    qv = _number("q", q)
+    if not 0.0 < qv <= 1.0:
+        raise ValueError(f"q must be in (0, 1], got {qv}")
+    return _Geometric(_number("c", c), qv)
+
+
+def bda_theory(gamma: float, s_u: float, sigma: float, L_F: float, eps: float) -> Schedule:
+    """BDA's theory schedule (Prop. 1 / Thm. 2): ``alpha_k = min{2 gamma / (k (1 - beta)), 1 - eps}``.
+
+    ``beta = sqrt(1 - 2 s_u sigma L_F / (sigma + L_F))``; the convergence theory further asks for
+    ``s_u <= 2 / (L_F + sigma)`` and a lower step ``s_l <= 1 / L_f``.
+
+    Parameters
+    ----------
+    gamma : float
+        In (0, 1].
+    s_u : float
+        The upper-level step (the ``upper_lr`` option of ``"bda"``), > 0.
+    sigma : float
+        Strong-convexity modulus of F(x, .), > 0.
+    L_F : float
+        Lipschitz constant of grad_y F(x, .), ``L_F >= sigma``.
+    eps : float
+        In (0, 1): caps alpha_k at ``1 - eps``.
+
+    Returns
+    -------
+    Schedule
+
+    Raises
+    ------
+    ValueError
+        If a parameter is out of range, or ``1 - 2 s_u sigma L_F / (sigma + L_F)`` is not in [0, 1)
+        (then beta is undefined or 1; reduce s_u to at most ``(sigma + L_F) / (2 sigma L_F)``).
+    """
+    g = _number("gamma", gamma)
+    su = _number("s_u", s_u)
+    sg = _number("sigma", sigma)
+    lf = _number("L_F", L_F)
+    e = _number("eps", eps)
+    if not 0.0 < g <= 1.0:
+        raise ValueError(f"gamma must be in (0, 1], got {g}")
+    if su <= 0 or sg <= 0 or lf <= 0:
+        raise ValueError(f"s_u, sigma and L_F must be > 0, got s_u={su}, sigma={sg}, L_F={lf}")
+    if lf < sg:
+        raise ValueError(f"L_F (smoothness) must be >= sigma (strong convexity), got L_F={lf} < sigma={sg}")
+    if not 0.0 < e < 1.0:
+        raise ValueError(f"eps must be in (0, 1), got {e}")
+    arg = 1.0 - 2.0 * su * sg * lf / (sg + lf)
+    if not 0.0 <= arg < 1.0:
+        raise ValueError(
+            f"1 - 2 s_u sigma L_F / (sigma + L_F) = {arg:.6g} must be in [0, 1) for beta = sqrt(...) to be defined "
+            f"and < 1; use 0 < s_u <= (sigma + L_F) / (2 sigma L_F) = {(sg + lf) / (2 * sg * lf):.6g}")
+    return _BDATheory(g, math.sqrt(arg), e)
