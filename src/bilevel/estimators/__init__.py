@@ -3,7 +3,7 @@
 Each module exposes ``estimate(problem, dynamics, x, y0, steps, *, wrt_init, ...) -> Estimate`` and, where
 the estimate is the exact gradient of a well-defined function, ``value(...)`` computing that function.
 """
-from . import forward, implicit, reverse, truncated
+from . import forward, implicit, ptt, reverse, truncated, value_function
 from .base import Estimate
 
-__all__ = ["Estimate", "forward", "implicit", "reverse", "truncated"]
+__all__ = ["Estimate", "forward", "implicit", "ptt", "reverse", "truncated", "value_function"]

@@ -90,6 +90,9 @@ def barrier_gd(problem: Problem, lr: float, f_z: torch.Tensor, margin: torch.Ten
         Tikhonov weight and barrier weight.
     max_backtracks : int
         Maximal number of halvings per step.
+    armijo : bool
+        Also require sufficient decrease, ``B(y+) <= B(y) - 1/2 g'(y - y+)`` (projected Armijo rule); costs one
+        more F and f evaluation per trial point. Default False: halve only to stay inside the domain.
 
     Returns
     -------
@@ -172,7 +175,8 @@ def _check_options(z_steps: int, y_steps: int, z_lr: float, y_lr: float, mu1: fl
 
 
 def inner_loops(problem: Problem, x: torch.Tensor, y0: torch.Tensor, *, z_steps: int, y_steps: int, z_lr: float,
-                y_lr: float, mu1: float, mu2: float, theta: float, tau: float, max_backtracks: int = 50, armijo: bool = False) -> Loops:
+                y_lr: float, mu1: float, mu2: float, theta: float, tau: float, max_backtracks: int = 50,
+                armijo: bool = False) -> Loops:
     """Run the z-loop from ``y0`` and the y-loop from its result, graph-free.
 
     Parameters
@@ -189,6 +193,8 @@ def inner_loops(problem: Problem, x: torch.Tensor, y0: torch.Tensor, *, z_steps:
         Regularization weights (mu1, theta >= 0; mu2, tau > 0).
     max_backtracks : int
         Maximal number of halvings per y step.
+    armijo : bool
+        Also halve until the barrier objective decreases sufficiently (see :func:`barrier_gd`).
 
     Returns
     -------
