@@ -1,17 +1,16 @@
 """The public functional API: :func:`hypergrad`, :func:`solve` and :func:`check_hypergrad`."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Type, Union
 
 import torch
 
 from . import methods as _methods
-from ._tree import Spec, Tree, as_box, flatten
+from ._tree import Tree, as_box, flatten
 from .dynamics.base import nonfinite_kind
 from .errors import NonFiniteError
-from .methods import Method, Plan, check_float, check_int
+from .methods import Plan, check_float, check_int
 from .problem import Problem
 
 Objective = Callable[[Tree, Tree], torch.Tensor]

@@ -54,8 +54,8 @@ def main(argv=None) -> int:
     K = args.inner_steps
     print(f"Quadratic bilevel problem: dim x = 5, dim y = 20, K = {K} inner steps, inner_lr = 1/L = {lr:.3f}")
     print(f"closed-form hypergradient: {[round(v, 6) for v in exact.tolist()]}\n")
-    print(f"| method | rel. error vs closed form | seconds | notes |")
-    print(f"|---|---|---|---|")
+    print("| method | rel. error vs closed form | seconds | notes |")
+    print("|---|---|---|---|")
     per_method = {"trhg": {"truncate": K // 10}, "neumann": {"neumann_terms": K}}
     for name in sorted(METHODS):
         meth = METHODS[name]

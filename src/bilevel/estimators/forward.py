@@ -14,7 +14,7 @@ a few hyperparameters (weight decay, step sizes). Equal to RHG to round-off.
 """
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import List, Tuple
 
 import torch
 

@@ -77,7 +77,7 @@ def select(problem: Problem, dyn: Dynamics, x: torch.Tensor, y0: torch.Tensor, s
 
 
 def estimate(problem: Problem, dyn: Dynamics, x: torch.Tensor, y0: torch.Tensor, steps: int, *,
-             wrt_init: bool = False) -> Estimate:
+             wrt_init: bool = False, checkpoint: Optional[int] = None) -> Estimate:
     """Gradient of ``max_k F(x, y_k(x, y0))`` w.r.t. x (and y0 when ``wrt_init``) at the selected k_bar.
 
     Parameters
@@ -90,6 +90,8 @@ def estimate(problem: Problem, dyn: Dynamics, x: torch.Tensor, y0: torch.Tensor,
         K, the trajectory length searched for the maximizer.
     wrt_init : bool
         Also return the gradient w.r.t. ``y0`` (``Estimate.grad_y0``).
+    checkpoint : int, optional
+        Segment length of the re-run's memory mode (see :mod:`bilevel.estimators.reverse`).
 
     Returns
     -------
@@ -99,7 +101,7 @@ def estimate(problem: Problem, dyn: Dynamics, x: torch.Tensor, y0: torch.Tensor,
     """
     scan_info: dict = {}
     k_bar, _, _ = select(problem, dyn, x, y0, steps, scan_info)
-    est = reverse.estimate(problem, dyn, x, y0, k_bar, wrt_init=wrt_init)
+    est = reverse.estimate(problem, dyn, x, y0, k_bar, wrt_init=wrt_init, checkpoint=checkpoint)
     est.info.update(scan_info)
     est.info["k_bar"] = k_bar
     return est

@@ -8,6 +8,11 @@ phi_K(x) = F(x, y_K(x)) with y_{k+1} = Phi_k(x, y_k). Back-propagation through t
 exactly (to round-off) for whatever dynamics Phi is. Cost: K forward steps with a tape plus one backward
 pass (about 2-3x the plain inner loop in time); memory O(K) iterates.
 The gradient w.r.t. the initialization y_0 comes from the same backward pass.
+
+Memory mode ``checkpoint=S``: the forward pass keeps no tape, only the state at the start of every segment
+of S steps; the backward pass recomputes one segment at a time with a tape and back-propagates through it.
+Memory O(K/S + S) states instead of O(K); time about one extra graph-free forward pass (~ +30-50%). The
+gradient is the same to round-off.
 """
 from __future__ import annotations
 
@@ -20,19 +25,63 @@ from ..problem import Problem
 from .base import Estimate, check_finite, grads_or_zeros
 
 
+class _Segment(torch.autograd.Function):
+    """Steps ``k0..k1-1`` of a dynamics as one tape node that recomputes them in its backward pass."""
+
+    @staticmethod
+    def forward(ctx, dyn, k0, k1, total, info, x, *state):
+        ctx.dyn, ctx.k0, ctx.k1 = dyn, k0, k1
+        ctx.save_for_backward(x, *state)
+        out = run(dyn, x.detach(), tuple(s.detach() for s in state), k0, k1, create_graph=False, info=info,
+                  total=total)
+        return tuple(o.detach() for o in out)
+
+    @staticmethod
+    def backward(ctx, *grad_out):
+        x, *state = ctx.saved_tensors
+        with torch.enable_grad():
+            xl = x.detach().requires_grad_()
+            sl = tuple(s.detach().requires_grad_() for s in state)
+            out = run(ctx.dyn, xl, sl, ctx.k0, ctx.k1, create_graph=True)
+            pairs = [(o, g) for o, g in zip(out, grad_out) if g is not None and o.requires_grad]
+            grads = grads_or_zeros([o for o, _ in pairs], (xl,) + sl, grad_outputs=[g for _, g in pairs]) \
+                if pairs else tuple(torch.zeros_like(t) for t in (xl,) + sl)
+        return (None, None, None, None, None) + tuple(grads)
+
+
+def run_checkpointed(dyn: Dynamics, x: torch.Tensor, state: State, start: int, stop: int, every: int,
+                     info: Optional[dict] = None) -> State:
+    """Like ``run(..., create_graph=True)`` but storing only every ``every``-th state (see module doc)."""
+    first: dict = {}
+    last: dict = {}
+    for k0 in range(start, stop, every):
+        k1 = min(k0 + every, stop)
+        seg_info = first if k0 == start else (last if k1 == stop else None)
+        state = _Segment.apply(dyn, k0, k1, stop, seg_info, x, *state)
+    if info is not None and first:
+        info["lower_grad_norm_first"] = first["lower_grad_norm_first"]
+        info["lower_grad_norm_last"] = (last or first)["lower_grad_norm_last"]
+    return state
+
+
 def estimate(problem: Problem, dyn: Dynamics, x: torch.Tensor, y0: torch.Tensor, steps: int, *,
-             wrt_init: bool = False, start: int = 0, state: Optional[State] = None) -> Estimate:
+             wrt_init: bool = False, start: int = 0, state: Optional[State] = None,
+             checkpoint: Optional[int] = None) -> Estimate:
     """Exact gradient of F(x, y_K(x, y0)) w.r.t. x (and y0 when ``wrt_init``).
 
     With ``start > 0`` the unroll resumes at step ``start`` from ``state`` (whose iterate is ``y0``), the
-    earlier steps being constants: this is how truncation reuses this estimator.
+    earlier steps being constants: this is how truncation reuses this estimator. ``checkpoint=S`` stores
+    only every S-th state and recomputes segments during the backward pass.
     """
     info: dict = {}
     with torch.enable_grad():
         x = x.detach().requires_grad_()
         y0 = y0.detach().requires_grad_(wrt_init)
         state = dyn.init(x, y0) if state is None else (y0,) + tuple(s.detach() for s in state[1:])
-        state = run(dyn, x, state, start, steps, create_graph=True, info=info)
+        if checkpoint is None:
+            state = run(dyn, x, state, start, steps, create_graph=True, info=info)
+        else:
+            state = run_checkpointed(dyn, x, state, start, steps, checkpoint, info)
         y = state[0]
         upper = problem.upper(x, y)
         check_finite(upper.detach(), f"the upper objective after {steps} inner steps")

@@ -10,6 +10,8 @@ them; memory O(T).
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from ..dynamics.base import Dynamics, run
@@ -19,7 +21,7 @@ from . import reverse
 
 
 def estimate(problem: Problem, dyn: Dynamics, x: torch.Tensor, y0: torch.Tensor, steps: int, *,
-             truncate: int, wrt_init: bool = False) -> Estimate:
+             truncate: int, wrt_init: bool = False, checkpoint: Optional[int] = None) -> Estimate:
     """Back-propagate through the last ``truncate`` of ``steps`` inner steps."""
     if wrt_init and truncate < steps:
         raise ValueError("a truncated unroll cannot differentiate the initialization (truncate < inner_steps)")
@@ -28,7 +30,7 @@ def estimate(problem: Problem, dyn: Dynamics, x: torch.Tensor, y0: torch.Tensor,
     state = run(dyn, x, dyn.init(x, y0.detach()), 0, steps - truncate, create_graph=False, info=info,
                 total=steps)
     est = reverse.estimate(problem, dyn, x, state[0], steps, wrt_init=wrt_init, start=steps - truncate,
-                           state=state)
+                           state=state, checkpoint=checkpoint)
     if "lower_grad_norm_first" in info:
         est.info["lower_grad_norm_first"] = info["lower_grad_norm_first"]
     return est

@@ -2,10 +2,10 @@
 
 Importing this package registers every built-in method in :data:`METHODS`.
 """
-from .registry import METHODS, Method, Plan, check_float, check_int, get, register, unrolled
+from .registry import METHODS, Method, Plan, check_checkpoint, check_float, check_int, get, register, unrolled
 from . import classical  # noqa: F401  (registers rhg, fhg, trhg, cg, neumann)
 from . import bda  # noqa: F401
 from . import iaptt  # noqa: F401
 from . import bvfim  # noqa: F401
 
-__all__ = ["METHODS", "Method", "Plan", "check_float", "check_int", "get", "register", "unrolled"]
+__all__ = ["METHODS", "Method", "Plan", "check_checkpoint", "check_float", "check_int", "get", "register", "unrolled"]

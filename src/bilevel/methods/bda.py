@@ -32,7 +32,7 @@ from .._tree import Spec
 from ..dynamics.aggregation import Alpha, aggregation, alpha_value
 from ..estimators import reverse
 from ..problem import Problem
-from .registry import Method, Plan, check_float, check_int, register, unrolled
+from .registry import Method, Plan, check_checkpoint, check_float, check_int, register, unrolled
 
 
 def _alpha_option(alpha: Any, default: Alpha) -> Alpha:
@@ -81,23 +81,24 @@ def _flat_prox(user_prox: Any, spec: Spec) -> Optional[Callable[[torch.Tensor, f
 
 
 def _bda(problem: Problem, inner_lr: float, inner_steps: int, *, upper_lr: Optional[float] = None,
-         alpha: Optional[Alpha] = None, lower_prox: Optional[Callable[..., Any]] = None) -> Plan:
+         alpha: Optional[Alpha] = None, lower_prox: Optional[Callable[..., Any]] = None,
+         checkpoint: Optional[int] = None) -> Plan:
     """BDA: ``upper_lr`` (s_u, default ``inner_lr``), ``alpha`` (float or ``k -> alpha_k``, default 0.5/k),
     ``lower_prox`` (``prox(v, step)`` of a nonsmooth lower-level term, on y's structure; default None)."""
     dyn = aggregation(problem, inner_lr, _upper_lr(upper_lr, inner_lr),
                       _alpha_option(alpha, schedules.inverse(0.5)), weights="upper",
                       prox=_flat_prox(lower_prox, problem.y_spec))
-    return unrolled(reverse.estimate, problem, dyn)
+    return unrolled(reverse.estimate, problem, dyn, checkpoint=check_checkpoint(checkpoint))
 
 
 def _bigsam(problem: Problem, inner_lr: float, inner_steps: int, *, upper_lr: Optional[float] = None,
-            alpha: Optional[Alpha] = None, bigsam_every: int = 1) -> Plan:
+            alpha: Optional[Alpha] = None, bigsam_every: int = 1, checkpoint: Optional[int] = None) -> Plan:
     """BiG-SAM inner loop: ``upper_lr`` (s, default ``inner_lr``), ``alpha`` (weight of the lower step, float or
     ``k -> alpha_k``, default k^-0.25), ``bigsam_every`` (aggregate on steps m, 2m, ...; default 1)."""
     every = check_int("bigsam_every", bigsam_every, 1)
     dyn = aggregation(problem, inner_lr, _upper_lr(upper_lr, inner_lr),
                       _alpha_option(alpha, schedules.power(0.25)), weights="lower", every=every)
-    return unrolled(reverse.estimate, problem, dyn)
+    return unrolled(reverse.estimate, problem, dyn, checkpoint=check_checkpoint(checkpoint))
 
 
 register(Method("bda", _bda, summary="BDA: aggregated upper/lower gradient steps, reverse mode through the unroll"))

@@ -12,20 +12,22 @@ from .. import linear_solve
 from ..dynamics import gd
 from ..estimators import forward, implicit, reverse, truncated
 from ..problem import Problem
-from .registry import Method, Plan, check_float, check_int, register, unrolled
+from .registry import Method, Plan, check_checkpoint, check_float, check_int, register, unrolled
 
 
-def _rhg(problem: Problem, inner_lr: float, inner_steps: int) -> Plan:
-    return unrolled(reverse.estimate, problem, gd(problem, inner_lr))
+def _rhg(problem: Problem, inner_lr: float, inner_steps: int, *, checkpoint: Optional[int] = None) -> Plan:
+    return unrolled(reverse.estimate, problem, gd(problem, inner_lr), checkpoint=check_checkpoint(checkpoint))
 
 
 def _fhg(problem: Problem, inner_lr: float, inner_steps: int) -> Plan:
     return unrolled(forward.estimate, problem, gd(problem, inner_lr))
 
 
-def _trhg(problem: Problem, inner_lr: float, inner_steps: int, *, truncate: Optional[int] = None) -> Plan:
+def _trhg(problem: Problem, inner_lr: float, inner_steps: int, *, truncate: Optional[int] = None,
+          checkpoint: Optional[int] = None) -> Plan:
     t = max(1, inner_steps // 2) if truncate is None else check_int("truncate", truncate, 0, inner_steps)
-    return unrolled(truncated.estimate, problem, gd(problem, inner_lr), truncate=t)
+    return unrolled(truncated.estimate, problem, gd(problem, inner_lr), truncate=t,
+                    checkpoint=check_checkpoint(checkpoint))
 
 
 def _cg(problem: Problem, inner_lr: float, inner_steps: int, *, cg_steps: int = 100,

@@ -16,26 +16,28 @@ See ``docs/methods/iaptt.md``, ``iagm.md`` and ``iagm-a.md``.
 from __future__ import annotations
 
 import functools
+from typing import Optional
 
 from ..dynamics import gd, nesterov
 from ..estimators import ptt, reverse
 from ..problem import Problem
-from .registry import Method, Plan, register, unrolled
+from .registry import Method, Plan, check_checkpoint, register, unrolled
 
 
-def _iaptt(problem: Problem, inner_lr: float, inner_steps: int) -> Plan:
+def _iaptt(problem: Problem, inner_lr: float, inner_steps: int, *, checkpoint: Optional[int] = None) -> Plan:
     dyn = gd(problem, inner_lr)
-    est = functools.partial(ptt.estimate, problem, dyn)
+    est = functools.partial(ptt.estimate, problem, dyn, checkpoint=check_checkpoint(checkpoint))
     return Plan(lambda x, y0, steps, wrt_init=False: est(x, y0, steps, wrt_init=wrt_init),
                 functools.partial(ptt.value, problem, dyn))
 
 
-def _iagm(problem: Problem, inner_lr: float, inner_steps: int) -> Plan:
-    return unrolled(reverse.estimate, problem, gd(problem, inner_lr))
+def _iagm(problem: Problem, inner_lr: float, inner_steps: int, *, checkpoint: Optional[int] = None) -> Plan:
+    return unrolled(reverse.estimate, problem, gd(problem, inner_lr), checkpoint=check_checkpoint(checkpoint))
 
 
-def _iagm_a(problem: Problem, inner_lr: float, inner_steps: int) -> Plan:
-    return unrolled(reverse.estimate, problem, nesterov(problem, inner_lr))
+def _iagm_a(problem: Problem, inner_lr: float, inner_steps: int, *, checkpoint: Optional[int] = None) -> Plan:
+    return unrolled(reverse.estimate, problem, nesterov(problem, inner_lr),
+                    checkpoint=check_checkpoint(checkpoint))
 
 
 register(Method("iaptt", _iaptt, learns_init=True,

@@ -109,6 +109,11 @@ def check_float(name: str, value: Any, *, positive: bool = False, nonnegative: b
     return v
 
 
+def check_checkpoint(checkpoint: Any) -> Optional[int]:
+    """The ``checkpoint`` memory-mode option of reverse-mode methods: None or a segment length >= 1."""
+    return None if checkpoint is None else check_int("checkpoint", checkpoint, 1)
+
+
 def unrolled(estimator: Callable[..., Estimate], problem: Problem, dyn, **kw) -> Plan:
     """A plan differentiating (or approximating the gradient of) F(x, y_K) for dynamics ``dyn``."""
     est = functools.partial(estimator, problem, dyn, **kw)
