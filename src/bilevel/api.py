@@ -1,6 +1,7 @@
 """The public functional API: :func:`hypergrad`, :func:`solve` and :func:`check_hypergrad`."""
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Type, Union
 
@@ -257,10 +258,13 @@ class OuterLoop:
         return float(value), self.y_spec.unflatten(y.detach())
 
     def state_dict(self) -> Dict[str, Any]:
-        """Everything needed to continue exactly: step counter, x, initialization, warm start, optimizer."""
+        """Everything needed to continue exactly: step counter, x, initialization, warm start, optimizer.
+
+        A snapshot: later steps do not change it (the optimizer state is deep-copied).
+        """
         return {"t": self.t, "x": self._x.detach().clone(), "y_init": self._y_init.detach().clone(),
                 "start": self._start.detach().clone(), "last_y": self._last_y.detach().clone(),
-                "optimizer": self.optimizer.state_dict()}
+                "optimizer": copy.deepcopy(self.optimizer.state_dict())}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         with torch.no_grad():

@@ -1,0 +1,567 @@
+"""Run a task end to end: configuration, outer loop, progress, metrics files, summary and curves.
+
+:func:`run_task` is what ``bilevel run`` calls::
+
+    from bilevel.runner import run_task
+    summary = run_task("hyperclean", {"method": "bda", "dataset": "digits", "outer_steps": 50}, "out/bda")
+
+It writes into the output directory
+
+* ``config.yaml`` -- the resolved configuration (loadable again with ``bilevel run TASK --config``);
+* ``metrics.jsonl`` -- one JSON object per logged step: ``step`` (outer steps done), ``upper``, ``lower``,
+  ``grad_norm`` (of that step, at the x before its update), ``time`` (seconds since the loop started), the
+  task's ``evaluate()`` metrics (at the x after the update) and ``info`` (the method's numeric diagnostics);
+* ``summary.json`` -- the task's ``summarize()`` plus ``upper_final``, ``wall_seconds``, ``peak_rss_mb``,
+  ``method``, ``task``, ``outer_steps``, ``inner_steps``, ``seed``;
+* ``curves.png`` -- the upper objective and the task's metrics against the outer step.
+
+The whole state of a run lives in one :class:`TaskRunner` (loop, task, step counter, RNG, metrics file
+position; see :meth:`TaskRunner.state_dict`) so that checkpoints can be written between steps.
+:func:`compare_runs` backs ``bilevel compare`` and :func:`demo_table` the hyper-cleaning demo.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import IO, Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from . import config as cfg
+from . import plots
+from .api import OuterLoop
+from .tasks.base import TaskRun
+
+#: files of a run directory
+CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, CURVES_FILE = "config.yaml", "metrics.jsonl", "summary.json", "curves.png"
+
+#: summary keys that describe the run rather than measure it (left out of the metric columns of tables)
+META_KEYS: Tuple[str, ...] = ("method", "task", "outer_steps", "inner_steps", "seed", "wall_seconds",
+                              "loop_seconds", "peak_rss_mb")
+
+#: settings of :func:`demo_table` on top of the hyper-cleaning task's defaults
+DEMO_DEFAULTS: Dict[str, Any] = {"dataset": "digits", "outer_steps": 100, "inner_steps": 30, "log_every": 10}
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def _plain(value: Any) -> Any:
+    """A JSON-safe scalar: tensors and numpy numbers become floats/ints, nan/inf become None."""
+    if isinstance(value, torch.Tensor):
+        value = value.item() if value.numel() == 1 else value.tolist()
+    elif isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return str(value)
+
+
+def _metrics_dict(values: Any, who: str) -> Dict[str, Any]:
+    if values is None:
+        return {}
+    if not isinstance(values, Mapping):
+        raise TypeError(f"{who} must return a dict of metrics, got {type(values).__name__}")
+    return {str(k): _plain(v) for k, v in values.items()}
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MiB (``ru_maxrss``; 0.0 where unavailable)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return 0.0
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return float(rss) / (1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.3e}"
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    """A Markdown table of ``rows`` (missing entries shown as ``-``, floats to 4 significant digits).
+
+    Parameters
+    ----------
+    rows : sequence of mapping
+    columns : sequence of str
+
+    Returns
+    -------
+    str
+    """
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(_fmt(row.get(c)) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ the run
+class TaskRunner:
+    """One run of a task: everything between the configuration and the files.
+
+    Parameters
+    ----------
+    task : str
+        Task name (``hyperclean``, ``fewshot``, ``toy``; any name with ``task_module``).
+    config : mapping
+        Options (partial or complete; resolved over the defaults with :func:`bilevel.config.resolve_config`).
+    out_dir : str or Path
+        Output directory (created).
+    quiet : bool
+        No progress bar.
+    overwrite : bool
+        Allow writing into a directory that already holds a run.
+    task_module : str, optional
+        Module implementing the task instead of ``bilevel.tasks.<task>``.
+    module : module, optional
+        An already imported task module (takes precedence over ``task_module``).
+
+    Attributes
+    ----------
+    config : dict
+        The resolved configuration.
+    run : TaskRun or None
+        The task's run (after :meth:`setup`).
+    loop : OuterLoop or None
+        The outer loop (after :meth:`setup`).
+    t : int
+        Outer steps done.
+    records : list of dict
+        Metrics lines written so far.
+    """
+
+    def __init__(self, task: str, config: Optional[Mapping[str, Any]], out_dir: Any, *, quiet: bool = False,
+                 overwrite: bool = False, task_module: Optional[str] = None,
+                 module: Optional[ModuleType] = None):
+        if module is None:
+            module = cfg.load_task(task, task_module)
+        else:
+            cfg.check_task_module(module)
+        self.task = task
+        self.module = module
+        self.config = cfg.resolve_config(task, module, dict(config or {}), names=("config",))
+        self.out = Path(out_dir)
+        self.quiet = quiet
+        self.overwrite = overwrite
+        self.run: Optional[TaskRun] = None
+        self.loop: Optional[OuterLoop] = None
+        self.t = 0
+        self.records: List[Dict[str, Any]] = []
+        self.elapsed = 0.0  # loop seconds before the current session (non-zero after a resume)
+        self._file: Optional[IO[str]] = None
+        self._t0 = 0.0
+        self._started = time.perf_counter()
+
+    # -- set-up ----------------------------------------------------------------------------------------
+    def _check_out_dir(self) -> None:
+        if self.out.exists() and not self.out.is_dir():
+            raise ValueError(f"output path {str(self.out)!r} exists and is not a directory")
+        existing = [n for n in (METRICS_FILE, SUMMARY_FILE) if (self.out / n).exists()]
+        if existing and not self.overwrite:
+            raise ValueError(f"output directory {str(self.out)!r} already holds a run ({', '.join(existing)}); "
+                             "choose another --out or pass --overwrite")
+
+    def seed(self) -> None:
+        """Seed ``random``, numpy and torch with the configured seed."""
+        seed = self.config["seed"]
+        random.seed(seed)
+        np.random.seed(seed % 2 ** 32)
+        torch.manual_seed(seed)
+
+    def setup(self, resume: bool = False) -> None:
+        """Seed, set threads, build the task and the loop, then create the directory and write ``config.yaml``.
+
+        Parameters
+        ----------
+        resume : bool
+            Keep the directory's files as they are (the caller then restores a :meth:`state_dict` with
+            :meth:`load_state_dict`, which truncates metrics.jsonl to the checkpoint).
+        """
+        self._started = time.perf_counter()
+        if not resume:
+            self._check_out_dir()
+        if self.config["threads"] is not None:
+            torch.set_num_threads(self.config["threads"])
+        self.seed()
+        run = self.module.build(cfg.build_config(self.config, self.module))
+        if not isinstance(run, TaskRun):
+            raise TypeError(f"{self.module.__name__}.build must return a bilevel.tasks.TaskRun, got "
+                            f"{type(run).__name__}")
+        self.run = run
+        c = self.config
+        self.loop = OuterLoop(run.x0, run.y0, method=c["method"], outer_lr=c["outer_lr"],
+                              outer_optimizer=c["outer_optimizer"], inner_steps=c["inner_steps"],
+                              inner_lr=c["inner_lr"], **dict(run.loop_options or {}), **c["method_options"])
+        if not resume:  # nothing is written before the task and the loop accepted the configuration
+            self.out.mkdir(parents=True, exist_ok=True)
+            for name in (METRICS_FILE, SUMMARY_FILE, CURVES_FILE):  # leave no stale files of an older run
+                if (self.out / name).exists():
+                    (self.out / name).unlink()
+            cfg.dump_yaml(self.config, self.out / CONFIG_FILE)
+        self._file = open(self.out / METRICS_FILE, "a")
+
+    # -- steps -----------------------------------------------------------------------------------------
+    @property
+    def done(self) -> bool:
+        """True when all outer steps are taken."""
+        return self.t >= self.config["outer_steps"]
+
+    def loop_seconds(self) -> float:
+        """Seconds spent in the outer loop so far (all sessions)."""
+        return self.elapsed + (time.perf_counter() - self._t0 if self._t0 else 0.0)
+
+    def should_log(self, steps_done: int) -> bool:
+        """Whether the state after ``steps_done`` outer steps is evaluated and written."""
+        return steps_done % self.config["log_every"] == 0 or steps_done == self.config["outer_steps"]
+
+    def step(self) -> Dict[str, Any]:
+        """Take outer step ``t``; evaluate and write a metrics line when it is a logged step.
+
+        Returns
+        -------
+        dict
+            The step's record (from :meth:`bilevel.OuterLoop.step`), plus the evaluation when logged.
+        """
+        assert self.run is not None and self.loop is not None, "call setup() first"
+        if not self._t0:
+            self._t0 = time.perf_counter()
+        upper, lower = self.run.objectives(self.t)
+        record = self.loop.step(upper, lower)
+        self.t += 1
+        if self.should_log(self.t):
+            line: Dict[str, Any] = {"step": self.t, "upper": _plain(record["upper"]),
+                                    "lower": _plain(record["lower"]), "grad_norm": _plain(record["grad_norm"])}
+            metrics = _metrics_dict(self.run.evaluate(self.loop), "evaluate()")
+            line["time"] = round(self.loop_seconds(), 4)
+            line.update({(k if k not in line else "eval_" + k): v for k, v in metrics.items()})
+            info = {k: _plain(v) for k, v in record.items()
+                    if k not in ("step", "upper", "lower", "grad_norm") and isinstance(v, (int, float))}
+            if info:
+                line["info"] = info
+            self.write(line)
+            record = dict(record, logged=line)
+        return record
+
+    def write(self, line: Mapping[str, Any]) -> None:
+        """Append one metrics line and flush it."""
+        assert self._file is not None
+        self._file.write(json.dumps(line) + "\n")
+        self._file.flush()
+        self.records.append(dict(line))
+
+    # -- end -------------------------------------------------------------------------------------------
+    def finish(self) -> Dict[str, Any]:
+        """Summarize, write ``summary.json`` and ``curves.png``.
+
+        ``wall_seconds`` counts from :meth:`setup` (data loading and model building included) to the end of
+        ``summarize``.
+
+        Returns
+        -------
+        dict
+            The summary.
+        """
+        assert self.run is not None and self.loop is not None
+        loop_seconds = self.loop_seconds()
+        self.close()
+        summary = _metrics_dict(self.run.summarize(self.loop), "summarize()")
+        if "upper_final" not in summary:
+            upper, lower = self.run.objectives(max(self.t - 1, 0))
+            summary["upper_final"] = _plain(self.loop.evaluate(upper, lower)[0])
+        c = self.config
+        summary.update(method=c["method"], task=self.task, outer_steps=self.t, inner_steps=c["inner_steps"],
+                       seed=c["seed"], loop_seconds=round(loop_seconds, 3),
+                       wall_seconds=round(time.perf_counter() - self._started + self.elapsed, 3), peak_rss_mb=round(peak_rss_mb(), 1))
+        (self.out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n")
+        title = f"{self.task}: {c['method']} (K={c['inner_steps']}, T={self.t})"
+        plots.plot_curves(self.records, self.out / CURVES_FILE, title=title)
+        return summary
+
+    def close(self) -> None:
+        """Close the metrics file (idempotent)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    # -- checkpoints -----------------------------------------------------------------------------------
+    def state_dict(self) -> Dict[str, Any]:
+        """Everything needed to continue this run exactly (taken between steps).
+
+        Returns
+        -------
+        dict
+            ``t``, ``loop`` (OuterLoop state), ``task`` (TaskRun state or None), ``rng`` (random, numpy,
+            torch), ``metrics_bytes`` (length of metrics.jsonl to keep), ``loop_seconds`` and ``config``.
+        """
+        assert self.run is not None and self.loop is not None
+        if self._file is not None:
+            self._file.flush()
+        # deep copies: OuterLoop.state_dict() shares the optimizer's state tensors, which later steps mutate
+        return {"t": self.t, "loop": copy.deepcopy(self.loop.state_dict()),
+                "task": copy.deepcopy(self.run.state_dict()) if self.run.state_dict else None,
+                "rng": {"random": random.getstate(), "numpy": np.random.get_state(),
+                        "torch": torch.get_rng_state()},
+                "metrics_bytes": (self.out / METRICS_FILE).stat().st_size, "loop_seconds": self.loop_seconds(),
+                "config": dict(self.config)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict` after :meth:`setup` (truncates metrics.jsonl to the saved length).
+
+        Parameters
+        ----------
+        state : mapping
+        """
+        assert self.run is not None and self.loop is not None and self._file is not None
+        self.loop.load_state_dict(state["loop"])
+        if state.get("task") is not None:
+            if self.run.load_state_dict is None:
+                raise ValueError("the checkpoint holds task state but the task has no load_state_dict")
+            self.run.load_state_dict(state["task"])
+        random.setstate(state["rng"]["random"])
+        np.random.set_state(state["rng"]["numpy"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.t = int(state["t"])
+        self.elapsed, self._t0 = float(state["loop_seconds"]), 0.0
+        self._file.close()
+        path = self.out / METRICS_FILE
+        with open(path, "r+b") as fh:
+            fh.truncate(int(state["metrics_bytes"]))
+        self.records = plots.read_metrics(path)
+        self._file = open(path, "a")
+
+    # -- everything ------------------------------------------------------------------------------------
+    def execute(self) -> Dict[str, Any]:
+        """Set up (unless done already), run the remaining steps with a progress bar, finish.
+
+        Returns
+        -------
+        dict
+            The summary.
+        """
+        from tqdm import tqdm
+
+        if self.loop is None:
+            self.setup()
+        total = self.config["outer_steps"]
+        bar = tqdm(total=total, initial=self.t, disable=self.quiet, desc=f"{self.task}/{self.config['method']}",
+                   unit="step", dynamic_ncols=True, file=sys.stderr)
+        postfix: Dict[str, str] = {}
+        try:
+            while not self.done:
+                record = self.step()
+                postfix["upper"] = _fmt(_plain(record["upper"]))
+                line = record.get("logged")
+                if line:
+                    postfix.update({k: _fmt(line[k]) for k in plots.task_metrics([line])[:4]})
+                bar.set_postfix(postfix, refresh=False)
+                bar.update(1)
+        finally:
+            bar.close()
+            self.close()
+        return self.finish()
+
+
+def run_task(task: str, config: Optional[Mapping[str, Any]], out_dir: Any, quiet: bool = False, *,
+             overwrite: bool = False, task_module: Optional[str] = None) -> Dict[str, Any]:
+    """Run a task and write ``config.yaml``, ``metrics.jsonl``, ``summary.json``, ``curves.png``.
+
+    Parameters
+    ----------
+    task : str
+        ``hyperclean``, ``fewshot`` or ``toy`` (any name together with ``task_module``).
+    config : mapping or None
+        Options overriding the defaults (runner keys, ``method_options``, task options; a complete
+        ``config.yaml`` works too). Unknown keys and bad values raise ValueError.
+    out_dir : str or Path
+        Output directory.
+    quiet : bool
+        No progress bar.
+    overwrite : bool
+        Allow writing into a directory that already holds a run.
+    task_module : str, optional
+        Import the task from this module instead of ``bilevel.tasks.<task>``.
+
+    Returns
+    -------
+    dict
+        The summary (also written to ``summary.json``).
+    """
+    runner = TaskRunner(task, config, out_dir, quiet=quiet, overwrite=overwrite, task_module=task_module)
+    return runner.execute()
+
+
+# ------------------------------------------------------------------------------------------ compare
+def load_run(run_dir: Any) -> Dict[str, Any]:
+    """Read a run directory.
+
+    Parameters
+    ----------
+    run_dir : str or Path
+
+    Returns
+    -------
+    dict
+        ``dir`` (Path), ``summary`` (dict, empty if the run did not finish), ``records`` (list of dict).
+
+    Raises
+    ------
+    ValueError
+        Not a directory, or no metrics.jsonl.
+    """
+    d = Path(run_dir)
+    if not d.is_dir():
+        raise ValueError(f"{str(d)!r} is not a run directory")
+    if not (d / METRICS_FILE).exists():
+        raise ValueError(f"{str(d)!r} has no {METRICS_FILE}: not a run directory of `bilevel run`")
+    summary: Dict[str, Any] = {}
+    if (d / SUMMARY_FILE).exists():
+        try:
+            summary = json.loads((d / SUMMARY_FILE).read_text())
+        except json.JSONDecodeError:
+            raise ValueError(f"{str(d / SUMMARY_FILE)!r} is not valid JSON") from None
+    return {"dir": d, "summary": summary, "records": plots.read_metrics(d / METRICS_FILE)}
+
+
+def _labels(dirs: Sequence[Path]) -> List[str]:
+    names = [d.name or str(d) for d in dirs]
+    if len(set(names)) == len(names):
+        return names
+    return [str(d) for d in dirs]
+
+
+def summary_columns(summaries: Sequence[Mapping[str, Any]]) -> List[str]:
+    """Metric columns of a comparison table: numeric summary keys (not :data:`META_KEYS`), first seen first.
+
+    Parameters
+    ----------
+    summaries : sequence of dict
+
+    Returns
+    -------
+    list of str
+        Ending with ``upper_final`` when present.
+    """
+    cols: List[str] = []
+    for s in summaries:
+        for k, v in s.items():
+            if (k not in META_KEYS and k != "upper_final" and k not in cols and isinstance(v, (int, float))
+                    and not isinstance(v, bool)):
+                cols.append(k)
+    if any("upper_final" in s for s in summaries):
+        cols.append("upper_final")
+    return cols
+
+
+def compare_runs(run_dirs: Sequence[Any], out: Optional[Any] = None,
+                 metrics: Optional[Sequence[str]] = None) -> Tuple[str, Optional[Path]]:
+    """Overlay the curves of several runs and tabulate their summaries.
+
+    Parameters
+    ----------
+    run_dirs : sequence of str or Path
+        Run directories written by :func:`run_task`.
+    out : str or Path, optional
+        PNG to write the overlay to (none when None).
+    metrics : sequence of str, optional
+        Panels; default ``upper`` and every task metric that all runs logged.
+
+    Returns
+    -------
+    (str, Path or None)
+        The Markdown table (run, method, task, metrics, wall_seconds) and the figure path.
+
+    Raises
+    ------
+    ValueError
+        No runs, a directory that is not a run, or a metric no run logged.
+    """
+    if not run_dirs:
+        raise ValueError("give at least one run directory")
+    runs = [load_run(d) for d in run_dirs]
+    labels = _labels([r["dir"] for r in runs])
+    available: List[str] = []
+    for r in runs:
+        for k in [*plots.BASE_KEYS[1:], *plots.task_metrics(r["records"])]:
+            if k not in available:
+                available.append(k)
+    if metrics:
+        unknown = [m for m in metrics if m not in available]
+        if unknown:
+            raise ValueError(f"unknown metric(s) {', '.join(unknown)}; the runs logged: {', '.join(available)}")
+        panels = list(metrics)
+    else:
+        common = [k for k in plots.task_metrics(runs[0]["records"])
+                  if all(k in plots.task_metrics(r["records"]) for r in runs[1:])]
+        panels = ["upper", *common]
+    path = None
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        path = plots.plot_compare([(lab, r["records"]) for lab, r in zip(labels, runs)], out, panels)
+    rows = []
+    for lab, r in zip(labels, runs):
+        row = dict(r["summary"])
+        row["run"] = lab
+        if not r["summary"]:
+            row["method"] = "(unfinished)"
+        rows.append(row)
+    cols = ["run", "method", "task", *summary_columns([r["summary"] for r in runs]), "wall_seconds"]
+    return markdown_table(rows, cols), path
+
+
+# ------------------------------------------------------------------------------------------ demo
+def demo_table(out_root: Any, methods: Sequence[str] = ("rhg", "bda", "iaptt"), **overrides: Any) -> str:
+    """A short data hyper-cleaning comparison on the embedded digits data, as a Markdown table.
+
+    Each method runs through :func:`run_task` into ``out_root/<method>`` (overwriting) with
+    :data:`DEMO_DEFAULTS` over the task's defaults, then ``overrides``.
+
+    Parameters
+    ----------
+    out_root : str or Path
+        Parent directory of the runs.
+    methods : sequence of str
+        Methods to compare.
+    **overrides
+        Options for every run (e.g. ``outer_steps=20``, ``quiet=False`` shows progress bars).
+
+    Returns
+    -------
+    str
+        Markdown table with columns method, test_accuracy, f1, wall_seconds.
+    """
+    quiet = bool(overrides.pop("quiet", True))
+    task_module = overrides.pop("task_module", None)
+    if "method" in overrides:
+        raise ValueError("pass the methods as methods=(...), not method=")
+    module = cfg.load_task("hyperclean", task_module)
+    known = set(cfg.option_table(module))
+    base = {k: v for k, v in DEMO_DEFAULTS.items() if k in known}
+    rows = []
+    for method in methods:
+        summary = run_task("hyperclean", {**base, **overrides, "method": method},
+                           Path(out_root) / method, quiet=quiet, overwrite=True, task_module=task_module)
+        rows.append(summary)
+    return markdown_table(rows, ["method", "test_accuracy", "f1", "wall_seconds"])
+
+
+__all__ = ["TaskRunner", "run_task", "load_run", "compare_runs", "demo_table", "markdown_table",
+           "summary_columns", "peak_rss_mb", "DEMO_DEFAULTS"]
