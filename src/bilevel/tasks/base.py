@@ -1,0 +1,50 @@
+"""The interface between applications (``bilevel.tasks.*``) and the runner / CLI (``bilevel.runner``).
+
+A task turns a configuration into a :class:`TaskRun`: starting points, the objectives of each outer step
+(fixed for hyper-cleaning, a fresh meta-batch for few-shot learning), and metric functions. The runner owns
+the outer loop (:class:`bilevel.OuterLoop`), progress, logging, checkpoints and files; tasks never write
+files.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+
+import torch
+
+from ..api import OuterLoop
+
+Objective = Callable[[Any, Any], torch.Tensor]
+
+
+@dataclass
+class TaskRun:
+    """What a task hands to the runner.
+
+    Attributes
+    ----------
+    x0, y0 : Tensor or dict
+        Upper-level start and inner initialization.
+    objectives : callable
+        ``objectives(t) -> (upper, lower)`` for outer step t (t = 0, 1, ...). Must be deterministic in t
+        given the task's seed, so a resumed run sees the same data.
+    evaluate : callable
+        ``evaluate(loop) -> dict`` of float metrics at the loop's current state (logged every
+        ``log_every`` steps; keep it cheap).
+    summarize : callable
+        ``summarize(loop) -> dict`` of the final metrics (summary.json keys; may be expensive, e.g. 500
+        meta-test episodes).
+    loop_options : dict
+        Extra keyword arguments for :class:`bilevel.OuterLoop` that the task fixes (e.g. ``x_bounds``).
+    state_dict, load_state_dict : callable, optional
+        Task-side state that must survive a resume beyond ``t`` (e.g. a sampler position), if any.
+    """
+
+    x0: Any
+    y0: Any
+    objectives: Callable[[int], Tuple[Objective, Objective]]
+    evaluate: Callable[[OuterLoop], Dict[str, float]]
+    summarize: Callable[[OuterLoop], Dict[str, float]]
+    loop_options: Dict[str, Any] = field(default_factory=dict)
+    state_dict: Optional[Callable[[], Dict[str, Any]]] = None
+    load_state_dict: Optional[Callable[[Mapping[str, Any]], None]] = None
