@@ -3,7 +3,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 
 
 def run(*args, timeout=300):
@@ -23,7 +22,7 @@ def test_methods_listing_names_every_method_and_its_options():
 
 
 def test_demo_hypergradients_match_the_closed_form():
-    out = run("bilevel.demo", "--inner-steps", "200")
+    out = run("bilevel.demo", "--inner-steps", "200", "--no-hyperclean")
     assert out.returncode == 0, out.stderr
     rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in out.stdout.splitlines()
             if line.startswith("| ") and not line.startswith("| method")}
