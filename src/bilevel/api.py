@@ -170,24 +170,34 @@ class OuterLoop:
     :meth:`state_dict` / :meth:`load_state_dict` hold x, the inner initialization, the warm-start iterate,
     the step counter and the optimizer state.
 
-    Parameters are those of :func:`solve` (without the objectives and ``outer_steps``).
+    Parameters are those of :func:`solve` (without the objectives and ``outer_steps``), plus
+
+    reduce_grads : callable, optional
+        [distributed] ``reduce_grads(grad_x, grad_y0) -> (grad_x, grad_y0)`` on the flat hypergradient (and the
+        flat initialization gradient of methods that learn it, else None) before the finiteness check, the
+        record's ``grad_norm`` and the optimizer step; e.g. :func:`bilevel.distributed.grad_reducer`.
     """
 
     def __init__(self, x0: Tree, y0: Tree, *, method: str, outer_lr: float,
                  outer_optimizer: Union[str, Type[torch.optim.Optimizer]] = "adam", inner_steps: int,
                  inner_lr: float, x_bounds: Any = None, y_bounds: Any = None, warm_start: bool = False,
-                 outer_kwargs: Optional[Dict[str, Any]] = None, **options: Any):
+                 outer_kwargs: Optional[Dict[str, Any]] = None,
+                 reduce_grads: Optional[Callable[[torch.Tensor, Optional[torch.Tensor]], tuple]] = None,
+                 **options: Any):
         self.method = _methods.get(method)
+        # [distributed] optional hook on the flat (grad_x, grad_y0) before the step, e.g. an all-reduce across
+        # ranks passed in by bilevel.distributed; returns the reduced pair (the core never imports it)
+        if reduce_grads is not None and not callable(reduce_grads):
+            raise ValueError(f"reduce_grads must be a callable (grad_x, grad_y0) -> (grad_x, grad_y0), got "
+                             f"{reduce_grads!r}")
+        self.reduce_grads = reduce_grads
         self.inner_steps, self.inner_lr = _check_common(inner_steps, inner_lr)
         self.outer_lr = check_float("outer_lr", outer_lr, positive=True)
         if not isinstance(warm_start, bool):
             raise ValueError(f"warm_start must be True or False, got {warm_start!r}")
         self.warm_start = warm_start
+        self.method.check_options(options)
         self.options = dict(options)
-        unknown = sorted(set(options) - set(self.method.options))
-        if unknown:
-            raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))} for method {method!r}; its "
-                             f"options are: {', '.join(self.method.options) or 'none'}")
         xf, self.x_spec = _flatten_input(x0, "x0")
         yf, self.y_spec = _flatten_input(y0, "y0")
         self._project_x = as_box(x_bounds, self.x_spec, "x_bounds")
@@ -229,6 +239,8 @@ class OuterLoop:
         learns = self.method.learns_init
         problem, plan = self._plan(upper, lower, self.t)
         est = plan.estimate(self._x, self._start, self.inner_steps, wrt_init=learns)
+        if self.reduce_grads is not None:  # [distributed] reduce before the finiteness check and grad_norm
+            est.grad_x, est.grad_y0 = self.reduce_grads(est.grad_x, est.grad_y0 if learns else None)
         res = _finish(problem, est, self._x, learns)
         record = {"step": self.t, "upper": res.info["upper"], "lower": res.info["lower"],
                   "grad_norm": float(torch.linalg.vector_norm(est.grad_x))}

@@ -58,12 +58,16 @@ class Method:
         params = inspect.signature(self.build).parameters.values()
         return tuple(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
 
-    def bind(self, problem: Problem, inner_lr: float, inner_steps: int, options: Mapping[str, Any]) -> Plan:
+    def check_options(self, options: Mapping[str, Any]) -> None:
+        """Raise ValueError naming any option this method does not take."""
         unknown = sorted(set(options) - set(self.options))
         if unknown:
             allowed = ", ".join(self.options) or "none"
             raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))} for method {self.name!r}; "
                              f"its options are: {allowed}")
+
+    def bind(self, problem: Problem, inner_lr: float, inner_steps: int, options: Mapping[str, Any]) -> Plan:
+        self.check_options(options)
         return self.build(problem, inner_lr, inner_steps, **options)
 
 
