@@ -7,7 +7,7 @@
 * :func:`check_hypergrad` -- finite-difference check of any method;
 * :data:`METHODS` -- the named methods (inner dynamics composed with a hypergradient estimator).
 """
-from . import dynamics, estimators, linear_solve, models
+from . import dynamics, estimators, implicit_diff, linear_solve, models
 from .api import HypergradCheck, HypergradResult, OuterLoop, SolveResult, check_hypergrad, hypergrad, solve
 from .errors import NonFiniteError
 from .methods import METHODS, Method, Plan, register
@@ -16,5 +16,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "METHODS", "Method", "OuterLoop", "Plan", "register", "hypergrad", "solve", "check_hypergrad", "HypergradResult",
-    "SolveResult", "HypergradCheck", "NonFiniteError", "dynamics", "estimators", "linear_solve", "models",
+    "SolveResult", "HypergradCheck", "NonFiniteError", "dynamics", "estimators", "implicit_diff", "linear_solve", "models",
 ]
