@@ -173,7 +173,7 @@ class OuterLoop:
     Parameters are those of :func:`solve` (without the objectives and ``outer_steps``), plus
 
     reduce_grads : callable, optional
-        [distributed] ``reduce_grads(grad_x, grad_y0) -> (grad_x, grad_y0)`` on the flat hypergradient (and the
+        ``reduce_grads(grad_x, grad_y0) -> (grad_x, grad_y0)`` on the flat hypergradient (and the
         flat initialization gradient of methods that learn it, else None) before the finiteness check, the
         record's ``grad_norm`` and the optimizer step; e.g. :func:`bilevel.distributed.grad_reducer`.
     """
@@ -185,7 +185,7 @@ class OuterLoop:
                  reduce_grads: Optional[Callable[[torch.Tensor, Optional[torch.Tensor]], tuple]] = None,
                  **options: Any):
         self.method = _methods.get(method)
-        # [distributed] optional hook on the flat (grad_x, grad_y0) before the step, e.g. an all-reduce across
+        # optional hook on the flat (grad_x, grad_y0) before the step, e.g. an all-reduce across
         # ranks passed in by bilevel.distributed; returns the reduced pair (the core never imports it)
         if reduce_grads is not None and not callable(reduce_grads):
             raise ValueError(f"reduce_grads must be a callable (grad_x, grad_y0) -> (grad_x, grad_y0), got "
@@ -239,7 +239,7 @@ class OuterLoop:
         learns = self.method.learns_init
         problem, plan = self._plan(upper, lower, self.t)
         est = plan.estimate(self._x, self._start, self.inner_steps, wrt_init=learns)
-        if self.reduce_grads is not None:  # [distributed] reduce before the finiteness check and grad_norm
+        if self.reduce_grads is not None:  # reduce before the finiteness check and grad_norm
             est.grad_x, est.grad_y0 = self.reduce_grads(est.grad_x, est.grad_y0 if learns else None)
         res = _finish(problem, est, self._x, learns)
         record = {"step": self.t, "upper": res.info["upper"], "lower": res.info["lower"],
