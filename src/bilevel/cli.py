@@ -6,6 +6,7 @@
     bilevel demo                          the quadratic demo of ``make demo``
     bilevel run TASK [options]            run hyperclean / fewshot / toy; writes config, metrics, summary, curves
     bilevel compare DIR [DIR ...]         overlay runs' curves and print a Markdown table of their summaries
+    bilevel bench [--quick] --out DIR     time/memory of the methods vs the inner loop and hand-written references
 
 See docs/cli.md.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -28,6 +30,73 @@ FIGURES = (
 
 #: default output directory of ``bilevel run`` (a format string)
 DEFAULT_OUT = "results/runs/{task}-{method}-seed{seed}"
+
+#: exit status of ``bilevel run``: 0 done, 1 failed after starting, 2 usage error, 3 stopped on NaN/inf or
+#: divergence (the last good checkpoint is kept; docs/long_runs.md)
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DIVERGED = 0, 1, 2, 3
+
+
+def _setup_logging(quiet: bool) -> None:
+    """Send the runner's log (warnings of the numerical guards, checkpoint notes) to stderr."""
+    import logging
+
+    class _Stderr(logging.StreamHandler):
+        """Writes to whatever ``sys.stderr`` is at the time (it may be replaced, e.g. by tests)."""
+
+        @property  # type: ignore[override]
+        def stream(self):  # noqa: D401
+            return sys.stderr
+
+        @stream.setter
+        def stream(self, value):
+            pass
+
+    log = logging.getLogger("bilevel")
+    if not any(getattr(h, "_bilevel_cli", False) for h in log.handlers):
+        handler = _Stderr()
+        handler.setFormatter(logging.Formatter("bilevel: %(levelname)s: %(message)s"))
+        handler._bilevel_cli = True  # type: ignore[attr-defined]
+        log.addHandler(handler)
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+
+
+def _run_guarded(runner_call, out: str, where) -> int:
+    """Run ``runner_call()`` and map its failures to exit statuses (1 failed, 3 diverged)."""
+    from .guards import DivergenceError
+
+    try:
+        summary = runner_call()
+    except DivergenceError as err:
+        print(f"bilevel run: stopped: {err}\n(partial metrics in {out}; exit status {EXIT_DIVERGED})",
+              file=sys.stderr)
+        return EXIT_DIVERGED
+    except ValueError as err:
+        print(f"bilevel run: error at outer step {where()}: {err}\n(partial metrics in {out})", file=sys.stderr)
+        return EXIT_FAILED
+    return summary
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    """``bilevel run --resume DIR``: continue from the newest good checkpoint (other flags ignored)."""
+    from .runner import resume_run
+
+    directory = getattr(args, "resume", None) or getattr(args, "resume_dir", None)
+    if directory is None:
+        args._parser.error("give a TASK (bilevel run TASK ...) or --resume DIR")
+    quiet = bool(getattr(args, "quiet", False) or getattr(args, "resume_quiet", False))
+    _setup_logging(quiet)
+    if not Path(directory).is_dir():
+        args._parser.error(f"cannot resume {directory!r}: no such directory")
+    if not (Path(directory) / "config.yaml").is_file() or not (Path(directory) / "metrics.jsonl").is_file():
+        args._parser.error(f"cannot resume {directory!r}: no config.yaml and metrics.jsonl (not a `bilevel run` "
+                           "directory)")
+    result = _run_guarded(lambda: resume_run(directory, quiet=quiet), directory, lambda: "?")
+    if isinstance(result, int):
+        return result
+    if not quiet:
+        print(json.dumps(result, indent=1))
+    print(f"wrote {directory}/")
+    return EXIT_OK
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
@@ -73,6 +142,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .runner import TaskRunner
 
     parser = args._parser
+    if getattr(args, "resume", None) is not None:  # the configuration comes from DIR/config.yaml
+        return _cmd_resume(args)
     module = args._task_module_obj
     if module is None:  # the task's module could not be imported when the parser was built
         parser.error(args._task_error)
@@ -94,19 +165,33 @@ def _cmd_run(args: argparse.Namespace) -> int:
         out = args.out.format(task=args.task, method=config["method"], seed=config["seed"])
     except (KeyError, IndexError, ValueError) as err:
         parser.error(f"bad --out {args.out!r}: only {{task}}, {{method}} and {{seed}} may appear in braces ({err})")
+    # [distributed] --nproc N: relaunch through torchrun; under torchrun (WORLD_SIZE > 1) this process is one rank
+    from . import distributed as dist_
+
+    if args.nproc is not None and args.nproc < 1:
+        parser.error(f"--nproc must be >= 1, got {args.nproc}")
+    if args.nproc is not None and args.nproc > 1 and not os.environ.get("WORLD_SIZE"):
+        return dist_.launch(dist_.strip_nproc(args._argv)[0], args.nproc)
+    from .guards import GuardOptions
+
+    _setup_logging(args.quiet)
     try:
-        runner = TaskRunner(args.task, config, out, quiet=args.quiet, overwrite=args.overwrite, module=module)
+        guards = GuardOptions(divergence_factor=args.divergence_factor, stationarity_ratio=args.stationarity_ratio,
+                              backtrack_warn=args.backtrack_warn)
+        runner = dist_.task_runner(args.task, config, out, quiet=args.quiet, overwrite=args.overwrite, module=module,
+                            task_module=args.task_module, checkpoint_every=args.checkpoint_every,
+                            precision=args.precision, guards=guards)
         runner.setup()
     except ValueError as err:  # output directory in use, or the task rejecting its configuration
         parser.error(str(err))
     except OSError as err:  # e.g. a dataset that is not installed
         print(f"bilevel run: error: {err}", file=sys.stderr)
         return 1
-    try:
-        summary = runner.execute()
-    except ValueError as err:  # e.g. NonFiniteError during the run
-        print(f"bilevel run: error at outer step {runner.t}: {err}\n(partial metrics in {out})", file=sys.stderr)
-        return 1
+    summary = _run_guarded(runner.execute, out, lambda: runner.t)
+    if isinstance(summary, int):
+        return summary
+    if not dist_.context().is_main:  # [distributed] rank 0 alone reports
+        return 0
     if not args.quiet:
         print(json.dumps(summary, indent=1))
     print(f"wrote {out}/")
@@ -135,7 +220,12 @@ def _add_run(sub: "argparse._SubParsersAction", argv: Optional[List[str]]) -> No
                                    "DIR/metrics.jsonl, DIR/summary.json, DIR/curves.png. "
                                    "`bilevel run TASK --help` lists the task's options.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    tasks = p.add_subparsers(dest="task", required=True, metavar="TASK")
+    p.add_argument("--resume", dest="resume_dir", metavar="DIR", default=None,
+                   help="continue the interrupted run in DIR from its newest good checkpoint (reads DIR/config.yaml "
+                        "and DIR/run_options.yaml; other options are ignored)")
+    p.add_argument("--quiet", dest="resume_quiet", action="store_true", help="with --resume: no progress bar")
+    p.set_defaults(func=_cmd_resume, _parser=p)
+    tasks = p.add_subparsers(dest="task", required=False, metavar="TASK")
     chosen, module_name = cfg.peek_task(argv if argv is not None else sys.argv[1:])
     for task, help_ in cfg.TASK_HELP.items():
         tp = tasks.add_parser(task, help=help_, description=f"bilevel run {task}: {help_}.",
@@ -153,6 +243,10 @@ def _add_run(sub: "argparse._SubParsersAction", argv: Optional[List[str]]) -> No
         tp.add_argument("--overwrite", action="store_true", help="allow an --out directory that holds a run")
         tp.add_argument("--task-module", metavar="MODULE", default=None,
                         help=f"import the task from MODULE instead of {cfg.TASKS[task]}")
+        tp.add_argument("--nproc", type=int, metavar="N", default=None,  # [distributed]
+                        help="run on N local processes: relaunches this command through torchrun (the meta-batch "
+                             "is split across them; docs/distributed.md)")
+        _add_long_run_flags(tp)
         if task != chosen:
             continue
         try:
@@ -162,6 +256,46 @@ def _add_run(sub: "argparse._SubParsersAction", argv: Optional[List[str]]) -> No
             continue
         tp.set_defaults(_task_module_obj=module)
         cfg.add_option_arguments(tp, module)
+
+
+def _nonneg(kind: type):
+    def convert(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'} >= 0, got "
+                                             f"{text!r}") from None
+        if value != value or value < 0 or value in (float("inf"),):
+            raise argparse.ArgumentTypeError(f"expected a finite value >= 0, got {text!r}")
+        return value
+
+    convert.__name__ = kind.__name__
+    return convert
+
+
+def _add_long_run_flags(tp: argparse.ArgumentParser) -> None:
+    """Checkpoint, resume, guard and precision flags of ``bilevel run TASK`` (docs/long_runs.md)."""
+    from .guards import PRECISIONS, GuardOptions
+    from .runner import DEFAULT_CHECKPOINT_EVERY
+
+    g = tp.add_argument_group("long runs (checkpoints, resuming, numerical guards; docs/long_runs.md)")
+    d = GuardOptions()
+    g.add_argument("--checkpoint-every", type=_nonneg(int), metavar="N", default=DEFAULT_CHECKPOINT_EVERY,
+                   help="write DIR/checkpoints/step-NNNNNN.pt every N outer steps and at the end, keeping the "
+                        "newest 2 (0 = no checkpoints)")
+    g.add_argument("--resume", metavar="DIR", default=None,
+                   help="continue the interrupted run in DIR (same as `bilevel run --resume DIR`; the task and "
+                        "every other option come from DIR)")
+    g.add_argument("--divergence-factor", type=_nonneg(float), metavar="F", default=d.divergence_factor,
+                   help=f"stop (exit status {3}) when |upper| > F x max(|upper at step 1|, 1); nan/inf always "
+                        "stops; 0 = no magnitude check")
+    g.add_argument("--stationarity-ratio", type=_nonneg(float), metavar="R", default=d.stationarity_ratio,
+                   help="warn when an inner loop ends with ||grad_y f|| above R x its first value (0 = off)")
+    g.add_argument("--backtrack-warn", type=_nonneg(float), metavar="B", default=d.backtrack_warn,
+                   help="bvfim: warn when the barrier step is halved B times per y-step or more (0 = off)")
+    g.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
+                   help="bf16: objectives under torch.autocast(cpu, bfloat16), float32 hypergradient "
+                        "(needs --dtype float32)")
 
 
 def _add_compare(sub: "argparse._SubParsersAction") -> None:
@@ -174,6 +308,26 @@ def _add_compare(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--metric", nargs="+", metavar="NAME", default=None,
                    help="panels (default: upper and every task metric all runs logged)")
     p.set_defaults(func=_cmd_compare, _parser=p)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run as bench_run
+
+    mode = "smoke" if args.smoke else ("quick" if args.quick else "full")
+    bench_run(Path(args.out), mode, threads=args.threads)
+    return 0
+
+
+def _add_bench(sub: "argparse._SubParsersAction") -> None:
+    p = sub.add_parser("bench", help="benchmark the methods against the plain inner loop and hand-written references",
+                       description="Writes DIR/bench.json and DIR/BENCHMARKS.md (docs/benchmarks.md). Run on a quiet "
+                                   "machine from the repository (needs benchmarks/references.py).",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", metavar="DIR", default="results/bench", help="output directory")
+    p.add_argument("--quick", action="store_true", help="fewer K values / repetitions, smaller problems (< 5 min)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's default)")
+    p.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # tiny configuration for the tests
+    p.set_defaults(func=_cmd_bench)
 
 
 def build_parser(argv: Optional[List[str]] = None) -> argparse.ArgumentParser:
@@ -196,11 +350,13 @@ def build_parser(argv: Optional[List[str]] = None) -> argparse.ArgumentParser:
     add_data(sub)
     _add_run(sub, argv)
     _add_compare(sub)
+    _add_bench(sub)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser(argv).parse_args(argv)
+    args._argv = list(argv) if argv is not None else sys.argv[1:]  # [distributed] for the --nproc relaunch
     try:
         return int(args.func(args) or 0)
     except BrokenPipeError:  # e.g. `bilevel methods | head`

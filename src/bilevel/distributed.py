@@ -459,42 +459,10 @@ def data_parallel(local: Objective, ctx: Optional[DistContext] = None) -> Object
 
 
 # ------------------------------------------------------------------------------------------ task sharding
-def _fewshot_sharder(run: Any, ctx: DistContext) -> Optional[Callable[[int], Tuple[Objective, Objective]]]:
-    """Sharded objectives of :mod:`bilevel.tasks.fewshot` built from its public functions.
-
-    Workaround until the task offers a shard of its meta-batch itself: the ``FewShotTask`` is reached through
-    the bound method ``run.objectives``. Rank r keeps the whole head tensor y (B, ways, feat+1) and uses rows
-    ``[lo, hi)``; upper = sum of its tasks' query CE / B, lower = sum of its tasks' support CE (+ l_q of its
-    rows): the single-process objectives are the sums over ranks.
-    """
-    from .tasks import fewshot as FS
-
-    task = getattr(run.objectives, "__self__", None)
-    if not isinstance(task, FS.FewShotTask):
-        return None
-    o = task.options
-    B = o["meta_batch"]
-    lo, hi = shard_range(B, ctx.rank, ctx.world_size)
-
-    def objectives(t: int) -> Tuple[Objective, Objective]:
-        sx, sy, qx, qy = (a[lo:hi] for a in FS.episode_tensors(task.train_batch(t), task.dtype))
-
-        def lower(x: Any, y: torch.Tensor) -> torch.Tensor:
-            return FS.lower_value(y[lo:hi], FS.backbone(x, sx), sy, o["lq"], o["q"], o["lq_eps"])
-
-        def upper(x: Any, y: torch.Tensor) -> torch.Tensor:
-            return FS._batched_loss(y[lo:hi], FS.backbone(x, qx), qy).sum() / B
-
-        return upper, lower
-
-    return objectives
-
-
 def shard_objectives(run: Any, ctx: DistContext) -> Callable[[int], Tuple[Objective, Objective]]:
     """This rank's ``objectives(t)`` for a task run.
 
-    Uses ``run.shard_objectives(t, rank, world_size)`` when the task provides it (the protocol proposed in
-    docs/distributed.md), else the built-in few-shot sharder.
+    Uses ``run.shard_objectives(t, rank, world_size)`` (see :class:`bilevel.tasks.TaskRun`).
 
     Raises
     ------
@@ -502,13 +470,10 @@ def shard_objectives(run: Any, ctx: DistContext) -> Callable[[int], Tuple[Object
         The task cannot be split (e.g. hyperclean, toy).
     """
     own = getattr(run, "shard_objectives", None)
-    if callable(own):
-        return lambda t: own(t, ctx.rank, ctx.world_size)
-    found = _fewshot_sharder(run, ctx)
-    if found is None:
+    if not callable(own):
         raise ValueError("this task cannot be split over processes yet (supported: fewshot); run it with one "
                          "process, see docs/distributed.md")
-    return found
+    return lambda t: own(t, ctx.rank, ctx.world_size)
 
 
 class DistributedTaskRunner(TaskRunner):

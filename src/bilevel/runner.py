@@ -16,17 +16,23 @@ It writes into the output directory
 * ``curves.png`` -- the upper objective and the task's metrics against the outer step.
 
 The whole state of a run lives in one :class:`TaskRunner` (loop, task, step counter, RNG, metrics file
-position; see :meth:`TaskRunner.state_dict`) so that checkpoints can be written between steps.
+position; see :meth:`TaskRunner.state_dict`) so that checkpoints can be written between steps:
+``DIR/checkpoints/step-NNNNNN.pt`` every ``checkpoint_every`` steps and at the end (:mod:`bilevel.checkpoint`),
+and :func:`resume_run` continues an interrupted run exactly. :mod:`bilevel.guards` stops diverging runs
+(:class:`bilevel.guards.DivergenceError`) and turns method diagnostics into warnings (docs/long_runs.md).
 :func:`compare_runs` backs ``bilevel compare`` and :func:`demo_table` the hyper-cleaning demo.
 """
 from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
+import os
 import random
 import sys
 import time
+import warnings
 from pathlib import Path
 from types import ModuleType
 from typing import IO, Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -34,13 +40,27 @@ from typing import IO, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from . import checkpoint as ckpt
 from . import config as cfg
 from . import plots
 from .api import OuterLoop
+from .errors import NonFiniteError
+from .guards import PRECISIONS, DivergenceError, GuardOptions, Guards, autocast_objectives
 from .tasks.base import TaskRun
 
 #: files of a run directory
 CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, CURVES_FILE = "config.yaml", "metrics.jsonl", "summary.json", "curves.png"
+
+#: run-control settings of a run directory (not part of config.yaml; read back by :func:`resume_run`)
+RUN_OPTIONS_FILE = "run_options.yaml"
+
+#: default checkpoint interval in outer steps (0 = no checkpoints)
+DEFAULT_CHECKPOINT_EVERY = 50
+
+#: checkpoints kept in DIR/checkpoints (the newest ones)
+CHECKPOINTS_KEPT = 2
+
+logger = logging.getLogger("bilevel.runner")
 
 #: summary keys that describe the run rather than measure it (left out of the metric columns of tables)
 META_KEYS: Tuple[str, ...] = ("method", "task", "outer_steps", "inner_steps", "seed", "wall_seconds",
@@ -114,6 +134,14 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) ->
     return "\n".join(lines)
 
 
+def _is_writer() -> bool:
+    """True unless torch.distributed is initialized and this process is not rank 0."""
+    dist = getattr(torch, "distributed", None)
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return True
+    return dist.get_rank() == 0
+
+
 # ------------------------------------------------------------------------------------------ the run
 class TaskRunner:
     """One run of a task: everything between the configuration and the files.
@@ -134,6 +162,14 @@ class TaskRunner:
         Module implementing the task instead of ``bilevel.tasks.<task>``.
     module : module, optional
         An already imported task module (takes precedence over ``task_module``).
+    checkpoint_every : int
+        Write ``DIR/checkpoints/step-NNNNNN.pt`` every N outer steps and after the last one (0: never);
+        the newest :data:`CHECKPOINTS_KEPT` are kept.
+    precision : {"fp32", "bf16"}
+        ``bf16`` runs the objectives under ``torch.autocast("cpu", dtype=torch.bfloat16)`` (float32 results,
+        float32 hypergradient); needs ``dtype`` float32.
+    guards : GuardOptions, optional
+        Divergence and warning thresholds (default :class:`bilevel.guards.GuardOptions()`).
 
     Attributes
     ----------
@@ -149,9 +185,13 @@ class TaskRunner:
         Metrics lines written so far.
     """
 
+    #: [distributed] builds the outer loop in :meth:`setup` (bilevel.distributed.DistributedTaskRunner swaps it)
+    loop_factory: Any = OuterLoop
+
     def __init__(self, task: str, config: Optional[Mapping[str, Any]], out_dir: Any, *, quiet: bool = False,
                  overwrite: bool = False, task_module: Optional[str] = None,
-                 module: Optional[ModuleType] = None):
+                 module: Optional[ModuleType] = None, checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
+                 precision: str = "fp32", guards: Optional[GuardOptions] = None):
         if module is None:
             module = cfg.load_task(task, task_module)
         else:
@@ -170,6 +210,36 @@ class TaskRunner:
         self._file: Optional[IO[str]] = None
         self._t0 = 0.0
         self._started = time.perf_counter()
+        if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 0:
+            raise ValueError(f"bad value {checkpoint_every!r} for checkpoint_every: expected an integer >= 0 "
+                             "(0 = no checkpoints)")
+        if precision not in PRECISIONS:
+            raise ValueError(f"bad value {precision!r} for precision; choose from: {', '.join(PRECISIONS)}")
+        if precision == "bf16" and self.config["dtype"] != "float32":
+            raise ValueError(f"precision bf16 needs dtype float32 (autocast with float32 hypergradients), got "
+                             f"dtype {self.config['dtype']}")
+        self.checkpoint_every = checkpoint_every
+        self.precision = precision
+        self.guard_options = guards if guards is not None else GuardOptions()
+        self.guards = Guards(self.config["method"], self.guard_options, log=self._warn)
+        self.task_module = task_module
+        self.last_checkpoint: Optional[Path] = None
+
+    def _warn(self, message: str) -> None:
+        if _is_writer():
+            logger.warning(message)
+
+    def run_options(self) -> Dict[str, Any]:
+        """The run-control settings written to ``run_options.yaml`` (not part of ``config.yaml``).
+
+        Returns
+        -------
+        dict
+            ``checkpoint_every``, ``precision``, the :class:`~bilevel.guards.GuardOptions` fields and
+            ``task_module`` (None for the built-in tasks).
+        """
+        return {"checkpoint_every": self.checkpoint_every, "precision": self.precision,
+                **self.guard_options.as_dict(), "task_module": self.task_module or None}
 
     # -- set-up ----------------------------------------------------------------------------------------
     def _check_out_dir(self) -> None:
@@ -208,15 +278,19 @@ class TaskRunner:
                             f"{type(run).__name__}")
         self.run = run
         c = self.config
-        self.loop = OuterLoop(run.x0, run.y0, method=c["method"], outer_lr=c["outer_lr"],
-                              outer_optimizer=c["outer_optimizer"], inner_steps=c["inner_steps"],
-                              inner_lr=c["inner_lr"], **dict(run.loop_options or {}), **c["method_options"])
+        self.loop = self.loop_factory(run.x0, run.y0, method=c["method"], outer_lr=c["outer_lr"],
+                                      outer_optimizer=c["outer_optimizer"], inner_steps=c["inner_steps"],
+                                      inner_lr=c["inner_lr"], **dict(run.loop_options or {}),
+                                      **c["method_options"])
         if not resume:  # nothing is written before the task and the loop accepted the configuration
             self.out.mkdir(parents=True, exist_ok=True)
             for name in (METRICS_FILE, SUMMARY_FILE, CURVES_FILE):  # leave no stale files of an older run
                 if (self.out / name).exists():
                     (self.out / name).unlink()
+            for old in ckpt.list_checkpoints(self.out):  # nor checkpoints of an older run
+                old.unlink()
             cfg.dump_yaml(self.config, self.out / CONFIG_FILE)
+            cfg.dump_yaml(self.run_options(), self.out / RUN_OPTIONS_FILE)
         self._file = open(self.out / METRICS_FILE, "a")
 
     # -- steps -----------------------------------------------------------------------------------------
@@ -244,9 +318,23 @@ class TaskRunner:
         assert self.run is not None and self.loop is not None, "call setup() first"
         if not self._t0:
             self._t0 = time.perf_counter()
-        upper, lower = self.run.objectives(self.t)
-        record = self.loop.step(upper, lower)
+        upper, lower = autocast_objectives(self.run.objectives(self.t), self.precision)
+        total = self.config["outer_steps"]
+        with warnings.catch_warnings(record=True) as caught:  # the core's RuntimeWarnings go to the guards
+            warnings.simplefilter("always", RuntimeWarning)
+            try:
+                record = self.loop.step(upper, lower)
+            except NonFiniteError as err:
+                raise self.guards.nonfinite(self.t + 1, total, err) from err
+        core: List[str] = []
+        for w in caught:
+            if issubclass(w.category, RuntimeWarning):
+                core.append(str(w.message))
+            else:  # not ours to judge: pass it on
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        self.guards.check(self.t + 1, total, record)
         self.t += 1
+        self.guards.diagnose(self.t, record, core)
         if self.should_log(self.t):
             line: Dict[str, Any] = {"step": self.t, "upper": _plain(record["upper"]),
                                     "lower": _plain(record["lower"]), "grad_norm": _plain(record["grad_norm"])}
@@ -257,6 +345,9 @@ class TaskRunner:
                     if k not in ("step", "upper", "lower", "grad_norm") and isinstance(v, (int, float))}
             if info:
                 line["info"] = info
+            pending = self.guards.flush()
+            if pending:
+                line["warnings"] = pending
             self.write(line)
             record = dict(record, logged=line)
         return record
@@ -291,6 +382,8 @@ class TaskRunner:
         summary.update(method=c["method"], task=self.task, outer_steps=self.t, inner_steps=c["inner_steps"],
                        seed=c["seed"], loop_seconds=round(loop_seconds, 3),
                        wall_seconds=round(time.perf_counter() - self._started + self.elapsed, 3), peak_rss_mb=round(peak_rss_mb(), 1))
+        if self.guards.summary():
+            summary["warnings"] = self.guards.summary()
         (self.out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n")
         title = f"{self.task}: {c['method']} (K={c['inner_steps']}, T={self.t})"
         plots.plot_curves(self.records, self.out / CURVES_FILE, title=title)
@@ -310,18 +403,22 @@ class TaskRunner:
         -------
         dict
             ``t``, ``loop`` (OuterLoop state), ``task`` (TaskRun state or None), ``rng`` (random, numpy,
-            torch), ``metrics_bytes`` (length of metrics.jsonl to keep), ``loop_seconds`` and ``config``.
+            torch), ``metrics_bytes`` (length of metrics.jsonl to keep), ``metrics_lines`` (its lines),
+            ``loop_seconds``, ``config``, ``guards`` (:class:`~bilevel.guards.Guards` state) and
+            ``run_options``.
         """
         assert self.run is not None and self.loop is not None
         if self._file is not None:
             self._file.flush()
+        extra = {"metrics_lines": len(self.records), "guards": copy.deepcopy(self.guards.state_dict()),
+                 "run_options": self.run_options()}
         # deep copies: OuterLoop.state_dict() shares the optimizer's state tensors, which later steps mutate
         return {"t": self.t, "loop": copy.deepcopy(self.loop.state_dict()),
                 "task": copy.deepcopy(self.run.state_dict()) if self.run.state_dict else None,
                 "rng": {"random": random.getstate(), "numpy": np.random.get_state(),
                         "torch": torch.get_rng_state()},
                 "metrics_bytes": (self.out / METRICS_FILE).stat().st_size, "loop_seconds": self.loop_seconds(),
-                "config": dict(self.config)}
+                "config": dict(self.config), **extra}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a :meth:`state_dict` after :meth:`setup` (truncates metrics.jsonl to the saved length).
@@ -339,6 +436,8 @@ class TaskRunner:
         random.setstate(state["rng"]["random"])
         np.random.set_state(state["rng"]["numpy"])
         torch.set_rng_state(state["rng"]["torch"])
+        if state.get("guards") is not None:
+            self.guards.load_state_dict(state["guards"])
         self.t = int(state["t"])
         self.elapsed, self._t0 = float(state["loop_seconds"]), 0.0
         self._file.close()
@@ -347,6 +446,76 @@ class TaskRunner:
             fh.truncate(int(state["metrics_bytes"]))
         self.records = plots.read_metrics(path)
         self._file = open(path, "a")
+        if "metrics_lines" in state and len(self.records) != int(state["metrics_lines"]):
+            raise ValueError(f"{path} holds {len(self.records)} lines up to the checkpoint's offset, the checkpoint "
+                             f"recorded {state['metrics_lines']}: the metrics file was changed")
+
+    def save_checkpoint(self, state: Optional[Mapping[str, Any]] = None) -> Optional[Path]:
+        """Write a checkpoint atomically (rank 0 only) after fsync-ing metrics.jsonl; keep the newest two.
+
+        Parameters
+        ----------
+        state : mapping, optional
+            A :meth:`state_dict` taken earlier (default: the current state).
+
+        Returns
+        -------
+        Path or None
+            The file written (None on other ranks).
+        """
+        if not _is_writer():
+            return None
+        if state is None:
+            state = self.state_dict()
+        if self._file is not None:  # the checkpoint never points past durable metrics
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        self.last_checkpoint = ckpt.save(state, self.out, int(state["t"]), keep=CHECKPOINTS_KEPT)
+        return self.last_checkpoint
+
+    def restore_latest(self) -> Optional[Path]:
+        """After ``setup(resume=True)``: load the newest good checkpoint (falling back past bad ones).
+
+        Checkpoints that fail their checksum, belong to another configuration or point past the end of
+        metrics.jsonl are skipped with a warning naming the file. Without a usable checkpoint the run starts
+        over from step 0 (metrics.jsonl emptied).
+
+        Returns
+        -------
+        Path or None
+            The checkpoint loaded, or None when starting over.
+        """
+        assert self._file is not None, "call setup(resume=True) first"
+        size = (self.out / METRICS_FILE).stat().st_size
+
+        def accept(state: Dict[str, Any]) -> Optional[str]:
+            saved = {k: v for k, v in dict(state.get("config") or {}).items() if k != "threads"}
+            if saved != {k: v for k, v in self.config.items() if k != "threads"}:
+                return f"its configuration differs from {self.out / CONFIG_FILE}"
+            if int(state.get("metrics_bytes", 0)) > size:
+                return (f"it records {state['metrics_bytes']} bytes of {METRICS_FILE} but the file has only "
+                        f"{size}")
+            return None
+
+        state, path = ckpt.load_latest(self.out, accept=accept, report=self._warn)
+        if state is None:
+            if ckpt.list_checkpoints(self.out):
+                self._warn(f"no usable checkpoint in {self.out / ckpt.CHECKPOINT_DIR}: starting over from step 0")
+            else:
+                logger.info("no checkpoint in %s: starting over from step 0", self.out)
+            self._file.close()
+            with open(self.out / METRICS_FILE, "r+b") as fh:
+                fh.truncate(0)
+            self.records = []
+            self._file = open(self.out / METRICS_FILE, "a")
+            return None
+        self.load_state_dict(state)
+        logger.info("resumed %s from %s (outer step %d)", self.out, path, self.t)
+        self.last_checkpoint = path
+        return path
+
+    def _checkpoint_due(self) -> bool:
+        return self.checkpoint_every > 0 and (self.t % self.checkpoint_every == 0 or self.done)
 
     # -- everything ------------------------------------------------------------------------------------
     def execute(self) -> Dict[str, Any]:
@@ -367,7 +536,20 @@ class TaskRunner:
         postfix: Dict[str, str] = {}
         try:
             while not self.done:
-                record = self.step()
+                good = self.state_dict() if self.checkpoint_every > 0 and self.t > 0 else None
+                try:
+                    record = self.step()
+                except DivergenceError as err:  # keep the state before the failed step as the last checkpoint
+                    if good is not None and (self.last_checkpoint is None
+                                             or self.last_checkpoint.name != ckpt.checkpoint_name(good["t"])):
+                        path = self.save_checkpoint(good)
+                        err.args = (f"{err.args[0]}; saved the last good state (outer step {good['t']}) to "
+                                    f"{path}",)
+                    elif self.last_checkpoint is not None:
+                        err.args = (f"{err.args[0]}; last good checkpoint: {self.last_checkpoint}",)
+                    raise
+                if self._checkpoint_due():
+                    self.save_checkpoint()
                 postfix["upper"] = _fmt(_plain(record["upper"]))
                 line = record.get("logged")
                 if line:
@@ -381,7 +563,7 @@ class TaskRunner:
 
 
 def run_task(task: str, config: Optional[Mapping[str, Any]], out_dir: Any, quiet: bool = False, *,
-             overwrite: bool = False, task_module: Optional[str] = None) -> Dict[str, Any]:
+             overwrite: bool = False, task_module: Optional[str] = None, **run_options: Any) -> Dict[str, Any]:
     """Run a task and write ``config.yaml``, ``metrics.jsonl``, ``summary.json``, ``curves.png``.
 
     Parameters
@@ -399,13 +581,74 @@ def run_task(task: str, config: Optional[Mapping[str, Any]], out_dir: Any, quiet
         Allow writing into a directory that already holds a run.
     task_module : str, optional
         Import the task from this module instead of ``bilevel.tasks.<task>``.
+    **run_options
+        ``checkpoint_every``, ``precision``, ``guards`` of :class:`TaskRunner`.
 
     Returns
     -------
     dict
         The summary (also written to ``summary.json``).
     """
-    runner = TaskRunner(task, config, out_dir, quiet=quiet, overwrite=overwrite, task_module=task_module)
+    runner = TaskRunner(task, config, out_dir, quiet=quiet, overwrite=overwrite, task_module=task_module,
+                        **run_options)
+    return runner.execute()
+
+
+def resume_run(out_dir: Any, quiet: bool = False) -> Dict[str, Any]:
+    """Continue an interrupted run from its newest good checkpoint (``bilevel run --resume DIR``).
+
+    Reads ``DIR/config.yaml`` and ``DIR/run_options.yaml``, rebuilds the task, loads the newest checkpoint
+    that verifies (older ones when the newest is corrupt; step 0 when none is usable), truncates
+    metrics.jsonl to the checkpoint's length and runs the remaining steps. A finished run (summary.json
+    present) is not run again.
+
+    Parameters
+    ----------
+    out_dir : str or Path
+        The run directory.
+    quiet : bool
+        No progress bar.
+
+    Returns
+    -------
+    dict
+        The summary.
+
+    Raises
+    ------
+    ValueError
+        Not a run directory, or an unreadable config.yaml / run_options.yaml.
+    """
+    d = Path(out_dir)
+    if not (d / CONFIG_FILE).is_file() or not (d / METRICS_FILE).is_file():
+        raise ValueError(f"cannot resume {str(d)!r}: no {CONFIG_FILE} and {METRICS_FILE} (not a `bilevel run` "
+                         "directory)")
+    if (d / SUMMARY_FILE).exists():
+        try:
+            summary = json.loads((d / SUMMARY_FILE).read_text())
+        except json.JSONDecodeError:
+            summary = None
+        if isinstance(summary, dict):
+            logger.info("%s already finished (%s exists): nothing to resume", d, SUMMARY_FILE)
+            return summary
+    config = cfg.load_yaml(d / CONFIG_FILE)
+    options = cfg.load_yaml(d / RUN_OPTIONS_FILE) if (d / RUN_OPTIONS_FILE).exists() else {}
+    task = config.get("task")
+    if not isinstance(task, str):
+        raise ValueError(f"{d / CONFIG_FILE} names no task (key 'task')")
+    guard_keys = set(GuardOptions().as_dict())
+    unknown = sorted(set(options) - guard_keys - {"checkpoint_every", "precision", "task_module"})
+    if unknown:
+        raise ValueError(f"{d / RUN_OPTIONS_FILE}: unknown key(s) {', '.join(unknown)}")
+    runner = TaskRunner(task, config, d, quiet=quiet, task_module=options.get("task_module"),
+                        checkpoint_every=options.get("checkpoint_every", DEFAULT_CHECKPOINT_EVERY),
+                        precision=options.get("precision", "fp32"),
+                        guards=GuardOptions(**{k: options[k] for k in guard_keys if k in options}))
+    runner.setup(resume=True)
+    for name in (SUMMARY_FILE, CURVES_FILE):
+        if (d / name).exists():
+            (d / name).unlink()
+    runner.restore_latest()
     return runner.execute()
 
 
@@ -563,5 +806,5 @@ def demo_table(out_root: Any, methods: Sequence[str] = ("rhg", "bda", "iaptt"), 
     return markdown_table(rows, ["method", "test_accuracy", "f1", "wall_seconds"])
 
 
-__all__ = ["TaskRunner", "run_task", "load_run", "compare_runs", "demo_table", "markdown_table",
+__all__ = ["TaskRunner", "run_task", "resume_run", "load_run", "compare_runs", "demo_table", "markdown_table",
            "summary_columns", "peak_rss_mb", "DEMO_DEFAULTS"]

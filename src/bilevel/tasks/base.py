@@ -38,6 +38,10 @@ class TaskRun:
         Extra keyword arguments for :class:`bilevel.OuterLoop` that the task fixes (e.g. ``x_bounds``).
     state_dict, load_state_dict : callable, optional
         Task-side state that must survive a resume beyond ``t`` (e.g. a sampler position), if any.
+    shard_objectives : callable, optional
+        ``shard_objectives(t, rank, world_size) -> (upper, lower)``: this rank's share of step t's
+        objectives for multi-process runs (see :mod:`bilevel.distributed`); the single-process objectives
+        are the sums of the shares over ranks. None: the task runs on one process only.
     """
 
     x0: Any
@@ -48,3 +52,4 @@ class TaskRun:
     loop_options: Dict[str, Any] = field(default_factory=dict)
     state_dict: Optional[Callable[[], Dict[str, Any]]] = None
     load_state_dict: Optional[Callable[[Mapping[str, Any]], None]] = None
+    shard_objectives: Optional[Callable[[int, int, int], Tuple[Objective, Objective]]] = None

@@ -348,6 +348,31 @@ class FewShotTask:
         """``(upper, lower)`` of outer step ``t``."""
         return self.objectives_for(self.train_batch(t))
 
+    def shard_objectives(self, t: int, rank: int, world_size: int):
+        """This rank's share of step ``t``: the tasks ``[lo, hi)`` of the meta-batch (contiguous, balanced blocks).
+
+        Every rank keeps the whole head tensor y (B, ways, feat+1) and touches only its rows; lower = the
+        sum of its tasks' support losses (+ l_q of its rows), upper = the sum of its tasks' query losses / B.
+        Summed over ranks these are exactly :meth:`objectives` (the upper level is the mean over tasks).
+        """
+        B = self.options["meta_batch"]
+        if not 1 <= world_size <= B:
+            raise ValueError(f"cannot split a meta-batch of {B} tasks over {world_size} processes; use at most "
+                             f"{B} processes or a larger meta_batch")
+        base, extra = divmod(B, world_size)  # the first B % world_size ranks take one task more
+        lo = rank * base + min(rank, extra)
+        hi = lo + base + (1 if rank < extra else 0)
+        sx, sy, qx, qy = (a[lo:hi] for a in episode_tensors(self.train_batch(t), self.dtype))
+        lq, q, eps = self.options["lq"], self.options["q"], self.options["lq_eps"]
+
+        def lower(x: Mapping[str, torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+            return lower_value(y[lo:hi], backbone(x, sx), sy, lq, q, eps)
+
+        def upper(x: Mapping[str, torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+            return _batched_loss(y[lo:hi], backbone(x, qx), qy).sum() / B
+
+        return upper, lower
+
     # -------------------------------------------------------------------------------- metrics
     def evaluate(self, loop: OuterLoop) -> Dict[str, float]:
         """Query loss / accuracy of the method's heads on a fixed meta-batch of meta-train classes."""
@@ -420,7 +445,7 @@ class FewShotTask:
     def task_run(self) -> TaskRun:
         """The :class:`TaskRun` handed to the runner."""
         return TaskRun(x0=self.x0(), y0=self.y0(), objectives=self.objectives, evaluate=self.evaluate,
-                       summarize=self.summarize)
+                       summarize=self.summarize, shard_objectives=self.shard_objectives)
 
 
 def build(config: Mapping[str, Any]) -> TaskRun:
