@@ -343,11 +343,15 @@ class DistributedOuterLoop(OuterLoop):
     local (it gives the rank's partial value for sharded objectives; use :meth:`evaluate_reduced`).
     """
 
-    def __init__(self, x0: Any, y0: Any, *, ctx: Optional[DistContext] = None, op: str = "sum", **kwargs: Any):
+    def __init__(self, x0: Any, y0: Any, *, ctx: Optional[DistContext] = None, op: str = "sum",
+                 data_parallel: bool = False, **kwargs: Any):
         if "reduce_grads" in kwargs:
             raise ValueError("DistributedOuterLoop sets reduce_grads itself")
         self.ctx = ctx or _CURRENT
-        super().__init__(x0, y0, reduce_grads=grad_reducer(self.ctx, op), **kwargs)
+        # data-parallel objectives (see data_parallel) already give every rank the global hypergradient and
+        # global objective values: nothing is reduced at the step
+        self.data_parallel = data_parallel
+        super().__init__(x0, y0, reduce_grads=None if data_parallel else grad_reducer(self.ctx, op), **kwargs)
         with torch.no_grad():
             broadcast_(self._x, 0, self.ctx)
             broadcast_(self._y_init, 0, self.ctx)
@@ -357,7 +361,8 @@ class DistributedOuterLoop(OuterLoop):
 
     def step(self, upper: Objective, lower: Objective) -> Dict[str, Any]:
         """One outer step on this rank's objectives; the record's objectives are the all-reduced ones."""
-        return reduce_record(super().step(upper, lower), self.ctx)
+        record = super().step(upper, lower)
+        return record if self.data_parallel else reduce_record(record, self.ctx)
 
     def evaluate_reduced(self, upper: Objective, lower: Objective) -> Tuple[float, Any]:
         """``(F, y)`` with F summed over the ranks (sharded objectives); y is this rank's iterate."""
@@ -471,8 +476,14 @@ def shard_objectives(run: Any, ctx: DistContext) -> Callable[[int], Tuple[Object
     """
     own = getattr(run, "shard_objectives", None)
     if not callable(own):
-        raise ValueError("this task cannot be split over processes yet (supported: fewshot); run it with one "
-                         "process, see docs/distributed.md")
+        raise ValueError("this task cannot be split over processes (supported: fewshot, hyperclean); run it "
+                         "with one process, see docs/distributed.md")
+    if getattr(run, "shard_kind", "tasks") == "data":
+        def objectives(t: int) -> Tuple[Objective, Objective]:
+            upper, lower = own(t, ctx.rank, ctx.world_size)
+            return data_parallel(upper, ctx), data_parallel(lower, ctx)
+
+        return objectives
     return lambda t: own(t, ctx.rank, ctx.world_size)
 
 
@@ -510,7 +521,8 @@ class DistributedTaskRunner(TaskRunner):
         self._full_run: Any = None
 
     def _make_loop(self, x0: Any, y0: Any, **kwargs: Any) -> DistributedOuterLoop:
-        return DistributedOuterLoop(x0, y0, ctx=self.ctx, **kwargs)
+        kind = getattr(self.run, "shard_kind", "tasks")
+        return DistributedOuterLoop(x0, y0, ctx=self.ctx, data_parallel=kind == "data", **kwargs)
 
     def setup(self, resume: bool = False) -> None:
         """Build on every rank (files on rank 0 only), shard the objectives, re-seed per rank.

@@ -42,6 +42,11 @@ class TaskRun:
         ``shard_objectives(t, rank, world_size) -> (upper, lower)``: this rank's share of step t's
         objectives for multi-process runs (see :mod:`bilevel.distributed`); the single-process objectives
         are the sums of the shares over ranks. None: the task runs on one process only.
+    shard_kind : str
+        ``"tasks"``: each rank's share touches only its own part of y (few-shot heads), so the ranks'
+        hypergradients are summed once per outer step. ``"data"``: the shares are mini-batches of one
+        objective over a shared y (hyper-cleaning), so every objective evaluation and derivative is summed
+        across ranks (:func:`bilevel.distributed.data_parallel`) and the hypergradient is global on every rank.
     """
 
     x0: Any
@@ -53,3 +58,4 @@ class TaskRun:
     state_dict: Optional[Callable[[], Dict[str, Any]]] = None
     load_state_dict: Optional[Callable[[Mapping[str, Any]], None]] = None
     shard_objectives: Optional[Callable[[int, int, int], Tuple[Objective, Objective]]] = None
+    shard_kind: str = "tasks"

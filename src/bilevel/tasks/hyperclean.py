@@ -18,7 +18,7 @@ being flagged iff ``x_i <= 0`` (sigmoid weight <= 0.5; BVFIM's rule).
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Tuple
 
 import numpy as np
 import torch
@@ -210,7 +210,42 @@ def build(config: Mapping[str, Any]) -> TaskRun:
         out["n_corrupted"] = float(split.n_corrupted)
         return out
 
-    return TaskRun(x0=x0, y0=y0, objectives=lambda t: (upper, lower), evaluate=evaluate, summarize=summarize)
+    n_tr, n_val = X_tr.shape[0], X_val.shape[0]
+
+    def shard_objectives(t: int, rank: int, world_size: int):
+        """Rank ``rank``'s mini-batch share: its contiguous block of training and validation samples.
+
+        lower_r = sum_{i in train block} sigmoid(x_i) CE_i / n_train (+ the l2 term on rank 0),
+        upper_r = sum_{j in val block} CE_j / n_val; summed over ranks they are ``lower`` and ``upper``.
+        """
+        if not 1 <= world_size <= min(n_tr, n_val):
+            raise ValueError(f"cannot split {n_tr} training / {n_val} validation samples over {world_size} "
+                             "processes")
+        a, b = _block(n_tr, rank, world_size)
+        c, d = _block(n_val, rank, world_size)
+        Xa, ya, Xc, yc = X_tr[a:b], y_tr[a:b], X_val[c:d], y_val[c:d]
+
+        def lower_r(x: torch.Tensor, y: Mapping[str, torch.Tensor]) -> torch.Tensor:
+            ce = F.cross_entropy(forward(model, y, Xa), ya, reduction="none")
+            loss = (torch.sigmoid(x[a:b]) * ce).sum() / n_tr
+            if l2 and rank == 0:
+                loss = loss + l2 * sum((y[k] ** 2).sum() for k in weights)
+            return loss
+
+        def upper_r(x: torch.Tensor, y: Mapping[str, torch.Tensor]) -> torch.Tensor:
+            return F.cross_entropy(forward(model, y, Xc), yc, reduction="sum") / n_val
+
+        return upper_r, lower_r
+
+    return TaskRun(x0=x0, y0=y0, objectives=lambda t: (upper, lower), evaluate=evaluate, summarize=summarize,
+                   shard_objectives=shard_objectives, shard_kind="data")
+
+
+def _block(n: int, rank: int, world_size: int) -> tuple:
+    """Contiguous balanced block ``[lo, hi)`` of ``n`` items (the first ``n % world_size`` ranks get one more)."""
+    base, extra = divmod(n, world_size)
+    lo = rank * base + min(rank, extra)
+    return lo, lo + base + (1 if rank < extra else 0)
 
 
 def config_with_defaults(**overrides: Any) -> Dict[str, Any]:
