@@ -244,7 +244,7 @@ def test_bda_option_validation(opts, match, quadratic):
 
 def test_bda_is_registered_with_its_options():
     m = bilevel.METHODS["bda"]
-    assert m.options == ("upper_lr", "alpha", "lower_prox")
+    assert m.options == ("upper_lr", "alpha", "lower_prox", "checkpoint")
     assert not m.learns_init
 
 

@@ -89,7 +89,7 @@ def test_ptt_value_is_max_over_trajectory_and_fd_check():
 
 def test_methods_registered_learn_init_and_reject_options():
     for m in ("iaptt", "iagm", "iagm-a"):
-        assert bilevel.METHODS[m].learns_init and bilevel.METHODS[m].options == ()
+        assert bilevel.METHODS[m].learns_init and bilevel.METHODS[m].options == ("checkpoint",)
         with pytest.raises(ValueError, match="unknown option"):
             bilevel.hypergrad(upper, lower, torch.zeros(4, dtype=DT), torch.zeros(3, dtype=DT), method=m,
                               inner_steps=3, inner_lr=0.1, truncate=2)

@@ -1,0 +1,667 @@
+"""``bilevel bench``: time and memory of the methods against the plain inner loop and hand-written references.
+
+For every (problem, method, K) the library call ``bilevel.hypergrad(...)``, the hand-written reference of the same
+method (``benchmarks/references.py`` at the repository root) and the plain inner loop (K lower-level steps, no
+graph) are timed **round-robin in the same run** (warm-up, then the median of ``reps`` repetitions), so that the
+ratios compare like with like even on a machine whose speed drifts. Peak memory is measured in a separate,
+untimed call (see :func:`saved_peak_mb`). Writes ``DIR/bench.json`` (list of records) and ``DIR/BENCHMARKS.md``
+(table, machine, target checks). See docs/benchmarks.md.
+"""
+from __future__ import annotations
+
+import gc
+import importlib.util
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+import bilevel
+
+REQUIRED_KEYS = ("problem", "method", "inner_steps", "seconds_per_iter", "peak_mem_mb", "ratio_to_inner_loop",
+                 "ratio_to_reference")
+
+# ------------------------------------------------------------------------------------------ settings
+#: Benchmark sizes. "full" is the issue's configuration; "quick" (< 5 min on a quiet 2-core machine) uses fewer
+#: K values, fewer repetitions and smaller problems where stated; "smoke" (hidden, for the tests) takes seconds.
+CONFIGS: Dict[str, Dict[str, Any]] = {
+    "full": dict(
+        warmup=2, reps=7, dataset="fashion-mnist",
+        toy_K=(16, 64),
+        linear=dict(train=5000, val=5000, K=(25, 100, 400),
+                    methods=("rhg", "trhg", "cg", "neumann", "bda", "iaptt")),
+        mlp=dict(train=5000, val=5000, hidden=100, K=(25, 100),
+                 methods=("rhg", "trhg", "cg", "neumann", "bda", "iaptt")),
+        memory=dict(train=5000, val=5000, K=800),
+        fhg=dict(train=5000, val=5000, K=(100, 400, 800)),
+        fewshot=dict(width=64, queries=15, image_size=28, K=10, meta_batch=(4, 16), reps=5),
+    ),
+    "quick": dict(
+        warmup=1, reps=5, dataset="fashion-mnist",
+        toy_K=(16,),
+        linear=dict(train=5000, val=5000, K=(25, 100),
+                    methods=("rhg", "trhg", "cg", "neumann", "bda", "iaptt")),
+        mlp=dict(train=1000, val=1000, hidden=100, K=(25,), methods=("rhg", "cg")),
+        memory=dict(train=1000, val=1000, K=800),
+        fhg=dict(train=1000, val=1000, K=(50, 200)),
+        fewshot=dict(width=32, queries=5, image_size=28, K=5, meta_batch=(4, 16), reps=5),
+    ),
+    "smoke": dict(
+        warmup=0, reps=2, dataset="digits",
+        toy_K=(8,), toy_methods=("rhg", "bda", "fhg"),
+        linear=dict(train=100, val=100, K=(6,), methods=("rhg", "cg", "bda", "iaptt")),
+        mlp=dict(train=100, val=100, hidden=16, K=(4,), methods=("rhg",)),
+        memory=dict(train=100, val=100, K=16),
+        fhg=dict(train=100, val=100, K=(4, 8)),
+        fewshot=dict(width=4, queries=2, image_size=16, K=2, meta_batch=(2, 4), reps=2, max_per_class=40),
+    ),
+}
+
+#: Methods timed on the toy (cg is left out: the lower-level Hessian of Eq. 5 is singular).
+TOY_METHODS = ("rhg", "trhg", "neumann", "bda", "iaptt", "fhg")
+
+#: Targets of the issue (checked in BENCHMARKS.md).
+TARGET_REF_LINEAR, TARGET_REF_TOY = 1.10, 1.3
+TARGET_RHG_INNER, TARGET_CG_INNER, TARGET_BDA_RHG = 3.5, 1.6, 2.2
+TARGET_CKPT_MEM, TARGET_CKPT_TIME, TARGET_FEWSHOT = 4.0, 1.5, 3.0
+
+
+# ------------------------------------------------------------------------------------------ references
+def load_references():
+    """The hand-written references, ``benchmarks/references.py`` at the repository root (loaded by path)."""
+    name = "bilevel_bench_references"
+    if name in sys.modules:
+        return sys.modules[name]
+    candidates = [Path(os.environ["BILEVEL_BENCH_REFERENCES"])] if "BILEVEL_BENCH_REFERENCES" in os.environ else []
+    candidates += [Path(__file__).resolve().parents[2] / "benchmarks" / "references.py",
+                   Path.cwd() / "benchmarks" / "references.py"]
+    for path in candidates:
+        if path.is_file():
+            spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+            return module
+    raise FileNotFoundError("benchmarks/references.py not found (searched " + ", ".join(map(str, candidates))
+                            + "); run from the repository or set BILEVEL_BENCH_REFERENCES")
+
+
+# ------------------------------------------------------------------------------------------ problems
+@dataclass
+class Prob:
+    """A benchmark problem: the task's objectives, starting point, inner step size and a description."""
+
+    name: str
+    upper: Callable
+    lower: Callable
+    x: Any
+    y0: Any
+    lr: float
+    note: str
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+def make_toy(dtype: torch.dtype = torch.float64) -> Prob:
+    """BDA's Eq. 5 counterexample (tasks/toy.py, problem "bda"): x0 = 0, y0 = (2, 2), s_l = 0.2."""
+    from .experiments import synthetic_bda
+
+    return Prob("toy", synthetic_bda.upper, synthetic_bda.lower, torch.zeros(1, dtype=dtype),
+                torch.tensor([2.0, 2.0], dtype=dtype), synthetic_bda.S_L, "BDA Eq. 5, x0=0, y0=(2,2), s_l=0.2",
+                {"upper_lr": synthetic_bda.S_U})
+
+
+def _hyperclean_run(model: str, train: int, val: int, dataset: str, dtype: str, hidden: int = 100):
+    from .tasks import hyperclean
+
+    cfg = hyperclean.config_with_defaults(dataset=dataset, model=model, train_size=train, val_size=val,
+                                          test_size=min(100, val), hidden=hidden, dtype=dtype)
+    try:
+        return hyperclean.build(cfg), dataset, ""
+    except (OSError, ValueError) as err:
+        if dataset == "digits":
+            raise
+        # Fashion-MNIST missing: fall back to sklearn's digits (at most 500/500 samples), noted in the output
+        cfg.update(dataset="digits", train_size=min(train, 500), val_size=min(val, 500), test_size=100)
+        return hyperclean.build(cfg), "digits", f"FALLBACK to digits ({dataset} unavailable: {str(err)[:80]})"
+
+
+def make_hyperclean(model: str = "linear", train: int = 5000, val: int = 5000, dataset: str = "fashion-mnist",
+                    dtype: str = "float32", hidden: int = 100, lr: float = 0.3) -> Prob:
+    """Data hyper-cleaning with the task's objectives (tasks/hyperclean.py): x = per-sample weight logits."""
+    run, ds, fallback = _hyperclean_run(model, train, val, dataset, dtype, hidden)
+    upper, lower = run.objectives(0)
+    n = run.x0.shape[0]
+    note = f"{ds} {n} train / {val if ds == dataset else min(val, 500)} val, {model}" + \
+        (f" (hidden {hidden})" if model == "mlp" else "") + f", {dtype}, inner_lr {lr}"
+    return Prob(f"hyperclean-{model}", upper, lower, run.x0, run.y0, lr, note + (f"; {fallback}" if fallback else ""),
+                {"fallback": bool(fallback)})
+
+
+def make_hyperclean_wd(train: int = 5000, val: int = 5000, dataset: str = "fashion-mnist", dtype: str = "float32",
+                       lr: float = 0.3) -> Prob:
+    """A scalar hyperparameter on hyperclean-linear: x = log weight decay, lower = task's lower objective at
+    uniform sample weights (sigmoid(0) = 1/2) + exp(x) ||W||^2, upper = the task's validation loss."""
+    p = make_hyperclean("linear", train, val, dataset, dtype, lr=lr)
+    w = torch.zeros_like(p.x)
+    task_lower = p.lower
+
+    def lower(x, y):
+        return task_lower(w, y) + torch.exp(x[0]) * (y["weight"] ** 2).sum()
+
+    x = torch.tensor([math.log(1e-3)], dtype=p.x.dtype)
+    return Prob("hyperclean-linear-wd", p.upper, lower, x, p.y0, lr,
+                p.note + "; x = log weight decay (scalar), uniform sample weights", p.extra)
+
+
+def make_fewshot(meta_batch: int = 4, width: int = 64, queries: int = 15, image_size: int = 28, ways: int = 5,
+                 shots: int = 1, dtype: str = "float32", lr: float = 0.5, max_per_class: Optional[int] = None) -> Prob:
+    """Few-shot (tasks/fewshot.py): conv-4 backbone x, per-task linear heads y (vmapped objective)."""
+    from .tasks import fewshot
+
+    cfg = fewshot.config_with_defaults(meta_batch=meta_batch, width=width, queries=queries, image_size=image_size,
+                                       ways=ways, shots=shots, dtype=dtype, inner_lr=lr,
+                                       max_per_class=max_per_class)
+    task = fewshot.FewShotTask(cfg)
+    ep = task.train_batch(0)
+    upper, lower = task.objectives_for(ep)
+    sx, sy, qx, qy = fewshot.episode_tensors(ep, task.dtype)
+    note = (f"rotated Fashion-MNIST, {ways}-way {shots}-shot, {queries} queries, {image_size}x{image_size}, "
+            f"width {width}, meta-batch {meta_batch}, {dtype}")
+    return Prob("fewshot-conv4", upper, lower, task.x0(), task.y0(), lr, note,
+                {"tensors": (sx, sy, qx, qy), "meta_batch": meta_batch})
+
+
+# ------------------------------------------------------------------------------------------ methods
+def lib_options(method: str, K: int, prob: Prob) -> Dict[str, Any]:
+    """Options of the library call (matching the reference below)."""
+    if method == "trhg":
+        return {"truncate": max(1, K // 2)}
+    if method == "cg":
+        return {"cg_steps": 10, "cg_tol": 0.0}  # exactly 10 iterations (the reference does 10)
+    if method == "neumann":
+        return {"neumann_terms": 20}
+    if method == "bda":
+        return {"upper_lr": prob.extra["upper_lr"]} if "upper_lr" in prob.extra else {}
+    if method.startswith("rhg+checkpoint="):
+        return {"checkpoint": int(method.split("=")[1])}
+    return {}
+
+
+def library_call(prob: Prob, method: str, K: int) -> Callable[[], Any]:
+    name = method.split("+")[0]
+    opts = lib_options(method, K, prob)
+    return lambda: bilevel.hypergrad(prob.upper, prob.lower, prob.x, prob.y0, method=name, inner_steps=K,
+                                     inner_lr=prob.lr, **opts)
+
+
+def reference_call(R, prob: Prob, method: str, K: int) -> Callable[[], Any]:
+    u, l, x, y0, lr = prob.upper, prob.lower, prob.x, prob.y0, prob.lr
+    if method in ("rhg",) or method.startswith("rhg+"):
+        return lambda: R.rhg(u, l, x, y0, K, lr)
+    if method == "trhg":
+        return lambda: R.trhg(u, l, x, y0, K, lr, max(1, K // 2))
+    if method == "cg":
+        return lambda: R.cg(u, l, x, y0, K, lr, iters=10)
+    if method == "neumann":
+        return lambda: R.neumann(u, l, x, y0, K, lr, terms=20)
+    if method == "bda":
+        return lambda: R.bda(u, l, x, y0, K, lr, upper_lr=prob.extra.get("upper_lr"))
+    if method == "iaptt":
+        return lambda: R.iaptt(u, l, x, y0, K, lr)
+    if method == "fhg":
+        return lambda: R.fhg_scalar(u, l, x, y0, K, lr)
+    raise ValueError(f"no reference for {method!r}")
+
+
+# ------------------------------------------------------------------------------------------ measurement
+def time_round_robin(fns: Dict[str, Callable[[], Any]], warmup: int, reps: int) -> Dict[str, List[float]]:
+    """Seconds of each call, the callables interleaved (warm-up rounds discarded)."""
+    out: Dict[str, List[float]] = {k: [] for k in fns}
+    for r in range(warmup + reps):
+        gc.collect()
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            dt = time.perf_counter() - t0
+            if r >= warmup:
+                out[k].append(dt)
+    return out
+
+
+def _live_storages() -> set:
+    ptrs = set()
+    for obj in gc.get_objects():
+        try:
+            if issubclass(type(obj), torch.Tensor):
+                ptrs.add(obj.untyped_storage().data_ptr())
+        except Exception:  # noqa: BLE001  (sparse/meta tensors, objects being torn down)
+            pass
+    return ptrs
+
+
+def saved_peak_mb(fn: Callable[[], Any], baseline: Optional[set] = None) -> Optional[float]:
+    """Peak MB of the distinct tensor storages autograd holds for backward while ``fn`` runs.
+
+    Counted through ``torch.autograd.graph.saved_tensors_hooks`` (forward tapes, double-backward tapes of HVPs,
+    the segment boundaries of ``checkpoint`` and the tapes recomputed in its backward). Storages alive before the
+    call (the data set, x, y0) are excluded -- this is the memory *above the data baseline* -- and a storage saved
+    several times is counted once. Transient buffers that autograd does not keep (e.g. inside a graph-free step)
+    are not counted (``baseline``: storages to exclude, computed once per group by the caller). None when the call cannot run under saved-tensor hooks (``torch.func`` transforms).
+    """
+    if baseline is None:
+        gc.collect()
+        baseline = _live_storages()
+    live: Dict[int, List[int]] = {}
+    cur, peak = [0], [0]
+
+    class Held:
+        __slots__ = ("t", "ptr", "__weakref__")
+
+        def __init__(self, t: torch.Tensor):
+            self.t = t
+            self.ptr = None
+            try:
+                st = t.untyped_storage()
+                ptr = st.data_ptr()
+            except Exception:  # noqa: BLE001
+                return
+            if ptr in baseline or ptr == 0:
+                return
+            self.ptr = ptr
+            entry = live.get(ptr)
+            if entry is None:
+                live[ptr] = [1, st.nbytes()]
+                cur[0] += st.nbytes()
+                peak[0] = max(peak[0], cur[0])
+            else:
+                entry[0] += 1
+
+        def __del__(self):
+            if self.ptr is None:
+                return
+            entry = live[self.ptr]
+            entry[0] -= 1
+            if entry[0] == 0:
+                cur[0] -= entry[1]
+                del live[self.ptr]
+
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(Held, lambda h: h.t):
+            fn()
+    except RuntimeError as err:  # torch.func transforms refuse saved-tensor hooks (the fhg reference)
+        if "saved tensor hooks" not in str(err):
+            raise
+        return None
+    return peak[0] / 2 ** 20
+
+
+def _peaks(fns: Dict[str, Callable[[], Any]]) -> Dict[str, Optional[float]]:
+    """:func:`saved_peak_mb` of each callable, with one baseline scan for all of them."""
+    gc.collect()
+    baseline = _live_storages()
+    return {k: saved_peak_mb(fn, baseline) for k, fn in fns.items()}
+
+
+def _median(ts: Sequence[float]) -> float:
+    return float(statistics.median(ts))
+
+
+def machine_info() -> Dict[str, Any]:
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"torch": torch.__version__, "threads": torch.get_num_threads(),
+            "interop_threads": torch.get_num_interop_threads(), "cpu_model": cpu, "cpu_count": os.cpu_count(),
+            "python": platform.python_version(), "platform": platform.platform()}
+    try:
+        info["loadavg_start"] = [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        pass
+    return info
+
+
+# ------------------------------------------------------------------------------------------ groups
+def _record(problem: str, method: str, K: int, t: Optional[List[float]], mem: Optional[float],
+            t_inner: Optional[float], t_ref: Optional[float], note: str, **extra: Any) -> Dict[str, Any]:
+    sec = _median(t) if t else None
+    rec = {"problem": problem, "method": method, "inner_steps": K, "seconds_per_iter": sec,
+           "peak_mem_mb": None if mem is None else round(mem, 3),
+           "ratio_to_inner_loop": None if (sec is None or not t_inner) else sec / t_inner,
+           "ratio_to_reference": None if (sec is None or not t_ref) else sec / t_ref,
+           "reference_seconds": t_ref, "inner_loop_seconds": t_inner, "times": t, "note": note}
+    rec.update(extra)
+    return rec
+
+
+def bench_group(R, prob: Prob, K: int, methods: Sequence[str], warmup: int, reps: int, log: Callable[[str], None],
+                with_upper_evals: bool = False, memory: bool = True) -> List[Dict[str, Any]]:
+    """Library, reference and plain inner loop of each method at one (problem, K), timed round-robin."""
+    fns: Dict[str, Callable[[], Any]] = {"inner_loop": lambda: R.inner_loop(prob.lower, prob.x, prob.y0, K, prob.lr)}
+    for m in methods:
+        fns["lib:" + m] = library_call(prob, m, K)
+        fns["ref:" + m] = reference_call(R, prob, m, K)
+    if with_upper_evals:
+        y_K = R.inner_loop(prob.lower, prob.x, prob.y0, K, prob.lr)
+
+        def upper_evals():
+            with torch.no_grad():
+                for _ in range(K):
+                    prob.upper(prob.x, y_K)
+
+        fns["upper_evals"] = upper_evals
+    t0 = time.perf_counter()
+    times = time_round_robin(fns, warmup, reps)
+    mems = _peaks({k: fn for k, fn in fns.items() if k != "upper_evals"}) if memory else {}
+    t_inner = _median(times["inner_loop"])
+    out = [_record(prob.name, "inner_loop", K, times["inner_loop"], mems.get("inner_loop"), t_inner, None, prob.note)]
+    for m in methods:
+        t_ref = _median(times["ref:" + m])
+        ref_mem = mems.get("ref:" + m)
+        extra: Dict[str, Any] = {"reference_peak_mem_mb": None if ref_mem is None else round(ref_mem, 3)}
+        if m == "iaptt":
+            extra["k_bar"] = int(fns["lib:iaptt"]().info["k_bar"])
+        out.append(_record(prob.name, m, K, times["lib:" + m], mems.get("lib:" + m), t_inner, t_ref, prob.note,
+                           **extra))
+    if with_upper_evals:
+        out[0]["upper_evals_seconds"] = _median(times["upper_evals"])
+    log(f"  {prob.name} K={K}: " + ", ".join(f"{r['method']} {r['seconds_per_iter'] * 1e3:.1f}ms"
+                                            + (f" (x{r['ratio_to_reference']:.2f} ref)" if r["ratio_to_reference"]
+                                               else "") for r in out) + f"  [{time.perf_counter() - t0:.0f}s]")
+    return out
+
+
+def bench_fewshot(R, cfg: Dict[str, Any], warmup: int, log: Callable[[str], None]) -> List[Dict[str, Any]]:
+    from .tasks import fewshot
+
+    out = []
+    for mb in cfg["meta_batch"]:
+        prob = make_fewshot(mb, cfg["width"], cfg["queries"], cfg["image_size"],
+                            max_per_class=cfg.get("max_per_class"))
+        sx, sy, qx, qy = prob.extra["tensors"]
+        K = cfg["K"]
+        fns = {"inner_loop": lambda: R.inner_loop(prob.lower, prob.x, prob.y0, K, prob.lr),
+               "lib:rhg": library_call(prob, "rhg", K),
+               "ref:rhg": lambda: R.fewshot_rhg_per_task(fewshot.backbone, fewshot.task_loss, prob.x, prob.y0, sx,
+                                                         sy, qx, qy, K, prob.lr)}
+        t0 = time.perf_counter()
+        times = time_round_robin(fns, warmup, cfg["reps"])
+        mems = _peaks(fns)
+        t_inner, t_ref = _median(times["inner_loop"]), _median(times["ref:rhg"])
+        note = prob.note + "; reference = per-task Python loop (no vmap, one task's images at a time)"
+        out.append(_record(prob.name, "inner_loop", K, times["inner_loop"], mems["inner_loop"], t_inner, None, note,
+                           meta_batch=mb))
+        rec = _record(prob.name, "rhg", K, times["lib:rhg"], mems["lib:rhg"], t_inner, t_ref, note, meta_batch=mb,
+                      reference_peak_mem_mb=round(mems["ref:rhg"], 3))
+        rec["tasks_per_second"] = mb / rec["seconds_per_iter"]
+        rec["reference_tasks_per_second"] = mb / t_ref
+        rec["vmap_throughput_vs_loop"] = t_ref / rec["seconds_per_iter"]
+        out.append(rec)
+        log(f"  fewshot mb={mb} K={K}: vmap {rec['seconds_per_iter']:.3f}s, loop {t_ref:.3f}s, "
+            f"inner {t_inner:.3f}s  [{time.perf_counter() - t0:.0f}s]")
+    return out
+
+
+def bench_memory_modes(R, cfg: Dict[str, Any], dataset: str, warmup: int, reps: int,
+                       log: Callable[[str], None]) -> List[Dict[str, Any]]:
+    """RHG vs ``checkpoint=round(sqrt(K))`` at large K on hyperclean-linear."""
+    prob = make_hyperclean("linear", cfg["train"], cfg["val"], dataset)
+    K = cfg["K"]
+    S = max(1, int(round(math.sqrt(K))))
+    ck = f"rhg+checkpoint={S}"
+    fns = {"inner_loop": lambda: R.inner_loop(prob.lower, prob.x, prob.y0, K, prob.lr),
+           "lib:rhg": library_call(prob, "rhg", K), "lib:" + ck: library_call(prob, ck, K),
+           "ref:rhg": reference_call(R, prob, "rhg", K)}
+    t0 = time.perf_counter()
+    times = time_round_robin(fns, warmup, reps)
+    mems = _peaks(fns)
+    t_inner, t_ref = _median(times["inner_loop"]), _median(times["ref:rhg"])
+    note = prob.note + "; memory mode"
+    out = [_record(prob.name, "inner_loop", K, times["inner_loop"], mems["inner_loop"], t_inner, None, note,
+                   memory_mode=True),
+           _record(prob.name, "rhg", K, times["lib:rhg"], mems["lib:rhg"], t_inner, t_ref, note, memory_mode=True,
+                   reference_peak_mem_mb=round(mems["ref:rhg"], 3)),
+           _record(prob.name, ck, K, times["lib:" + ck], mems["lib:" + ck], t_inner, t_ref, note, memory_mode=True,
+                   reference_peak_mem_mb=round(mems["ref:rhg"], 3), checkpoint=S)]
+    log(f"  memory K={K}: rhg {out[1]['seconds_per_iter']:.2f}s {out[1]['peak_mem_mb']:.1f}MB, checkpoint={S} "
+        f"{out[2]['seconds_per_iter']:.2f}s {out[2]['peak_mem_mb']:.1f}MB  [{time.perf_counter() - t0:.0f}s]")
+    return out
+
+
+def bench_fhg(R, cfg: Dict[str, Any], dataset: str, warmup: int, reps: int,
+              log: Callable[[str], None]) -> List[Dict[str, Any]]:
+    prob = make_hyperclean_wd(cfg["train"], cfg["val"], dataset)
+    out = []
+    for K in cfg["K"]:
+        recs = bench_group(R, prob, K, ("fhg",), warmup, reps, log)
+        for r in recs:
+            r["memory_mode"] = True
+        out += recs
+    return out
+
+
+# ------------------------------------------------------------------------------------------ targets
+def _find(records, problem, method, K=None, **kw):
+    for r in records:
+        if r["problem"] == problem and r["method"] == method and (K is None or r["inner_steps"] == K) and \
+                all(r.get(k) == v for k, v in kw.items()):
+            return r
+    return None
+
+
+def _fmt(v: Optional[float], digits: int = 2) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def check_targets(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The issue's targets: name, measured value, limit, met, explanation."""
+    checks: List[Dict[str, Any]] = []
+
+    def add(name, value, limit, ok, detail, reason=""):
+        checks.append({"target": name, "measured": value, "limit": limit,
+                       "met": None if value is None else bool(ok), "detail": detail, "reason": reason})
+
+    for prob, lim in (("hyperclean-linear", TARGET_REF_LINEAR), ("toy", TARGET_REF_TOY)):
+        per: Dict[str, Tuple[float, int]] = {}
+        for r in records:
+            if r["problem"] == prob and r["ratio_to_reference"] is not None and not r.get("memory_mode"):
+                worst = per.get(r["method"])
+                if worst is None or r["ratio_to_reference"] > worst[0]:
+                    per[r["method"]] = (r["ratio_to_reference"], r["inner_steps"])
+        for m, (v, K) in sorted(per.items()):
+            add(f"{prob}: {m} within {lim}x of its reference (worst K)", v, lim, v <= lim, f"K={K}")
+    Ks = sorted({r["inner_steps"] for r in records if r["problem"] == "hyperclean-linear" and not r.get("memory_mode")})
+    Kt = 100 if 100 in Ks else (Ks[-1] if Ks else None)
+    rhg = _find(records, "hyperclean-linear", "rhg", Kt, memory_mode=None)
+    if rhg:
+        add(f"hyperclean-linear K={Kt}: RHG <= {TARGET_RHG_INNER}x the plain inner loop",
+            rhg["ratio_to_inner_loop"], TARGET_RHG_INNER, rhg["ratio_to_inner_loop"] <= TARGET_RHG_INNER,
+            f"{_fmt(rhg['seconds_per_iter'], 4)}s vs {_fmt(rhg['inner_loop_seconds'], 4)}s")
+    cg = _find(records, "hyperclean-linear", "cg", Kt, memory_mode=None)
+    if cg:
+        add(f"hyperclean-linear K={Kt}: CG (10 iterations) <= {TARGET_CG_INNER}x the plain inner loop",
+            cg["ratio_to_inner_loop"], TARGET_CG_INNER, cg["ratio_to_inner_loop"] <= TARGET_CG_INNER,
+            f"{_fmt(cg['seconds_per_iter'], 4)}s vs {_fmt(cg['inner_loop_seconds'], 4)}s",
+            "CG = K plain steps + 1 taped gradient + 11 HVP/mixed products: at small K the fixed HVP cost "
+            "dominates" if cg["ratio_to_inner_loop"] > TARGET_CG_INNER else "")
+    bda = _find(records, "hyperclean-linear", "bda", Kt, memory_mode=None)
+    if bda and rhg:
+        v = bda["seconds_per_iter"] / rhg["seconds_per_iter"]
+        add(f"hyperclean-linear K={Kt}: BDA <= {TARGET_BDA_RHG}x RHG", v, TARGET_BDA_RHG, v <= TARGET_BDA_RHG,
+            "BDA evaluates F and f (and their HVPs) every step")
+    ia = _find(records, "hyperclean-linear", "iaptt", Kt, memory_mode=None)
+    inner = _find(records, "hyperclean-linear", "inner_loop", Kt, memory_mode=None)
+    if ia and rhg and inner and inner.get("upper_evals_seconds") is not None:
+        budget = rhg["seconds_per_iter"] + inner["upper_evals_seconds"]
+        v = ia["seconds_per_iter"] / budget
+        add(f"hyperclean-linear K={Kt}: IAPTT-GM <= RHG + K upper evaluations", v, 1.0, v <= 1.0,
+            f"iaptt {_fmt(ia['seconds_per_iter'], 4)}s vs rhg {_fmt(rhg['seconds_per_iter'], 4)}s + "
+            f"{Kt} F evals {_fmt(inner['upper_evals_seconds'], 4)}s; k_bar = {ia.get('k_bar')}",
+            "the library runs a graph-free selection pass (K plain steps + K F evaluations) and then an RHG "
+            "unroll of k_bar steps: with k_bar close to K that is one extra plain inner loop (memory O(k_bar) "
+            "instead of O(K))" if v > 1.0 else "")
+    plain = [r for r in records if r.get("memory_mode") and r["problem"] == "hyperclean-linear" and r["method"] == "rhg"]
+    ckr = [r for r in records if r.get("memory_mode") and r["method"].startswith("rhg+checkpoint=")]
+    if plain and ckr:
+        p, c = plain[0], ckr[0]
+        mem_ratio = p["peak_mem_mb"] / c["peak_mem_mb"] if c["peak_mem_mb"] else None
+        t_ratio = c["seconds_per_iter"] / p["seconds_per_iter"]
+        add(f"hyperclean-linear K={p['inner_steps']}: checkpoint={c['checkpoint']} cuts peak memory above the "
+            f"data baseline by >= {TARGET_CKPT_MEM}x", mem_ratio, TARGET_CKPT_MEM,
+            mem_ratio is not None and mem_ratio >= TARGET_CKPT_MEM,
+            f"{_fmt(p['peak_mem_mb'], 1)} MB -> {_fmt(c['peak_mem_mb'], 1)} MB")
+        add(f"hyperclean-linear K={p['inner_steps']}: checkpoint={c['checkpoint']} time <= {TARGET_CKPT_TIME}x RHG",
+            t_ratio, TARGET_CKPT_TIME, t_ratio <= TARGET_CKPT_TIME,
+            f"{_fmt(c['seconds_per_iter'], 3)}s vs {_fmt(p['seconds_per_iter'], 3)}s")
+    fhg = sorted((r for r in records if r["method"] == "fhg" and r["problem"] == "hyperclean-linear-wd"),
+                 key=lambda r: r["inner_steps"])
+    if len(fhg) >= 2:
+        v = fhg[-1]["peak_mem_mb"] / fhg[0]["peak_mem_mb"] if fhg[0]["peak_mem_mb"] else None
+        add("fhg (scalar hyperparameter): constant memory in K (peak ratio largest/smallest K <= 1.05)", v, 1.05,
+            v is not None and v <= 1.05,
+            ", ".join(f"K={r['inner_steps']}: {_fmt(r['peak_mem_mb'], 2)} MB" for r in fhg))
+    fs = [r for r in records if r["problem"] == "fewshot-conv4" and r["method"] == "rhg"]
+    if fs:
+        r = max(fs, key=lambda r: r["meta_batch"])
+        v = r["vmap_throughput_vs_loop"]
+        add(f"fewshot meta-batch {r['meta_batch']}: vmap >= {TARGET_FEWSHOT}x the throughput of the per-task loop",
+            v, TARGET_FEWSHOT, v >= TARGET_FEWSHOT,
+            f"{r['tasks_per_second']:.2f} vs {r['reference_tasks_per_second']:.2f} tasks/s",
+            "on CPU the per-task loop does the same convolution FLOPs as the batched call; batching only saves "
+            "per-call overhead and improves GEMM shapes, so the gain is bounded by how small the per-task "
+            "calls are (>= 3x needs overhead-dominated per-task work, e.g. a GPU)" if v < TARGET_FEWSHOT else "")
+    return checks
+
+
+# ------------------------------------------------------------------------------------------ report
+def write_markdown(path: Path, records: List[Dict[str, Any]], checks: List[Dict[str, Any]], machine: Dict[str, Any],
+                   mode: str, notes: List[str], elapsed: float) -> None:
+    L = [f"# Benchmarks ({mode})", "",
+         "Generated by `bilevel bench`" + (" --quick" if mode == "quick" else "") + f" in {elapsed:.0f} s. "
+         "Times: median seconds per hypergradient (one `bilevel.hypergrad` call) after warm-up; the library, "
+         "the hand-written reference (`benchmarks/references.py`) and the plain inner loop are timed "
+         "round-robin in the same run. Memory: peak MB of autograd saved tensors above the data baseline "
+         "(docs/benchmarks.md).", "", "## Machine", ""]
+    for k, v in machine.items():
+        L.append(f"- {k}: {v}")
+    L += ["", "## Target checks", "", "| target | measured | limit | status | detail |", "|---|---|---|---|---|"]
+    for c in checks:
+        status = "n/a" if c["met"] is None else ("met" if c["met"] else "**not met**")
+        detail = c["detail"] + (f". Reason: {c['reason']}" if c["reason"] else "")
+        L.append(f"| {c['target']} | {_fmt(c['measured'])} | {c['limit']} | {status} | {detail} |")
+    L += ["", "## Records", "",
+          "| problem | method | K | s/iter | peak MB | x inner loop | x reference | ref s/iter | ref peak MB | extra |",
+          "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        extra = []
+        for k in ("meta_batch", "k_bar", "checkpoint", "tasks_per_second", "vmap_throughput_vs_loop",
+                  "upper_evals_seconds"):
+            if r.get(k) is not None:
+                extra.append(f"{k}={_fmt(r[k], 3) if isinstance(r[k], float) else r[k]}")
+        L.append(f"| {r['problem']} | {r['method']} | {r['inner_steps']} | {_fmt(r['seconds_per_iter'], 4)} | "
+                 f"{_fmt(r['peak_mem_mb'], 2)} | {_fmt(r['ratio_to_inner_loop'])} | {_fmt(r['ratio_to_reference'])} "
+                 f"| {_fmt(r.get('reference_seconds'), 4)} | {_fmt(r.get('reference_peak_mem_mb'), 2)} | "
+                 f"{' '.join(extra)} |")
+    L += ["", "## Problems and notes", ""]
+    seen = set()
+    for r in records:
+        key = (r["problem"], r["note"])
+        if key not in seen:
+            seen.add(key)
+            L.append(f"- `{r['problem']}`: {r['note']}")
+    L += [f"- {n}" for n in notes]
+    path.write_text("\n".join(L) + "\n")
+
+
+def run(out: Path, mode: str = "full", log: Callable[[str], None] = print,
+        threads: Optional[int] = None) -> List[Dict[str, Any]]:
+    """Run the benchmark and write ``out/bench.json`` and ``out/BENCHMARKS.md``; returns the records.
+
+    ``threads``: ``torch.set_num_threads`` for the run (default: torch's default, usually the core count).
+    The smoke mode uses 1 thread unless told otherwise (OpenMP barriers on a busy machine make tiny ops slow).
+    """
+    cfg = CONFIGS[mode]
+    if threads is None and mode == "smoke":
+        threads = 1
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    R = load_references()
+    machine = machine_info()
+    warmup, reps = cfg["warmup"], cfg["reps"]
+    records: List[Dict[str, Any]] = []
+    notes = [f"mode {mode}: warm-up {warmup}, median of {reps} repetitions"]
+    if mode == "quick":
+        notes.append("quick mode uses smaller problems: hyperclean-mlp and the memory-mode / fhg records on "
+                     f"{cfg['mlp']['train']} train samples, few-shot conv-4 of width {cfg['fewshot']['width']} with "
+                     f"{cfg['fewshot']['queries']} queries and K={cfg['fewshot']['K']}; fewer K values")
+    notes.append("toy: cg is not benchmarked (the lower-level Hessian of Eq. 5 is singular, CG is undefined there)")
+    t_start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # cg with exactly 10 iterations warns that it did not converge
+        log(f"bilevel bench ({mode}) -> {out}")
+        toy = make_toy()
+        for K in cfg["toy_K"]:
+            records += bench_group(R, toy, K, cfg.get("toy_methods", TOY_METHODS), warmup, reps, log)
+        lin = cfg["linear"]
+        prob = make_hyperclean("linear", lin["train"], lin["val"], cfg["dataset"])
+        dataset = "digits" if prob.extra["fallback"] else cfg["dataset"]
+        if prob.extra["fallback"]:
+            notes.append(prob.note)
+        for K in lin["K"]:
+            records += bench_group(R, prob, K, lin["methods"], warmup, reps, log, with_upper_evals=True)
+        del prob
+        mlp = cfg["mlp"]
+        prob = make_hyperclean("mlp", mlp["train"], mlp["val"], dataset, hidden=mlp["hidden"])
+        for K in mlp["K"]:
+            records += bench_group(R, prob, K, mlp["methods"], warmup, reps, log)
+        del prob
+        records += bench_memory_modes(R, cfg["memory"], dataset, warmup, reps, log)
+        records += bench_fhg(R, cfg["fhg"], dataset, warmup, reps, log)
+        try:
+            records += bench_fewshot(R, cfg["fewshot"], warmup, log)
+        except (OSError, ValueError) as err:
+            notes.append(f"fewshot-conv4 skipped: {err}")
+    elapsed = time.perf_counter() - t_start
+    try:
+        machine["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        pass
+    checks = check_targets(records)
+    (out / "bench.json").write_text(json.dumps(records, indent=1))
+    (out / "targets.json").write_text(json.dumps({"machine": machine, "checks": checks, "mode": mode,
+                                                  "elapsed_seconds": elapsed}, indent=1))
+    write_markdown(out / "BENCHMARKS.md", records, checks, machine, mode, notes, elapsed)
+    log(f"wrote {out / 'bench.json'} and {out / 'BENCHMARKS.md'} ({elapsed:.0f} s)")
+    return records
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m bilevel.bench")
+    p.add_argument("--out", default="results/bench")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    run(Path(a.out), "smoke" if a.smoke else ("quick" if a.quick else "full"), threads=a.threads)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
