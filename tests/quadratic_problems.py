@@ -23,3 +23,10 @@ def make_quadratic(n_x, n_y, seed, dtype=torch.float64):
     return dict(H=H, B=B, c=c, a=a, E=E, lam=lam, lower=lower, upper=upper,
                 x=r(n_x), y0=r(n_y), lr=float(1.0 / torch.linalg.eigvalsh(H).max()))
 
+
+def ift_closed_form(q):
+    """Implicit-function-theorem hypergradient grad phi(x) of a problem from :func:`make_quadratic`."""
+    H, B, c, x = q["H"], q["B"], q["c"], q["x"]
+    y = torch.linalg.solve(H, B @ x + c)
+    gy = (y - q["a"]) + q["E"].T @ x
+    return q["lam"] * x + q["E"] @ y + B.T @ torch.linalg.solve(H, gy)

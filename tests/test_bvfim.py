@@ -11,17 +11,9 @@ from bilevel._tree import flatten
 from bilevel.estimators import value_function
 from bilevel.methods import bvfim as bvfim_method
 from bilevel.problem import Problem
-from quadratic_problems import make_quadratic
+from quadratic_problems import ift_closed_form, make_quadratic
 
 
-
-
-def ift_closed_form(q):
-    """Implicit-function-theorem hypergradient of the quadratic problem of ``make_quadratic``."""
-    H, B, c, x = q["H"], q["B"], q["c"], q["x"]
-    y = torch.linalg.solve(H, B @ x + c)
-    gy = (y - q["a"]) + q["E"].T @ x
-    return q["lam"] * x + q["E"] @ y + B.T @ torch.linalg.solve(H, gy)
 
 
 def rel(a, b):

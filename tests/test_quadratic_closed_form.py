@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import bilevel
-from quadratic_problems import make_quadratic
+from quadratic_problems import ift_closed_form, make_quadratic
 
 CASES = [(3, 4, 0), (5, 2, 1), (1, 6, 2), (8, 8, 3)]
 
@@ -29,13 +29,6 @@ def series(M, J):
     for j in range(J):
         out = out + torch.linalg.matrix_power(M, j)
     return out
-
-
-def ift_closed_form(q):
-    H, B, c, x = q["H"], q["B"], q["c"], q["x"]
-    y = torch.linalg.solve(H, B @ x + c)
-    gy = (y - q["a"]) + q["E"].T @ x
-    return q["lam"] * x + q["E"] @ y + B.T @ torch.linalg.solve(H, gy)
 
 
 def rel(a, b):
