@@ -67,7 +67,8 @@ META_KEYS: Tuple[str, ...] = ("method", "task", "outer_steps", "inner_steps", "s
                               "loop_seconds", "peak_rss_mb")
 
 #: settings of :func:`demo_table` on top of the hyper-cleaning task's defaults
-DEMO_DEFAULTS: Dict[str, Any] = {"dataset": "digits", "outer_steps": 100, "inner_steps": 30, "log_every": 10}
+DEMO_DEFAULTS: Dict[str, Any] = {"dataset": "digits", "outer_steps": 60, "inner_steps": 30, "inner_lr": 1.0,
+                                 "log_every": 10, "threads": 1}
 
 
 # ------------------------------------------------------------------------------------------ helpers
