@@ -47,7 +47,8 @@ class Spec:
     def unflatten(self, flat: torch.Tensor) -> Tree:
         """Rebuild the user's structure as views of ``flat`` (differentiable, no copy)."""
         if self.keys is None:
-            return flat.view(self.shapes[0])
+            shape = self.shapes[0]
+            return flat if flat.shape == shape else flat.view(shape)
         parts = torch.split(flat, self.sizes)
         return {k: p.view(s) for k, p, s in zip(self.keys, parts, self.shapes)}
 

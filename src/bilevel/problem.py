@@ -22,6 +22,8 @@ FlatFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 def _scalar(out: object, name: str) -> torch.Tensor:
     if not isinstance(out, torch.Tensor):
         raise ValueError(f"the {name} objective must return a scalar tensor, got {type(out).__name__}")
+    if out.dim() == 0:
+        return out
     if out.numel() != 1:
         raise ValueError(f"the {name} objective must return a scalar tensor, got shape {tuple(out.shape)}")
     return out.reshape(())

@@ -55,8 +55,8 @@ class Method:
 
     @property
     def options(self) -> Tuple[str, ...]:
-        params = inspect.signature(self.build).parameters.values()
-        return tuple(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
+        """The method's option names: the keyword-only parameters of ``build``."""
+        return _keyword_only(self.build)
 
     def check_options(self, options: Mapping[str, Any]) -> None:
         """Raise ValueError naming any option this method does not take."""
@@ -69,6 +69,12 @@ class Method:
     def bind(self, problem: Problem, inner_lr: float, inner_steps: int, options: Mapping[str, Any]) -> Plan:
         self.check_options(options)
         return self.build(problem, inner_lr, inner_steps, **options)
+
+
+@functools.lru_cache(maxsize=None)
+def _keyword_only(build: Callable[..., Plan]) -> Tuple[str, ...]:
+    params = inspect.signature(build).parameters.values()
+    return tuple(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
 
 
 METHODS: Dict[str, Method] = {}
