@@ -139,7 +139,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from . import config as cfg
-    from .runner import TaskRunner
 
     parser = args._parser
     if getattr(args, "resume", None) is not None:  # the configuration comes from DIR/config.yaml
@@ -165,7 +164,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         out = args.out.format(task=args.task, method=config["method"], seed=config["seed"])
     except (KeyError, IndexError, ValueError) as err:
         parser.error(f"bad --out {args.out!r}: only {{task}}, {{method}} and {{seed}} may appear in braces ({err})")
-    # [distributed] --nproc N: relaunch through torchrun; under torchrun (WORLD_SIZE > 1) this process is one rank
+    # --nproc N: relaunch through torchrun; under torchrun (WORLD_SIZE > 1) this process is one rank
     from . import distributed as dist_
 
     if args.nproc is not None and args.nproc < 1:
@@ -190,7 +189,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     summary = _run_guarded(runner.execute, out, lambda: runner.t)
     if isinstance(summary, int):
         return summary
-    if not dist_.context().is_main:  # [distributed] rank 0 alone reports
+    if not dist_.context().is_main:  # rank 0 alone reports
         return 0
     if not args.quiet:
         print(json.dumps(summary, indent=1))
@@ -243,7 +242,7 @@ def _add_run(sub: "argparse._SubParsersAction", argv: Optional[List[str]]) -> No
         tp.add_argument("--overwrite", action="store_true", help="allow an --out directory that holds a run")
         tp.add_argument("--task-module", metavar="MODULE", default=None,
                         help=f"import the task from MODULE instead of {cfg.TASKS[task]}")
-        tp.add_argument("--nproc", type=int, metavar="N", default=None,  # [distributed]
+        tp.add_argument("--nproc", type=int, metavar="N", default=None,
                         help="run on N local processes: relaunches this command through torchrun (the meta-batch "
                              "is split across them; docs/distributed.md)")
         _add_long_run_flags(tp)
@@ -356,7 +355,7 @@ def build_parser(argv: Optional[List[str]] = None) -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser(argv).parse_args(argv)
-    args._argv = list(argv) if argv is not None else sys.argv[1:]  # [distributed] for the --nproc relaunch
+    args._argv = list(argv) if argv is not None else sys.argv[1:]  # for the --nproc relaunch
     try:
         return int(args.func(args) or 0)
     except BrokenPipeError:  # e.g. `bilevel methods | head`

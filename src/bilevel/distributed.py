@@ -517,7 +517,7 @@ class DistributedTaskRunner(TaskRunner):
         if not self.ctx.is_main:
             self._scratch = tempfile.mkdtemp(prefix=f"bilevel-rank{self.ctx.rank}-")
             self.out = Path(self._scratch)
-        self.loop_factory = self._make_loop  # [distributed] used by TaskRunner.setup
+        self.loop_factory = self._make_loop  # used by TaskRunner.setup
         self._full_run: Any = None
 
     def _make_loop(self, x0: Any, y0: Any, **kwargs: Any) -> DistributedOuterLoop:

@@ -186,7 +186,7 @@ class TaskRunner:
         Metrics lines written so far.
     """
 
-    #: [distributed] builds the outer loop in :meth:`setup` (bilevel.distributed.DistributedTaskRunner swaps it)
+    #: builds the outer loop in :meth:`setup` (bilevel.distributed.DistributedTaskRunner swaps it)
     loop_factory: Any = OuterLoop
 
     def __init__(self, task: str, config: Optional[Mapping[str, Any]], out_dir: Any, *, quiet: bool = False,
