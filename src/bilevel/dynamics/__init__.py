@@ -3,5 +3,6 @@ from .base import Dynamics, State, run
 from .aggregation import aggregation
 from .gd import gd
 from .nesterov import nesterov
+from .metasgd import metasgd
 
-__all__ = ["Dynamics", "State", "run", "aggregation", "gd", "nesterov"]
+__all__ = ["Dynamics", "State", "run", "aggregation", "gd", "nesterov", "metasgd"]

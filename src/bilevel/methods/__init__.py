@@ -7,5 +7,6 @@ from . import classical  # noqa: F401  (registers rhg, fhg, trhg, cg, neumann)
 from . import bda  # noqa: F401
 from . import iaptt  # noqa: F401
 from . import bvfim  # noqa: F401
+from . import meta  # noqa: F401  (registers maml, fomaml, reptile, metasgd)
 
 __all__ = ["METHODS", "Method", "Plan", "check_checkpoint", "check_float", "check_int", "get", "register", "unrolled"]
