@@ -137,3 +137,17 @@ def test_box_dict_and_validation():
         prox.l1("big")
     with pytest.raises(ValueError, match="step"):
         prox.l1(0.1)(torch.ones(2), -1.0)
+
+
+def test_schedule_from_config():
+    from bilevel import schedules
+
+    g = schedules.from_config({"schedule": "geometric", "c": 0.5, "q": 0.999})
+    assert g(3) == pytest.approx(0.5 * 0.999 ** 3, rel=1e-15)
+    p = schedules.from_config({"schedule": "power", "p": 0.25})
+    assert p(16) == pytest.approx(0.5, rel=1e-15)
+    assert schedules.from_config(0.3) == 0.3
+    with pytest.raises(ValueError, match="one of"):
+        schedules.from_config({"schedule": "cosine"})
+    with pytest.raises(ValueError, match="bad arguments"):
+        schedules.from_config({"schedule": "geometric", "c": 0.5})

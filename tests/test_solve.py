@@ -127,3 +127,18 @@ def test_dict_projection_keeps_the_gradient_through_the_unroll():
     a = bilevel.hypergrad(up, lo, x, y0, y_bounds=proj, **kw)
     b = bilevel.hypergrad(up, lo, x, y0, y_bounds=(-0.5, 0.5), **kw)
     assert torch.allclose(a.grad, b.grad, rtol=1e-12) and float(a.grad.abs().max()) > 0.1
+
+
+def test_init_lr_steps_the_learned_initialization_with_its_own_size():
+    """One SGD step: x moves by outer_lr * grad, the learned y0 by init_lr * grad_y0 (IAPTT-GM's alpha_z)."""
+    q = make_quadratic(2, 3, 23)
+    kw = dict(method="iagm", outer_steps=1, outer_lr=0.1, outer_optimizer="sgd", inner_steps=10, inner_lr=q["lr"])
+    res = bilevel.hypergrad(q["upper"], q["lower"], q["x"], q["y0"], method="iagm", inner_steps=10,
+                            inner_lr=q["lr"])
+    out = bilevel.solve(q["upper"], q["lower"], q["x"], q["y0"], init_lr=0.003, **kw)
+    assert torch.allclose(out.x, q["x"] - 0.1 * res.grad, rtol=1e-12, atol=1e-14)
+    assert torch.allclose(out.y0, q["y0"] - 0.003 * res.grad_y0, rtol=1e-12, atol=1e-14)
+    same = bilevel.solve(q["upper"], q["lower"], q["x"], q["y0"], **kw)  # default: init_lr = outer_lr
+    assert torch.allclose(same.y0, q["y0"] - 0.1 * res.grad_y0, rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="init_lr"):
+        bilevel.solve(q["upper"], q["lower"], q["x"], q["y0"], init_lr=-1.0, **kw)

@@ -145,7 +145,7 @@ def hypergrad(upper: Objective, lower: Objective, x: Tree, y0: Tree, *, method: 
     return _finish(problem, est, xf, meth.learns_init)
 
 
-def _optimizer(outer_optimizer: Any, params: Sequence[torch.Tensor], lr: float,
+def _optimizer(outer_optimizer: Any, params: Sequence[Any], lr: float,
                kwargs: Optional[Dict[str, Any]]) -> torch.optim.Optimizer:
     kwargs = dict(kwargs or {})
     if isinstance(outer_optimizer, str):
@@ -176,12 +176,15 @@ class OuterLoop:
         ``reduce_grads(grad_x, grad_y0) -> (grad_x, grad_y0)`` on the flat hypergradient (and the
         flat initialization gradient of methods that learn it, else None) before the finiteness check, the
         record's ``grad_norm`` and the optimizer step; e.g. :func:`bilevel.distributed.grad_reducer`.
+    init_lr : float, optional
+        Step size of the learned initialization (methods with ``learns_init``: iaptt, iagm, iagm-a, ...),
+        default ``outer_lr``; IAPTT-GM's alpha_z, which need not equal the step alpha_x of x.
     """
 
     def __init__(self, x0: Tree, y0: Tree, *, method: str, outer_lr: float,
                  outer_optimizer: Union[str, Type[torch.optim.Optimizer]] = "adam", inner_steps: int,
                  inner_lr: float, x_bounds: Any = None, y_bounds: Any = None, warm_start: bool = False,
-                 outer_kwargs: Optional[Dict[str, Any]] = None,
+                 outer_kwargs: Optional[Dict[str, Any]] = None, init_lr: Optional[float] = None,
                  reduce_grads: Optional[Callable[[torch.Tensor, Optional[torch.Tensor]], tuple]] = None,
                  **options: Any):
         self.method = _methods.get(method)
@@ -207,7 +210,10 @@ class OuterLoop:
         self._y_init = (self._project(yf) if learns else yf).detach().clone()
         self._start = self._y_init
         self._last_y = self._y_init
-        params = [self._x, self._y_init] if learns else [self._x]
+        self.init_lr = self.outer_lr if init_lr is None else check_float("init_lr", init_lr, positive=True)
+        params: List[Any] = [{"params": [self._x]}]
+        if learns:  # the learned initialization is its own parameter group (step init_lr)
+            params.append({"params": [self._y_init], "lr": self.init_lr})
         self.optimizer = _optimizer(outer_optimizer, params, self.outer_lr, outer_kwargs)
         self.t = 0
 
@@ -296,14 +302,16 @@ def solve(upper: Objective, lower: Objective, x0: Tree, y0: Tree, *, method: str
           outer_lr: float, outer_optimizer: Union[str, Type[torch.optim.Optimizer]] = "adam",
           inner_steps: int, inner_lr: float, x_bounds: Any = None, y_bounds: Any = None,
           warm_start: bool = False, outer_kwargs: Optional[Dict[str, Any]] = None,
-          callback: Optional[Callable[[int, Dict[str, Any]], None]] = None, **options: Any) -> SolveResult:
+          callback: Optional[Callable[[int, Dict[str, Any]], None]] = None, init_lr: Optional[float] = None,
+          **options: Any) -> SolveResult:
     """Minimize phi(x) = F(x, y*(x)) with an outer optimizer fed by :func:`hypergrad`.
 
     Every outer step runs ``inner_steps`` inner iterations from ``y0`` (from the learned initialization
     for methods that learn it; from the previous step's iterate with ``warm_start=True``), takes the
     method's hypergradient, applies one step of ``outer_optimizer`` (``"adam"``, ``"sgd"`` or a
     ``torch.optim.Optimizer`` class, built with ``lr=outer_lr`` and ``outer_kwargs``) and projects x onto
-    ``x_bounds`` (and a learned initialization onto ``y_bounds``). Inputs are never modified.
+    ``x_bounds`` (and a learned initialization onto ``y_bounds``). A learned initialization steps with
+    ``init_lr`` (default ``outer_lr``). Inputs are never modified.
 
     ``callback(t, record)`` is called after every outer step with that step's history record.
     Returns a :class:`SolveResult`. For objectives that change between steps, see :class:`OuterLoop`.
@@ -313,7 +321,7 @@ def solve(upper: Objective, lower: Objective, x0: Tree, y0: Tree, *, method: str
     T = check_int("outer_steps", outer_steps, 0)
     loop = OuterLoop(x0, y0, method=method, outer_lr=outer_lr, outer_optimizer=outer_optimizer,
                      inner_steps=inner_steps, inner_lr=inner_lr, x_bounds=x_bounds, y_bounds=y_bounds,
-                     warm_start=warm_start, outer_kwargs=outer_kwargs, **options)
+                     warm_start=warm_start, outer_kwargs=outer_kwargs, init_lr=init_lr, **options)
     if T == 0:  # validate the objectives once even when no step is taken
         _setup(upper, lower, x0, y0, method, inner_steps, inner_lr, y_bounds)
     history: List[Dict[str, Any]] = []

@@ -329,6 +329,45 @@ def _add_bench(sub: "argparse._SubParsersAction") -> None:
     p.set_defaults(func=_cmd_bench)
 
 
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from .reproduce import EXPERIMENTS, check_names, reproduce, write_report
+
+    if args.list:
+        for name, module in EXPERIMENTS.items():
+            print(f"{name:18s} {module.TITLE}")
+        return 0
+    try:
+        names = check_names(args.experiments)
+        if args.report_only:
+            path = write_report(Path(args.out), Path(args.report), EXPERIMENTS)
+        else:
+            path = reproduce(names, scale=args.scale, seeds=args.seeds, out_dir=args.out, report=args.report,
+                             jobs=args.jobs, progress=not args.quiet, data_root=args.data_root)
+    except ValueError as err:
+        args._parser.error(str(err))
+    print(f"wrote {path} (results in {args.out}/)")
+    return 0
+
+
+def _add_reproduce(sub: "argparse._SubParsersAction") -> None:
+    p = sub.add_parser("reproduce", help="run the papers' experiments and write REPRODUCTION.md",
+                       description="Run the papers' experiments (all by default), write OUT/<experiment>.csv and "
+                                   "figures, and regenerate the report next to the published numbers. Interrupted "
+                                   "runs resume where they stopped when the command is repeated.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("experiments", nargs="*", metavar="EXPERIMENT", help="experiments to run (default: all; --list)")
+    p.add_argument("--scale", default="cpu", help="smoke (seconds) | cpu (<= 15 min each on 2 cores) | paper")
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per setting")
+    p.add_argument("--jobs", type=int, default=2, help="parallel runs (one torch thread each)")
+    p.add_argument("--out", default="results/reproduce", help="directory of the CSVs, figures and runs")
+    p.add_argument("--report", default="REPRODUCTION.md", help="report file to regenerate")
+    p.add_argument("--report-only", action="store_true", help="only regenerate the report from the CSVs in --out")
+    p.add_argument("--data-root", default=None, help="directory searched first for data files (MNIST, Omniglot)")
+    p.add_argument("--list", action="store_true", help="list the experiments and exit")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_reproduce, _parser=p)
+
+
 def build_parser(argv: Optional[List[str]] = None) -> argparse.ArgumentParser:
     """The ``bilevel`` parser; ``argv`` selects which task's options ``bilevel run TASK`` loads."""
     parser = argparse.ArgumentParser(prog="bilevel", description="Gradient-based bilevel optimization.",
@@ -350,6 +389,7 @@ def build_parser(argv: Optional[List[str]] = None) -> argparse.ArgumentParser:
     _add_run(sub, argv)
     _add_compare(sub)
     _add_bench(sub)
+    _add_reproduce(sub)
     return parser
 
 

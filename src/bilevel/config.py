@@ -50,6 +50,8 @@ RUNNER_OPTIONS: Dict[str, Tuple[Any, type, str]] = {
     "dtype": ("float32", str, "floating-point precision of the task's tensors"),
     "log_every": (10, int, "evaluate and write a metrics line every N outer steps (and at the last)"),
     "threads": (None, int, "torch.set_num_threads(N); default: torch's own choice"),
+    "init_lr": (None, float, "step of the learned initialization of iaptt / iagm / iagm-a / maml ... "
+                             "(IAPTT-GM's alpha_z); default outer_lr"),
 }
 
 #: keys of the runner that tasks may give defaults for in ``COMMON_DEFAULTS``
@@ -66,7 +68,7 @@ DTYPES: Tuple[str, ...] = ("float32", "float64")
 #: lower bounds: name -> (bound, strict)
 _MINIMUM: Dict[str, Tuple[float, bool]] = {
     "inner_steps": (1, False), "outer_steps": (1, False), "log_every": (1, False), "threads": (1, False),
-    "seed": (0, False), "inner_lr": (0.0, True), "outer_lr": (0.0, True),
+    "seed": (0, False), "inner_lr": (0.0, True), "outer_lr": (0.0, True), "init_lr": (0.0, True),
 }
 
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")

@@ -43,6 +43,7 @@ import torch
 from . import checkpoint as ckpt
 from . import config as cfg
 from . import plots
+from . import schedules
 from .api import OuterLoop
 from .errors import NonFiniteError
 from .guards import PRECISIONS, DivergenceError, GuardOptions, Guards, autocast_objectives
@@ -281,8 +282,8 @@ class TaskRunner:
         c = self.config
         self.loop = self.loop_factory(run.x0, run.y0, method=c["method"], outer_lr=c["outer_lr"],
                                       outer_optimizer=c["outer_optimizer"], inner_steps=c["inner_steps"],
-                                      inner_lr=c["inner_lr"], **dict(run.loop_options or {}),
-                                      **c["method_options"])
+                                      inner_lr=c["inner_lr"], init_lr=c["init_lr"], **dict(run.loop_options or {}),
+                                      **{k: schedules.from_config(v) for k, v in c["method_options"].items()})
         if not resume:  # nothing is written before the task and the loop accepted the configuration
             self.out.mkdir(parents=True, exist_ok=True)
             for name in (METRICS_FILE, SUMMARY_FILE, CURVES_FILE):  # leave no stale files of an older run

@@ -29,7 +29,7 @@ import numbers
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["constant", "inverse", "power", "geometric", "bda_theory", "Schedule"]
+__all__ = ["constant", "inverse", "power", "geometric", "bda_theory", "Schedule", "from_config"]
 
 
 def _number(name: str, value: Any) -> float:
@@ -211,3 +211,40 @@ def bda_theory(gamma: float, s_u: float, sigma: float, L_F: float, eps: float) -
             f"1 - 2 s_u sigma L_F / (sigma + L_F) = {arg:.6g} must be in [0, 1) for beta = sqrt(...) to be defined "
             f"and < 1; use 0 < s_u <= (sigma + L_F) / (2 sigma L_F) = {(sg + lf) / (2 * sg * lf):.6g}")
     return _BDATheory(g, math.sqrt(arg), e)
+
+
+#: The schedules a configuration file can name (see :func:`from_config`).
+BUILDERS = {"constant": constant, "inverse": inverse, "power": power, "geometric": geometric,
+            "bda_theory": bda_theory}
+
+
+def from_config(spec: Any) -> Any:
+    """A schedule from its configuration form, so YAML configs can carry schedules.
+
+    ``{"schedule": "geometric", "c": 0.5, "q": 0.999}`` gives ``geometric(c=0.5, q=0.999)``; the other keys
+    are the keyword arguments of the named helper in :data:`BUILDERS`. Anything that is not a mapping is
+    returned unchanged (numbers and callables are valid ``alpha`` values already).
+
+    Parameters
+    ----------
+    spec : mapping or object
+
+    Returns
+    -------
+    Schedule or the input
+
+    Raises
+    ------
+    ValueError
+        Unknown schedule name or arguments that do not fit it.
+    """
+    if not isinstance(spec, dict):
+        return spec
+    args = dict(spec)
+    name = args.pop("schedule", None)
+    if name not in BUILDERS:
+        raise ValueError(f"a schedule mapping needs 'schedule' set to one of {sorted(BUILDERS)}, got {name!r}")
+    try:
+        return BUILDERS[name](**args)
+    except TypeError as err:
+        raise ValueError(f"bad arguments {args} for schedule {name!r}: {err}") from None

@@ -122,3 +122,19 @@ def test_options_contract():
         assert default is None or isinstance(default, typ), name
     assert set(H.COMMON_DEFAULTS) == {"method", "inner_steps", "inner_lr", "outer_steps", "outer_lr",
                                       "outer_optimizer", "log_every", "method_options"}
+
+
+def test_warm_start_starts_each_inner_loop_at_the_previous_iterate():
+    cfg = H.config_with_defaults(dataset="digits", train_size=40, val_size=40, test_size=40, inner_steps=3,
+                                 outer_steps=2, method="rhg", warm_start=True, dtype="float64")
+    run = H.build(cfg)
+    assert run.loop_options == {"warm_start": True}
+    loop = run_steps(run, cfg, 1)
+    y_last = loop.y
+    assert all(torch.equal(loop.y0[k], y_last[k]) for k in y_last)  # next loop starts at y_K
+    cold = H.build(dict(cfg, warm_start=False))
+    assert cold.loop_options == {}
+    with pytest.raises(ValueError, match="learns the inner"):
+        H.build(dict(cfg, method="iaptt"))
+    with pytest.raises(ValueError, match="warm_start"):
+        H.build(dict(cfg, warm_start="yes"))

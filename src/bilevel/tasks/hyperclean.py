@@ -8,7 +8,9 @@ set does well on a clean validation set.
   Table 3): ``{"w1": (H, D), "b1": (H,), "w2": (C, H), "b2": (C,)}``, ``y0`` seeded uniform
   ``+-1/sqrt(fan_in)`` (PyTorch's ``nn.Linear`` default) weights and zero biases;
 * lower ``f(x, y) = 1/n sum_i sigmoid(x_i) CE(model(y, u_i), v_i) + l2 * sum ||W||^2`` (weight matrices only);
-* upper ``F(x, y) = 1/m sum_j CE(model(y, u_j), v_j)`` over the clean validation set.
+* upper ``F(x, y) = 1/m sum_j CE(model(y, u_j), v_j)`` over the clean validation set;
+* ``warm_start``: every inner loop starts from the previous outer step's ``y_K`` (the hypergradient treats
+  that start as a constant), so the follower keeps training across outer steps.
 
 The papers write both losses as *sums*; ours are *means*, so a paper step size ``s_sum`` corresponds to
 ``inner_lr = s_sum * n`` here (docs/tasks.md). Metrics: test accuracy of the method's ``y`` at the final x
@@ -45,6 +47,8 @@ OPTIONS: Dict[str, Tuple[Any, type, str]] = {
     "l2": (0.0, float, "weight of the l2 penalty on the follower's weight matrices in the lower objective"),
     "hidden": (100, int, "hidden width of the mlp follower"),
     "data_root": (None, str, "directory searched first for the MNIST / Fashion-MNIST IDX files"),
+    "warm_start": (False, bool, "start each inner loop from the previous outer step's y_K instead of y0 "
+                                "(not for methods that learn y0: iaptt, iagm, iagm-a)"),
 }
 
 #: This task's defaults for the runner-owned keys.
@@ -131,7 +135,13 @@ def _options(config: Mapping[str, Any]) -> Dict[str, Any]:
     o["data_root"] = root
     o["seed"] = metrics.check_seed(config["seed"])
     o["dtype"] = metrics.check_dtype(config["dtype"])
-    _methods.get(config["method"])  # unknown method -> ValueError listing the valid ones
+    method = _methods.get(config["method"])  # unknown method -> ValueError listing the valid ones
+    if not isinstance(config["warm_start"], bool):
+        raise ValueError(f"warm_start must be true or false, got {config['warm_start']!r}")
+    if config["warm_start"] and method.learns_init:
+        raise ValueError(f"warm_start cannot be combined with {method.name!r}, which learns the inner "
+                         "initialization y0; use warm_start: false")
+    o["warm_start"] = config["warm_start"]
     return o
 
 
@@ -238,7 +248,8 @@ def build(config: Mapping[str, Any]) -> TaskRun:
         return upper_r, lower_r
 
     return TaskRun(x0=x0, y0=y0, objectives=lambda t: (upper, lower), evaluate=evaluate, summarize=summarize,
-                   shard_objectives=shard_objectives, shard_kind="data")
+                   shard_objectives=shard_objectives, shard_kind="data",
+                   loop_options={"warm_start": True} if o["warm_start"] else {})
 
 
 def _block(n: int, rank: int, world_size: int) -> tuple:
