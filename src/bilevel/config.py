@@ -29,6 +29,7 @@ TASKS: Dict[str, str] = {
     "hyperclean": "bilevel.tasks.hyperclean",
     "fewshot": "bilevel.tasks.fewshot",
     "toy": "bilevel.tasks.toy",
+    "fewshot-init": "bilevel.tasks.fewshot_init",
 }
 
 #: one line per task for ``bilevel run --help`` (no import needed)
@@ -36,6 +37,8 @@ TASK_HELP: Dict[str, str] = {
     "hyperclean": "data hyper-cleaning: learn per-sample weights of a noisy training set",
     "fewshot": "few-shot learning / hyper-representation: meta-learn a shared representation",
     "toy": "the papers' synthetic problems with known solutions",
+    "fewshot-init": "few-shot learning with a learned initialization of the whole network (maml, fomaml, reptile, "
+                    "metasgd)",
 }
 
 #: runner-owned options: name -> (default, type, help); ``method_options`` is handled separately

@@ -44,3 +44,52 @@ def config(*, method: str, method_options: Mapping[str, Any], seed: int, dataset
 def describe(settings: Mapping[str, Any]) -> str:
     """One Markdown line listing the settings of a scale."""
     return ", ".join(f"{k} = {v}" for k, v in settings.items())
+
+
+#: reference points measured by :func:`reference_summaries` (method label -> description)
+REFERENCES = {
+    "oracle": "x = +20 on the clean training samples and -20 on the corrupted ones (perfect cleaning), same K",
+    "oracle-10K": "the same perfect cleaning with 10 x K inner steps",
+    "no-cleaning": "x = 0 (every sample weighted 0.5), same K",
+}
+
+
+def reference_summaries(cfg: Mapping[str, Any]) -> Dict[str, Dict[str, float]]:
+    """What the follower reaches with perfect cleaning and with none, under the run's own inner loop.
+
+    These bound what any hyper-cleaning method can reach with the configuration's follower and inner budget
+    (K steps of size ``inner_lr`` from the same initialization), so a gap to a paper's accuracy can be
+    attributed to the budget rather than to a hypergradient.
+
+    Parameters
+    ----------
+    cfg : mapping
+        A :func:`config` result.
+
+    Returns
+    -------
+    dict
+        ``label -> summary`` for the labels of :data:`REFERENCES`.
+    """
+    import torch
+
+    from ..api import OuterLoop
+    from ..data import hyperclean_split
+    from ..tasks import hyperclean as H
+
+    full = H.config_with_defaults(**{k: v for k, v in cfg.items() if k != "method_options"})
+    full["method"] = "rhg"
+    run = H.build(full)
+    split = hyperclean_split(full["dataset"], full["train_size"], full["val_size"], full["test_size"],
+                             noise=full["noise"], seed=full["seed"], root=full["data_root"])
+    corrupted = torch.as_tensor(split.corrupted)
+    dtype = run.x0.dtype
+    xs = {"oracle": (torch.where(corrupted, -20.0, 20.0).to(dtype), 1),
+          "oracle-10K": (torch.where(corrupted, -20.0, 20.0).to(dtype), 10),
+          "no-cleaning": (torch.zeros_like(run.x0), 1)}
+    out = {}
+    for label, (x, mult) in xs.items():
+        loop = OuterLoop(x, run.y0, method="rhg", outer_lr=1.0, inner_steps=full["inner_steps"] * mult,
+                         inner_lr=full["inner_lr"])
+        out[label] = run.summarize(loop)
+    return out

@@ -7,6 +7,6 @@ Each task module (``hyperclean``, ``fewshot``, ``toy``) exposes ``OPTIONS``, ``C
 from .base import TaskRun
 
 #: Task names the runner accepts: ``importlib.import_module(f"bilevel.tasks.{name}")``.
-TASKS = ("hyperclean", "fewshot", "toy")
+TASKS = ("hyperclean", "fewshot", "toy", "fewshot-init")
 
 __all__ = ["TaskRun", "TASKS"]
