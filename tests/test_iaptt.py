@@ -89,7 +89,8 @@ def test_ptt_value_is_max_over_trajectory_and_fd_check():
 
 def test_methods_registered_learn_init_and_reject_options():
     for m in ("iaptt", "iagm", "iagm-a"):
-        assert bilevel.METHODS[m].learns_init and bilevel.METHODS[m].options == ("checkpoint",)
+        expected = ("checkpoint", "single_pass") if m == "iaptt" else ("checkpoint",)
+        assert bilevel.METHODS[m].learns_init and bilevel.METHODS[m].options == expected
         with pytest.raises(ValueError, match="unknown option"):
             bilevel.hypergrad(upper, lower, torch.zeros(4, dtype=DT), torch.zeros(3, dtype=DT), method=m,
                               inner_steps=3, inner_lr=0.1, truncate=2)
@@ -143,3 +144,22 @@ def test_ptt_value_helper_matches_select():
     assert float(val) == pytest.approx(max(ys), rel=1e-14)
     with pytest.raises(ValueError, match="inner_steps >= 1"):
         ptt.value(p, dyn, x, z, 0)
+
+
+@pytest.mark.parametrize("seed,box", [(0, None), (1, (-1.0, 1.5)), (3, None)])
+def test_single_pass_ptt_is_exact_too(seed, box):
+    """One taped pass (RHG's time, O(K) tape) gives the same k_bar and gradients as the two-pass default."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(4, generator=g, dtype=DT)
+    z = torch.randn(3, generator=g, dtype=DT)
+    K, lr = 15, 0.15
+    one = bilevel.hypergrad(upper, lower, x, z, method="iaptt", inner_steps=K, inner_lr=lr, y_bounds=box,
+                            single_pass=True)
+    gx, gz, kbar = brute_force(x, z, K, lr, False, True, box)
+    assert one.info["k_bar"] == kbar
+    assert close(one.grad, gx) and close(one.grad_y0, gz)
+    with pytest.raises(ValueError, match="single_pass"):
+        bilevel.hypergrad(upper, lower, x, z, method="iaptt", inner_steps=K, inner_lr=lr, single_pass=1)
+    with pytest.raises(ValueError, match="cannot be combined"):
+        bilevel.hypergrad(upper, lower, x, z, method="iaptt", inner_steps=K, inner_lr=lr, single_pass=True,
+                          checkpoint=4)

@@ -11,9 +11,12 @@ whose (almost-everywhere) gradient is the gradient of the selected truncation,
 taken by reverse mode through the first ``k_bar`` steps only (ties: the first maximizer). Works for any
 dynamics (:mod:`bilevel.dynamics`).
 
-Cost: K plain inner steps without a tape plus K evaluations of F (selection pass; memory O(1) in K),
-then k_bar taped steps and one backward pass over them (memory O(k_bar)). Compared with RHG this adds
-one graph-free inner loop and K upper evaluations, and saves the tape of the K - k_bar discarded steps.
+Cost (default, two passes): K plain inner steps without a tape plus K evaluations of F (selection pass;
+memory O(1) in K), then k_bar taped steps and one backward pass over them (memory O(k_bar)). Compared with
+RHG this adds one graph-free inner loop and K upper evaluations, and saves the tape of the K - k_bar discarded
+steps. ``single_pass=True``: one taped pass of K steps recording F(x, y_k) without a tape, then the backward
+pass from ``y_kbar`` -- RHG's cost plus K upper evaluations, but the tape of all K steps is held until the
+backward pass (memory O(K), like RHG).
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ import torch
 from ..dynamics.base import Dynamics, State, run
 from ..problem import Problem
 from . import reverse
-from .base import Estimate, check_finite
+from .base import Estimate, check_finite, grads_or_zeros
 
 
 def select(problem: Problem, dyn: Dynamics, x: torch.Tensor, y0: torch.Tensor, steps: int,
@@ -77,7 +80,7 @@ def select(problem: Problem, dyn: Dynamics, x: torch.Tensor, y0: torch.Tensor, s
 
 
 def estimate(problem: Problem, dyn: Dynamics, x: torch.Tensor, y0: torch.Tensor, steps: int, *,
-             wrt_init: bool = False, checkpoint: Optional[int] = None) -> Estimate:
+             wrt_init: bool = False, checkpoint: Optional[int] = None, single_pass: bool = False) -> Estimate:
     """Gradient of ``max_k F(x, y_k(x, y0))`` w.r.t. x (and y0 when ``wrt_init``) at the selected k_bar.
 
     Parameters
@@ -92,6 +95,9 @@ def estimate(problem: Problem, dyn: Dynamics, x: torch.Tensor, y0: torch.Tensor,
         Also return the gradient w.r.t. ``y0`` (``Estimate.grad_y0``).
     checkpoint : int, optional
         Segment length of the re-run's memory mode (see :mod:`bilevel.estimators.reverse`).
+    single_pass : bool
+        Select k_bar during one taped pass (faster, memory O(K)) instead of a graph-free selection pass
+        followed by a taped re-run of k_bar steps (memory O(k_bar)). Same result.
 
     Returns
     -------
@@ -99,12 +105,45 @@ def estimate(problem: Problem, dyn: Dynamics, x: torch.Tensor, y0: torch.Tensor,
         ``y`` is ``y_kbar``; ``info["k_bar"]`` the 1-based selected step, ``info["upper"]`` =
         ``F(x, y_kbar)``, plus ``lower_grad_norm_first`` / ``lower_grad_norm_last`` of the full trajectory.
     """
+    if single_pass:
+        if checkpoint is not None:
+            raise ValueError("single_pass and checkpoint cannot be combined: checkpointing needs the two-pass "
+                             "selection (set single_pass=False)")
+        return _single_pass(problem, dyn, x, y0, steps, wrt_init)
     scan_info: dict = {}
     k_bar, _, _ = select(problem, dyn, x, y0, steps, scan_info)
     est = reverse.estimate(problem, dyn, x, y0, k_bar, wrt_init=wrt_init, checkpoint=checkpoint)
     est.info.update(scan_info)
     est.info["k_bar"] = k_bar
     return est
+
+
+def _single_pass(problem: Problem, dyn: Dynamics, x: torch.Tensor, y0: torch.Tensor, steps: int,
+                 wrt_init: bool) -> Estimate:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"pessimistic trajectory truncation needs inner_steps >= 1, got {steps!r}")
+    info: dict = {}
+    values, iterates = [], []
+
+    def record(k: int, state: State) -> None:
+        iterates.append(state[0])
+        with torch.no_grad():
+            values.append(problem.upper(x.detach(), state[0].detach()))
+
+    with torch.enable_grad():
+        x = x.detach().requires_grad_()
+        y0 = y0.detach().requires_grad_(wrt_init)
+        run(dyn, x, dyn.init(x, y0), 0, steps, create_graph=True, info=info, on_step=record)
+        vals = torch.stack(values)
+        check_finite(vals, f"the upper objective along the {steps} inner steps")
+        k_bar = int(torch.argmax(vals)) + 1
+        y = iterates[k_bar - 1]
+        del iterates[k_bar - 1:]  # the discarded steps' tape is freed before the backward pass
+        upper = problem.upper(x, y)
+        inputs = (x, y0) if wrt_init else (x,)
+        grads = grads_or_zeros(upper, inputs)
+    info.update(upper=upper.detach(), k_bar=k_bar)
+    return Estimate(grads[0], grads[1] if wrt_init else None, y.detach(), info)
 
 
 def value(problem: Problem, dyn: Dynamics, x: torch.Tensor, y0: torch.Tensor, steps: int

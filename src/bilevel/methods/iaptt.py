@@ -4,13 +4,15 @@ initialization auxiliary z (``learns_init=True``), y_0 = z, projected onto ``y_b
 * ``iaptt`` -- IA + pessimistic trajectory truncation (Algorithm 1): projected gradient descent
   ``y_{k+1} = P(y_k - s grad_y f(x, y_k))`` (:func:`bilevel.dynamics.gd`), objective
   ``max_{1<=k<=K} F(x, y_k(x, z))`` differentiated at ``k_bar`` (:mod:`bilevel.estimators.ptt`).
-  Cost: K plain steps + K evaluations of F + k_bar taped steps + one backward pass.
+  Cost: K plain steps + K evaluations of F + k_bar taped steps + one backward pass (memory O(k_bar));
+  ``single_pass=True``: K taped steps + K evaluations of F + one backward pass (RHG's time, memory O(K)).
 * ``iagm`` -- IA without truncation: ``F(x, y_K(x, z))`` by reverse mode (:mod:`bilevel.estimators.reverse`).
   Cost: as RHG (K taped steps + one backward pass).
 * ``iagm-a`` -- IA-GM(A), Eq. 9: FISTA dynamics (:func:`bilevel.dynamics.nesterov`), ``F(x, y_K(x, z))``
   by reverse mode. Cost: as RHG, two iterates in the state.
 
-None of them has options beyond ``inner_steps`` / ``inner_lr`` (``s``; Theorem 3.4 uses ``1 / L_f``).
+Options: ``checkpoint`` (memory mode of the taped pass) and, for ``iaptt``, ``single_pass``; the step is
+``inner_lr`` (``s``; Theorem 3.4 uses ``1 / L_f``).
 See ``docs/methods/iaptt.md``, ``iagm.md`` and ``iagm-a.md``.
 """
 from __future__ import annotations
@@ -24,9 +26,13 @@ from ..problem import Problem
 from .registry import Method, Plan, check_checkpoint, register, unrolled
 
 
-def _iaptt(problem: Problem, inner_lr: float, inner_steps: int, *, checkpoint: Optional[int] = None) -> Plan:
+def _iaptt(problem: Problem, inner_lr: float, inner_steps: int, *, checkpoint: Optional[int] = None,
+           single_pass: bool = False) -> Plan:
+    if not isinstance(single_pass, bool):
+        raise ValueError(f"single_pass must be True or False, got {single_pass!r}")
     dyn = gd(problem, inner_lr)
-    est = functools.partial(ptt.estimate, problem, dyn, checkpoint=check_checkpoint(checkpoint))
+    est = functools.partial(ptt.estimate, problem, dyn, checkpoint=check_checkpoint(checkpoint),
+                            single_pass=single_pass)
     return Plan(lambda x, y0, steps, wrt_init=False: est(x, y0, steps, wrt_init=wrt_init),
                 functools.partial(ptt.value, problem, dyn))
 
