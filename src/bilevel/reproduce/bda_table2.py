@@ -21,7 +21,7 @@ METRICS = ("test_accuracy", "f1")
 SETTINGS: Dict[str, Dict[str, Any]] = {
     "smoke": {"datasets": ("digits",), "sizes": (60, 60, 100), "Ks": (2, 4), "truncate": 1, "inner_lr": 0.3,
               "outer_steps": 2, "outer_lr": 0.3, "noise": 0.5},
-    "cpu": {"datasets": ("fashion-mnist", "mnist"), "sizes": (1000, 1000, 10000), "Ks": (50, 100, 200, 400, 800),
+    "cpu": {"datasets": ("fashion-mnist", "mnist"), "sizes": (500, 500, 10000), "Ks": (50, 100, 200, 400, 800),
             "truncate": 25, "inner_lr": 0.3, "outer_steps": 20, "outer_lr": 0.3, "noise": 0.5},
     "paper": {"datasets": ("fashion-mnist", "mnist"), "sizes": (7000, 7000, 10000), "Ks": (50, 100, 200, 400, 800),
               "truncate": 25, "inner_lr": 0.3, "outer_steps": 200, "outer_lr": 0.3, "noise": 0.5},

@@ -28,7 +28,7 @@ METRICS = ("upper", "f1", "test_accuracy", "wall_seconds")
 SETTINGS: Dict[str, Dict[str, Any]] = {
     "smoke": {"dataset": "digits", "sizes": (60, 60, 100), "inner_steps": 4, "inner_lr": 0.3, "outer_steps": 3,
               "outer_lr": 0.3},
-    "cpu": {"dataset": "fashion-mnist", "sizes": (2000, 2000, 10000), "inner_steps": 100, "inner_lr": 0.3,
+    "cpu": {"dataset": "fashion-mnist", "sizes": (1000, 1000, 10000), "inner_steps": 100, "inner_lr": 0.3,
             "outer_steps": 60, "outer_lr": 0.3},
     "paper": {"dataset": "fashion-mnist", "sizes": (5000, 5000, 10000), "inner_steps": 100, "inner_lr": 0.3,
               "outer_steps": 500, "outer_lr": 0.3},

@@ -24,7 +24,7 @@ ALPHA = {"schedule": "power", "p": 0.25}
 SETTINGS: Dict[str, Dict[str, Any]] = {
     "smoke": {"dataset": "digits", "sizes": (60, 60, 100), "inner_steps": 4, "inner_lr": 0.3, "outer_steps": 2,
               "outer_lr": 0.3, "ablation_k": (2,), "ablation_rho": 0.8},
-    "cpu": {"dataset": "fashion-mnist", "sizes": (2000, 2000, 10000), "inner_steps": 100, "inner_lr": 0.3,
+    "cpu": {"dataset": "fashion-mnist", "sizes": (1000, 1000, 10000), "inner_steps": 100, "inner_lr": 0.3,
             "outer_steps": 40, "outer_lr": 0.3, "ablation_k": (5, 20), "ablation_rho": 0.8},
     "paper": {"dataset": "fashion-mnist", "sizes": (5000, 5000, 10000), "inner_steps": 100, "inner_lr": 0.3,
               "outer_steps": 300, "outer_lr": 0.3, "ablation_k": (2, 5, 10, 20), "ablation_rho": 0.8},
