@@ -7,7 +7,9 @@ function, written the way one would write the method by hand in a script: plain 
 
 Conventions: ``upper(x, y)`` / ``lower(x, y)`` are the task's objectives; ``x`` and ``y`` are tensors or dicts of
 tensors (handled by :func:`_leaves` / :func:`_tree`). Every function returns the hypergradient with the
-structure of ``x`` (and, for IAPTT-GM, the gradient w.r.t. ``y0`` as well).
+structure of ``x`` (and, for IAPTT-GM, the gradient w.r.t. ``y0`` as well). An objective that exposes
+``features(x)`` and ``head(h, y)`` (``bilevel.Factored``, e.g. the few-shot objectives) has its x-only part
+computed once per x, as one would write the loop by hand (:func:`_of_y`).
 """
 from __future__ import annotations
 
@@ -26,6 +28,15 @@ def _tree(names, leaves):
     return leaves[0] if names is None else dict(zip(names, leaves))
 
 
+def _of_y(fn, X):
+    """``y -> fn(X, y)`` at a fixed ``X``; a factored objective's ``features(X)`` is computed here, once."""
+    features, head = getattr(fn, "features", None), getattr(fn, "head", None)
+    if callable(features) and callable(head):
+        h = features(X)
+        return lambda Y: head(h, Y)
+    return lambda Y: fn(X, Y)
+
+
 def _leaf_x(x):
     xn, xs = _leaves(x)
     xs = [t.detach().requires_grad_() for t in xs]
@@ -34,10 +45,11 @@ def _leaf_x(x):
 
 def _gd_steps(lower, X, yn, ys, K, lr, create_graph):
     """K gradient steps on lower, differentiable (``create_graph=True``) or graph-free."""
+    f = _of_y(lower, X)
     for _ in range(K):
         if not create_graph or not ys[0].requires_grad:
             ys = [y.detach().requires_grad_() for y in ys]
-        gs = torch.autograd.grad(lower(X, _tree(yn, ys)), ys, create_graph=create_graph)
+        gs = torch.autograd.grad(f(_tree(yn, ys)), ys, create_graph=create_graph)
         if create_graph:
             ys = [y - lr * g for y, g in zip(ys, gs)]
         else:
@@ -145,10 +157,11 @@ def bda(upper, lower, x, y0, K, lr, upper_lr=None, alpha=lambda j: 0.5 / j):
     xn, xs, X = _leaf_x(x)
     yn, ys = _leaves(y0)
     ys = [y.detach().requires_grad_() for y in ys]
+    F, f = _of_y(upper, X), _of_y(lower, X)
     for j in range(1, K + 1):
         a = alpha(j)
         Y = _tree(yn, ys)
-        gs = torch.autograd.grad(a * su * upper(X, Y) + (1 - a) * lr * lower(X, Y), ys, create_graph=True)
+        gs = torch.autograd.grad(a * su * F(Y) + (1 - a) * lr * f(Y), ys, create_graph=True)
         ys = [y - g for y, g in zip(ys, gs)]
     return _grad_x(upper, X, xn, xs, yn, ys)
 
@@ -160,11 +173,14 @@ def iaptt(upper, lower, x, y0, K, lr):
     yn, z = _leaves(y0)
     z = [t.detach().requires_grad_() for t in z]
     ys, best, best_ys, k_bar = z, None, None, 0
+    f = _of_y(lower, X)
+    with torch.no_grad():
+        F_const = _of_y(upper, X)
     for k in range(1, K + 1):
-        gs = torch.autograd.grad(lower(X, _tree(yn, ys)), ys, create_graph=True)
+        gs = torch.autograd.grad(f(_tree(yn, ys)), ys, create_graph=True)
         ys = [y - lr * g for y, g in zip(ys, gs)]
         with torch.no_grad():
-            val = float(upper(X, _tree(yn, [y.detach() for y in ys])))
+            val = float(F_const(_tree(yn, [y.detach() for y in ys])))
         if best is None or val > best:
             best, best_ys, k_bar = val, ys, k
     g = torch.autograd.grad(upper(X, _tree(yn, best_ys)), xs + z, allow_unused=True)
@@ -196,9 +212,11 @@ def fhg_scalar(upper, lower, x, y0, K, lr):
 def fewshot_rhg_per_task(backbone, task_loss, x, heads0, sx, sy, qx, qy, K, lr):
     """Few-shot RHG with a per-task Python loop (no vmap, one task at a time).
 
-    Task j: K steps on its head with lower ``CE(head_j, backbone(x, S_j))`` (backbone recomputed every step, as
-    the task's objective does), then ``CE(head_j, backbone(x, Q_j)) / B`` back-propagated; the gradients w.r.t.
-    the backbone ``x`` (dict) are summed over tasks. Same result as RHG on the vmapped objective.
+    Task j: its support features ``backbone(x, S_j)`` once (with the graph to x), K steps on its head with lower
+    ``CE(head_j, feats_j)``, then ``CE(head_j, backbone(x, Q_j)) / B`` back-propagated; the gradients w.r.t. the
+    backbone ``x`` (dict) are summed over tasks. Same result as RHG on the vmapped objective, and the same
+    work per task as the library does for the whole batch (features once per x): what differs is one batched
+    call against B per-task calls.
     """
     B = heads0.shape[0]
     names = list(x)
@@ -207,8 +225,9 @@ def fewshot_rhg_per_task(backbone, task_loss, x, heads0, sx, sy, qx, qy, K, lr):
         xs = [x[k].detach().requires_grad_() for k in names]
         X = dict(zip(names, xs))
         h = heads0[j].detach().requires_grad_()
+        feats = backbone(X, sx[j:j + 1])[0]
         for _ in range(K):
-            (g,) = torch.autograd.grad(task_loss(h, backbone(X, sx[j:j + 1])[0], sy[j]), h, create_graph=True)
+            (g,) = torch.autograd.grad(task_loss(h, feats, sy[j]), h, create_graph=True)
             h = h - lr * g
         gs = torch.autograd.grad(task_loss(h, backbone(X, qx[j:j + 1])[0], qy[j]) / B, xs)
         total = [a + b for a, b in zip(total, gs)]

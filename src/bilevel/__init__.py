@@ -5,16 +5,19 @@
 * :func:`hypergrad` -- the hypergradient of one method at one x;
 * :func:`solve` -- an outer optimization loop around it;
 * :func:`check_hypergrad` -- finite-difference check of any method;
-* :data:`METHODS` -- the named methods (inner dynamics composed with a hypergradient estimator).
+* :data:`METHODS` -- the named methods (inner dynamics composed with a hypergradient estimator);
+* :class:`Factored` -- an objective ``head(features(x), y)`` whose x-only part is computed once per x.
 """
 from . import dynamics, estimators, implicit_diff, linear_solve, models
 from .api import HypergradCheck, HypergradResult, OuterLoop, SolveResult, check_hypergrad, hypergrad, solve
 from .errors import NonFiniteError
 from .methods import METHODS, Method, Plan, register
+from .problem import Factored
 
 __version__ = "0.1.0"
 
 __all__ = [
     "METHODS", "Method", "OuterLoop", "Plan", "register", "hypergrad", "solve", "check_hypergrad", "HypergradResult",
     "SolveResult", "HypergradCheck", "NonFiniteError", "dynamics", "estimators", "implicit_diff", "linear_solve", "models",
+    "Factored",
 ]

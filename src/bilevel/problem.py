@@ -5,11 +5,16 @@
 level's constraint set. The derivative helpers use ``torch.autograd`` directly: it is the cheapest tape on
 CPU, and it composes with forward-mode dual tensors (``torch.autograd.forward_ad``), so one step function
 serves reverse mode, forward mode and graph-free runs.
+
+:class:`Factored` is an optional way to write an objective ``f(x, y) = head(features(x), y)`` whose x-only part
+is expensive (e.g. a backbone applied to a fixed data set): within one hypergradient computation the core then
+evaluates ``features`` once per x instead of at every inner step (see :class:`Factored` for the rules).
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple
+from typing import Any, Callable, Mapping, Optional, Tuple
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -27,6 +32,140 @@ def _scalar(out: object, name: str) -> torch.Tensor:
     if out.numel() != 1:
         raise ValueError(f"the {name} objective must return a scalar tensor, got shape {tuple(out.shape)}")
     return out.reshape(())
+
+
+class Factored:
+    """An objective ``f(x, y) = head(features(x), y)`` whose x-only part the core evaluates once per x.
+
+    Calling it, ``obj(x, y)``, computes ``head(features(x), y)``: it is an ordinary objective for any code
+    that calls it directly. Passed as ``upper`` or ``lower`` to :func:`bilevel.hypergrad`, :func:`bilevel.solve`,
+    :class:`bilevel.OuterLoop` or :func:`bilevel.check_hypergrad`, the core keeps the last ``features(x)`` it
+    computed (one entry per objective, for the duration of one hypergradient / one outer step) and reuses it
+    while it is called with
+
+    * the *same* flat x tensor object (every estimator passes one x through its whole inner loop) -- or, when
+      no tape is being recorded (``torch.no_grad``), any alias of it with the same memory and version,
+    * whose version counter has not moved (an in-place change of x invalidates the entry),
+    * with the same need for a tape (``torch.is_grad_enabled() and x.requires_grad``), so features computed
+      without a graph are never reused where the hypergradient has to flow through them, and vice versa,
+    * and, where a tape is recorded, no backward pass has reached the features since they were computed (it
+      may have freed their graph).
+
+    Any other call recomputes ``features``. With a tape the reused features are one node of the graph shared by
+    all inner steps, so reverse mode accumulates their cotangents and back-propagates through ``features``
+    once: the hypergradient is the same as without the factoring (to round-off), for every method.
+
+    Parameters
+    ----------
+    features : callable
+        ``features(x) -> h``: anything (tensor, tuple, dict) computed from x alone. It must not read state that
+        changes between calls other than x itself.
+    head : callable
+        ``head(h, y) -> scalar tensor``.
+    """
+
+    __slots__ = ("features", "head")
+
+    def __init__(self, features: Callable[[Tree], Any], head: Callable[[Any, Tree], torch.Tensor]):
+        if not callable(features) or not callable(head):
+            raise ValueError("Factored(features, head) needs two callables: features(x) and head(h, y)")
+        self.features = features
+        self.head = head
+
+    def __call__(self, x: Tree, y: Tree) -> torch.Tensor:
+        return self.head(self.features(x), y)
+
+    def __repr__(self) -> str:
+        return f"Factored({self.features!r}, {self.head!r})"
+
+
+def _tensors(value: Any):
+    """The tensors of a (nested) tuple / list / dict, or of a tensor."""
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            yield from _tensors(v)
+    elif isinstance(value, Mapping):
+        for v in value.values():
+            yield from _tensors(v)
+
+
+def _alias(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Same memory, shape, strides, dtype and device."""
+    return (a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
+            and a.dtype == b.dtype and a.device == b.device)
+
+
+class _LastFeatures:
+    """Memo of ``features(x)`` for the last flat ``x`` seen (see :class:`Factored`).
+
+    Holds x strongly, so that its ``id`` cannot be reused by another tensor while the entry lives. Features
+    with a graph carry a gradient hook that marks the entry *spent* as soon as a backward pass reaches them:
+    that pass may have freed their part of the graph (``retain_graph=False``), so they are no longer reused
+    where a tape is recorded (their values still serve graph-free calls).
+    """
+
+    __slots__ = ("x", "key", "value", "spent", "generation", "__weakref__")
+
+    def __init__(self):
+        self.x: Optional[torch.Tensor] = None
+        self.key: Optional[tuple] = None
+        self.value: Any = None
+        self.spent = False
+        self.generation = 0
+
+    def _spend(self, generation: int) -> None:
+        if generation == self.generation:
+            self.spent = True
+
+    def get(self, x: torch.Tensor, compute: Callable[[], Any]) -> Any:
+        if x.is_inference() or torch.is_inference_mode_enabled():
+            return compute()  # inference tensors have no version counter: never cache
+        key = (x._version, bool(torch.is_grad_enabled() and x.requires_grad))
+        cached = self.x
+        if cached is not None:
+            if cached is x and self.key == key and not (key[1] and self.spent):
+                return self.value
+            if not torch.is_grad_enabled() and self.key[0] == cached._version == x._version and _alias(cached, x):
+                # without a tape, the cached x or an alias of it (x.detach(), the flat x the API passes to its
+                # own diagnostics) with unchanged values: reuse, recording nothing
+                return self.value
+        self.x = self.key = self.value = None  # drop the old entry before computing the new one
+        value = compute()
+        self.generation += 1
+        self.spent = False
+        if key[1]:
+            # a weak reference: the hook lives in the graph, which must not keep the memo (and x) alive
+            ref, gen = weakref.ref(self), self.generation
+
+            def spend(grad: torch.Tensor) -> None:
+                memo = ref()
+                if memo is not None:
+                    memo._spend(gen)
+
+            for t in _tensors(value):
+                if t.requires_grad:
+                    t.register_hook(spend)
+        self.x, self.key, self.value = x, key, value
+        return value
+
+
+def _flat_objective(fn: Callable[[Tree, Tree], torch.Tensor], x_spec: Spec, y_spec: Spec, name: str) -> FlatFn:
+    if isinstance(fn, Factored):
+        features, head = fn.features, fn.head
+        memo = _LastFeatures()
+
+        def factored(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            h = memo.get(x, lambda: features(x_spec.unflatten(x)))
+            return _scalar(head(h, y_spec.unflatten(y)), name)
+
+        return factored
+
+    def plain(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return _scalar(fn(x_spec.unflatten(x), y_spec.unflatten(y)), name)
+
+    return plain
 
 
 @dataclass(frozen=True)
@@ -53,15 +192,13 @@ class Problem:
     def from_user(upper: Callable[[Tree, Tree], torch.Tensor], lower: Callable[[Tree, Tree], torch.Tensor],
                   x_spec: Spec, y_spec: Spec,
                   project_y: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> "Problem":
-        """Wrap user objectives on tensors/dicts into flat-vector objectives with scalar checks."""
+        """Wrap user objectives on tensors/dicts into flat-vector objectives with scalar checks.
 
-        def F(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            return _scalar(upper(x_spec.unflatten(x), y_spec.unflatten(y)), "upper")
-
-        def f(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            return _scalar(lower(x_spec.unflatten(x), y_spec.unflatten(y)), "lower")
-
-        return Problem(F, f, x_spec, y_spec, project_y)
+        A :class:`Factored` objective gets its own one-entry memo of ``features(x)``, living as long as the
+        returned problem (the API builds one problem per hypergradient / outer step).
+        """
+        return Problem(_flat_objective(upper, x_spec, y_spec, "upper"),
+                       _flat_objective(lower, x_spec, y_spec, "lower"), x_spec, y_spec, project_y)
 
     def project(self, y: torch.Tensor) -> torch.Tensor:
         return y if self.project_y is None else self.project_y(y)

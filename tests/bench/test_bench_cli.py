@@ -1,6 +1,7 @@
 """`bilevel bench` on a tiny configuration writes bench.json with the required keys and BENCHMARKS.md."""
 import json
 
+import pytest
 import torch
 
 from bilevel import bench
@@ -39,7 +40,71 @@ def test_bench_smoke_cli(tmp_path):
     problems = {r["problem"] for r in records}
     assert {"toy", "hyperclean-linear", "hyperclean-mlp", "hyperclean-linear-wd", "fewshot-conv4"} <= problems
     assert any(r["method"].startswith("rhg+checkpoint=") for r in records)
+    fhg = [r for r in records if r["problem"] == "hyperclean-linear-wd"]
+    assert fhg and all(r["mem_measure"] == "rss" and r["peak_mem_mb"] is not None for r in fhg)
+    assert all(r["rhg_peak_mem_mb"] is not None and r["reference_peak_mem_mb"] is not None
+               for r in fhg if r["method"] == "fhg")  # the torch.func reference too (hooks could not)
+    fs = [r for r in records if r["problem"] == "fewshot-conv4" and r["method"] == "rhg"]
+    assert fs and all(r["vmap_throughput_bound"] > 0 and r["backbone_seconds"] > 0 for r in fs)
     assert all(r["ratio_to_reference"] > 0 for r in records if r["method"] != "inner_loop")
     md = (tmp_path / "BENCHMARKS.md").read_text()
     assert "## Target checks" in md and "torch" in md and "cpu_model" in md
     assert "met" in md
+
+
+def test_rss_peak_sees_a_transient_allocation():
+    def alloc():
+        t = torch.ones(10 * 2 ** 20)  # 40 MB, freed before the call returns
+        return float(t[0])
+
+    big = bench.rss_peak_mb(alloc)
+    small = bench.rss_peak_mb(lambda: None)
+    assert big is not None and 30 < big < 200
+    assert small < 5
+
+
+def test_rss_peak_sampler_fallback(monkeypatch):
+    import time
+
+    monkeypatch.setattr(bench, "_reset_peak_rss", lambda: False)  # as where /proc/self/clear_refs is read-only
+
+    def alloc():
+        t = torch.ones(10 * 2 ** 20)
+        time.sleep(0.05)  # the sampler reads VmRSS every millisecond
+        return float(t[0])
+
+    assert 30 < bench.rss_peak_mb(alloc) < 200
+
+
+def test_select_groups():
+    assert bench.select_groups(None) == bench.GROUPS
+    assert bench.select_groups(["fewshot", "fhg", "toy"]) == ("toy", "hyperclean-linear-wd", "fewshot-conv4")
+    with pytest.raises(ValueError, match="unknown benchmark group"):
+        bench.select_groups(["fewshots"])
+
+
+def test_bench_only_runs_the_selected_groups(tmp_path):
+    threads = torch.get_num_threads()
+    try:
+        assert bench.main(["--smoke", "--only", "toy", "--out", str(tmp_path)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    records = json.loads((tmp_path / "bench.json").read_text())
+    assert records and {r["problem"] for r in records} == {"toy"}
+    assert "partial run: only toy" in (tmp_path / "BENCHMARKS.md").read_text()
+
+
+def _fhg_records(peaks, rhg=None):
+    return [{"problem": "hyperclean-linear-wd", "method": "fhg", "inner_steps": K, "peak_mem_mb": m,
+             "rhg_peak_mem_mb": rhg, "ratio_to_reference": None} for K, m in peaks]
+
+
+def test_fhg_memory_target_uses_rss_with_slack():
+    def check(records):
+        (c,) = [c for c in bench.check_targets(records) if c["target"].startswith("fhg")]
+        return c
+
+    assert check(_fhg_records([(50, 1.45), (200, 1.52)]))["met"]  # +70 kB: within the resolution of RSS
+    assert check(_fhg_records([(100, 5.5), (800, 6.3)], rhg=430.0))["met"]
+    c = check(_fhg_records([(50, 10.7), (200, 43.1)]))  # what RHG does: O(K)
+    assert not c["met"] and c["measured"] == pytest.approx(43.1 / 10.7)

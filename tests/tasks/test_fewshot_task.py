@@ -120,3 +120,25 @@ def test_meta_test_adapts_heads(task):
 def test_bad_config_raises(bad, match):
     with pytest.raises(ValueError, match=match):
         FS.build(FS.config_with_defaults(**{**TINY, **bad}))
+
+
+def test_backbone_chunks_equal_one_call(monkeypatch):
+    """CPU cache blocking over whole tasks leaves every task's batch-norm statistics, features and gradients
+    unchanged; and the batched backbone equals one call per task."""
+    gen = torch.Generator().manual_seed(0)
+    x = {k: v.requires_grad_() for k, v in FS.init_backbone(4, 1, True, torch.float64, gen).items()}
+    images = torch.rand(5, 3, 1, 16, 16, generator=gen, dtype=torch.float64)
+    w = torch.randn(5, 3, 4, generator=gen, dtype=torch.float64)
+
+    def run():
+        out = FS.backbone(x, images)
+        return out, torch.autograd.grad((out * w).sum(), list(x.values()))
+
+    monkeypatch.setattr(FS, "CPU_CHUNK_BYTES", 1)  # one task per chunk
+    chunked, g_chunked = run()
+    monkeypatch.setattr(FS, "CPU_CHUNK_BYTES", 2 ** 40)  # one call
+    whole, g_whole = run()
+    per_task = torch.cat([FS.backbone(x, images[j:j + 1]) for j in range(5)])
+    assert torch.allclose(chunked, whole, rtol=0, atol=1e-12) and torch.allclose(per_task, whole, rtol=0, atol=1e-12)
+    for a, b in zip(g_chunked, g_whole):
+        assert torch.allclose(a, b, rtol=0, atol=1e-12)

@@ -22,6 +22,12 @@ statistics are taken per task by reshaping to ``(B, n, C, H, W)``), and the head
 ``torch.func.vmap`` over the task axis. Each outer step ``t`` draws its meta-batch from a sampler seeded with
 ``(seed, t)``, so ``objectives(t)`` is a pure function of (seed, t) and a resumed run needs no task state.
 
+Features computed once: both objectives are :class:`bilevel.Factored` -- ``features(x) = phi_x(set)`` and a
+head part ``(feats, y) -> loss`` -- so within one hypergradient the core runs the backbone on the support set
+once per x (not at every inner step, x being fixed during the inner loop) and on the query set once per x;
+with a tape the K inner steps share that one feature node, and the hypergradient is unchanged. Called
+directly, ``lower(x, y)`` / ``upper(x, y)`` still compute everything.
+
 Meta-test: ``test_episodes`` episodes from the meta-test classes (for rotated Fashion-MNIST, original classes
 6-9 with all rotations: no class and no rotation of a class seen in meta-training), in chunks of
 ``test_chunk`` episodes; fresh heads start at the mean over the meta-batch axis of the loop's initialization
@@ -42,12 +48,17 @@ import torch.nn.functional as F
 
 from .. import methods as _methods
 from ..api import OuterLoop
+from ..problem import Factored
 from ..data import Episode, EpisodeSampler, load_image_folder, load_omniglot, rotated_fashion_mnist
 from . import metrics
 from .base import TaskRun
 
 DATASETS = ("rotated-fashion-mnist", "omniglot", "image-folder")
 BN_EPS = 1e-5
+#: CPU cache blocking of :func:`backbone`: at most this many bytes of first-layer activations per chunk of tasks
+#: (about 80 images of 28x28 at width 32). Measured on a 2-core EPYC: a 16-task query set of 25 images per task
+#: runs ~1.4x faster forward + backward in chunks of this size than in one call.
+CPU_CHUNK_BYTES = 8 * 2 ** 20
 
 #: Task options: name -> (default, type, help).
 OPTIONS: Dict[str, Tuple[Any, type, str]] = {
@@ -138,7 +149,12 @@ def init_backbone(width: int, in_channels: int, batch_norm: bool, dtype: torch.d
 
 
 def backbone(x: Mapping[str, torch.Tensor], images: torch.Tensor) -> torch.Tensor:
-    """Conv-4 features of a stack of task sets, in one batched call.
+    """Conv-4 features of a stack of task sets, batched over the tasks.
+
+    On CPU the tasks are processed in chunks of whole tasks whose first-layer activations take at most
+    :data:`CPU_CHUNK_BYTES` (cache blocking: one call on a few hundred images runs out of cache and is slower per
+    image than several calls on a few dozen); elsewhere, and when everything fits, in one call. Batch-norm
+    statistics are per task either way, so chunking changes nothing but the speed.
 
     Parameters
     ----------
@@ -153,20 +169,36 @@ def backbone(x: Mapping[str, torch.Tensor], images: torch.Tensor) -> torch.Tenso
         ``(B, n, feat)``.
     """
     B, n = images.shape[:2]
-    h = images.reshape(B * n, *images.shape[2:])
+    if B > 1 and images.device.type == "cpu":
+        width = x["conv0.weight"].shape[0]
+        per_task = n * width * images.shape[-2] * images.shape[-1] * images.element_size()
+        tasks = max(1, CPU_CHUNK_BYTES // max(1, per_task))
+        if tasks < B:
+            return torch.cat([_backbone(x, images[i:i + tasks]) for i in range(0, B, tasks)])
+    return _backbone(x, images)
+
+
+def _backbone(x: Mapping[str, torch.Tensor], images: torch.Tensor) -> torch.Tensor:
+    """:func:`backbone` in one call over all ``B * n`` images."""
+    B, n = images.shape[:2]
+    # Images ordered (n, B): the conv output (n*B, c, h, w) is then, as a free view, (n, B*c, h, w), whose
+    # channels are the (task, channel) pairs, so one fused F.batch_norm call (training mode, no running
+    # statistics) normalizes each task's channel with that task's statistics over (n, h, w) -- the same as
+    # normalizing each task separately, without strided reductions over a 5-D view.
+    h = images.transpose(0, 1).reshape(n * B, *images.shape[2:])
     bn = "bn0.weight" in x
     for i in range(4):
         h = F.conv2d(h, x[f"conv{i}.weight"], None if bn else x[f"conv{i}.bias"], padding=1)
         if bn:
             c, hh, ww = h.shape[1:]
-            g = h.reshape(B, n, c, hh, ww)
-            mean = g.mean(dim=(1, 3, 4), keepdim=True)
-            var = (g - mean).pow(2).mean(dim=(1, 3, 4), keepdim=True)
-            g = (g - mean) * torch.rsqrt(var + BN_EPS)
-            g = g * x[f"bn{i}.weight"].view(1, 1, c, 1, 1) + x[f"bn{i}.bias"].view(1, 1, c, 1, 1)
-            h = g.reshape(B * n, c, hh, ww)
-        h = F.max_pool2d(torch.relu(h), 2)
-    return h.reshape(B, n, -1)
+            weight, bias = x[f"bn{i}.weight"], x[f"bn{i}.bias"]
+            if B > 1:
+                weight, bias = weight.repeat(B), bias.repeat(B)
+            h = F.batch_norm(h.view(n, B * c, hh, ww), None, None, weight, bias, training=True,
+                             eps=BN_EPS).view(n * B, c, hh, ww)
+        # ReLU after the pooling: max-pool and ReLU commute (both monotone), on a 4x smaller tensor
+        h = torch.relu(F.max_pool2d(h, 2))
+    return h.reshape(n, B, -1).transpose(0, 1).contiguous()
 
 
 def head_logits(head: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
@@ -217,6 +249,49 @@ def lower_value(heads: torch.Tensor, feats: torch.Tensor, labels: torch.Tensor, 
 def upper_value(heads: torch.Tensor, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """``1/B sum_j CE_mean(head_j, feats_j, labels_j)`` (vmapped over tasks)."""
     return _batched_loss(heads, feats, labels).mean()
+
+
+def make_objectives(sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor, lq: float = 0.0,
+                    q: float = 0.5, eps: float = 0.01, total_tasks: Optional[int] = None
+                    ) -> Tuple[Factored, Factored]:
+    """``(upper, lower)`` of one meta-batch of tensors, as :class:`bilevel.Factored` objectives.
+
+    ``lower = Factored(backbone(., sx), (feats, y) -> lower_value(y, feats, sy, lq, q, eps))`` and
+    ``upper = Factored(backbone(., qx), (feats, y) -> upper_value(y, feats, qy))``: the core computes each
+    set's features once per x within a hypergradient, instead of at every inner step.
+
+    Parameters
+    ----------
+    sx, qx : Tensor
+        ``(B, n, C, H, W)`` support / query images.
+    sy, qy : Tensor
+        ``(B, n)`` integer labels.
+    lq, q, eps : float
+        l_q regularizer of the heads (off when ``lq = 0``).
+    total_tasks : int, optional
+        The upper objective is ``sum_j CE_j / total_tasks`` instead of the mean over these tasks: a rank's share
+        of a sharded meta-batch.
+
+    Returns
+    -------
+    (Factored, Factored)
+    """
+
+    def support_features(x: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return backbone(x, sx)
+
+    def query_features(x: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return backbone(x, qx)
+
+    def lower_head(feats: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return lower_value(y, feats, sy, lq, q, eps)
+
+    def upper_head(feats: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if total_tasks is None:
+            return upper_value(y, feats, qy)
+        return _batched_loss(y, feats, qy).sum() / total_tasks
+
+    return Factored(query_features, upper_head), Factored(support_features, lower_head)
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -332,17 +407,9 @@ class FewShotTask:
         return torch.zeros(o["meta_batch"], o["ways"], self.feat + 1, dtype=self.dtype)
 
     def objectives_for(self, ep: Episode):
-        """``(upper, lower)`` of one meta-batch."""
+        """``(upper, lower)`` of one meta-batch (:func:`make_objectives`: features computed once per x)."""
         sx, sy, qx, qy = episode_tensors(ep, self.dtype)
-        lq, q, eps = self.options["lq"], self.options["q"], self.options["lq_eps"]
-
-        def lower(x: Mapping[str, torch.Tensor], y: torch.Tensor) -> torch.Tensor:
-            return lower_value(y, backbone(x, sx), sy, lq, q, eps)
-
-        def upper(x: Mapping[str, torch.Tensor], y: torch.Tensor) -> torch.Tensor:
-            return upper_value(y, backbone(x, qx), qy)
-
-        return upper, lower
+        return make_objectives(sx, sy, qx, qy, self.options["lq"], self.options["q"], self.options["lq_eps"])
 
     def objectives(self, t: int):
         """``(upper, lower)`` of outer step ``t``."""
@@ -363,15 +430,11 @@ class FewShotTask:
         lo = rank * base + min(rank, extra)
         hi = lo + base + (1 if rank < extra else 0)
         sx, sy, qx, qy = (a[lo:hi] for a in episode_tensors(self.train_batch(t), self.dtype))
-        lq, q, eps = self.options["lq"], self.options["q"], self.options["lq_eps"]
-
-        def lower(x: Mapping[str, torch.Tensor], y: torch.Tensor) -> torch.Tensor:
-            return lower_value(y[lo:hi], backbone(x, sx), sy, lq, q, eps)
-
-        def upper(x: Mapping[str, torch.Tensor], y: torch.Tensor) -> torch.Tensor:
-            return _batched_loss(y[lo:hi], backbone(x, qx), qy).sum() / B
-
-        return upper, lower
+        upper, lower = make_objectives(sx, sy, qx, qy, self.options["lq"], self.options["q"], self.options["lq_eps"],
+                                       total_tasks=B)
+        # the rank's rows of the replicated head tensor
+        return (Factored(upper.features, lambda feats, y: upper.head(feats, y[lo:hi])),
+                Factored(lower.features, lambda feats, y: lower.head(feats, y[lo:hi])))
 
     # -------------------------------------------------------------------------------- metrics
     def evaluate(self, loop: OuterLoop) -> Dict[str, float]:
