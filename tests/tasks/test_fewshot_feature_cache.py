@@ -75,7 +75,8 @@ def _hg(upper, lower, x, y0, method, **opts):
 
 
 METHODS = [("rhg", {}), ("rhg", {"checkpoint": 2}), ("trhg", {"truncate": 2}), ("fhg", {}),
-           ("cg", {"cg_steps": 5}), ("neumann", {"neumann_terms": 5}), ("bda", {}), ("iaptt", {}), ("bvfim", {})]
+           ("cg", {"cg_steps": 5}), ("neumann", {"neumann_terms": 5}), ("bda", {}), ("iaptt", {}), ("iaptt", {"single_pass": True}),
+           ("bvfim", {})]
 
 
 @pytest.mark.parametrize("method, opts", METHODS, ids=[m + "".join(f"-{k}{v}" for k, v in o.items())
