@@ -43,9 +43,9 @@ CONFIGS: Dict[str, Dict[str, Any]] = {
         warmup=2, reps=7, dataset="fashion-mnist",
         toy_K=(16, 64),
         linear=dict(train=5000, val=5000, K=(25, 100, 400),
-                    methods=("rhg", "trhg", "cg", "neumann", "bda", "iaptt")),
+                    methods=("rhg", "trhg", "cg", "neumann", "bda", "iaptt", "iaptt+single_pass")),
         mlp=dict(train=5000, val=5000, hidden=100, K=(25, 100),
-                 methods=("rhg", "trhg", "cg", "neumann", "bda", "iaptt")),
+                 methods=("rhg", "trhg", "cg", "neumann", "bda", "iaptt", "iaptt+single_pass")),
         memory=dict(train=5000, val=5000, K=800),
         fhg=dict(train=5000, val=5000, K=(100, 400, 800)),
         fewshot=dict(width=64, queries=15, image_size=28, K=10, meta_batch=(4, 16), reps=5),
@@ -54,7 +54,7 @@ CONFIGS: Dict[str, Dict[str, Any]] = {
         warmup=1, reps=5, dataset="fashion-mnist",
         toy_K=(16,),
         linear=dict(train=5000, val=5000, K=(25, 100),
-                    methods=("rhg", "trhg", "cg", "neumann", "bda", "iaptt")),
+                    methods=("rhg", "trhg", "cg", "neumann", "bda", "iaptt", "iaptt+single_pass")),
         mlp=dict(train=1000, val=1000, hidden=100, K=(25,), methods=("rhg", "cg")),
         memory=dict(train=1000, val=1000, K=800),
         fhg=dict(train=1000, val=1000, K=(50, 200)),
@@ -72,7 +72,7 @@ CONFIGS: Dict[str, Dict[str, Any]] = {
 }
 
 #: Methods timed on the toy (cg is left out: the lower-level Hessian of Eq. 5 is singular).
-TOY_METHODS = ("rhg", "trhg", "neumann", "bda", "iaptt", "fhg")
+TOY_METHODS = ("rhg", "trhg", "neumann", "bda", "iaptt", "iaptt+single_pass", "fhg")
 
 #: Targets of the issue (checked in BENCHMARKS.md).
 TARGET_REF_LINEAR, TARGET_REF_TOY = 1.10, 1.3
@@ -201,6 +201,8 @@ def lib_options(method: str, K: int, prob: Prob) -> Dict[str, Any]:
         return {"upper_lr": prob.extra["upper_lr"]} if "upper_lr" in prob.extra else {}
     if method.startswith("rhg+checkpoint="):
         return {"checkpoint": int(method.split("=")[1])}
+    if method == "iaptt+single_pass":
+        return {"single_pass": True}
     return {}
 
 
@@ -223,7 +225,7 @@ def reference_call(R, prob: Prob, method: str, K: int) -> Callable[[], Any]:
         return lambda: R.neumann(u, l, x, y0, K, lr, terms=20)
     if method == "bda":
         return lambda: R.bda(u, l, x, y0, K, lr, upper_lr=prob.extra.get("upper_lr"))
-    if method == "iaptt":
+    if method in ("iaptt", "iaptt+single_pass"):  # the reference is a one-pass implementation
         return lambda: R.iaptt(u, l, x, y0, K, lr)
     if method == "fhg":
         return lambda: R.fhg_scalar(u, l, x, y0, K, lr)
@@ -482,8 +484,8 @@ def bench_group(R, prob: Prob, K: int, methods: Sequence[str], warmup: int, reps
         t_ref = _median(times["ref:" + m])
         ref_mem = mems.get("ref:" + m)
         extra: Dict[str, Any] = {"reference_peak_mem_mb": None if ref_mem is None else round(ref_mem, 3), **mem_extra}
-        if m == "iaptt":
-            extra["k_bar"] = int(fns["lib:iaptt"]().info["k_bar"])
+        if m.startswith("iaptt"):
+            extra["k_bar"] = int(fns["lib:" + m]().info["k_bar"])
         out.append(_record(prob.name, m, K, times["lib:" + m], mems.get("lib:" + m), t_inner, t_ref, prob.note,
                            **extra))
     if with_upper_evals:
@@ -622,7 +624,10 @@ def check_targets(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
                 if worst is None or r["ratio_to_reference"] > worst[0]:
                     per[r["method"]] = (r["ratio_to_reference"], r["inner_steps"])
         for m, (v, K) in sorted(per.items()):
-            add(f"{prob}: {m} within {lim}x of its reference (worst K)", v, lim, v <= lim, f"K={K}")
+            why = ("the default two-pass PTT keeps only O(k_bar) tape at the price of a graph-free selection pass; "
+                   "the reference is one taped pass, which iaptt+single_pass matches" if m == "iaptt" and v > lim
+                   else "")
+            add(f"{prob}: {m} within {lim}x of its reference (worst K)", v, lim, v <= lim, f"K={K}", why)
     Ks = sorted({r["inner_steps"] for r in records if r["problem"] == "hyperclean-linear" and not r.get("memory_mode")})
     Kt = 100 if 100 in Ks else (Ks[-1] if Ks else None)
     rhg = _find(records, "hyperclean-linear", "rhg", Kt, memory_mode=None)

@@ -313,7 +313,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run as bench_run
 
     mode = "smoke" if args.smoke else ("quick" if args.quick else "full")
-    bench_run(Path(args.out), mode, threads=args.threads)
+    only = [g for g in args.only.split(",") if g] if args.only else None
+    try:
+        bench_run(Path(args.out), mode, threads=args.threads, only=only)
+    except ValueError as err:
+        args._parser.error(str(err))
     return 0
 
 
@@ -325,8 +329,11 @@ def _add_bench(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--out", metavar="DIR", default="results/bench", help="output directory")
     p.add_argument("--quick", action="store_true", help="fewer K values / repetitions, smaller problems (< 5 min)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's default)")
+    p.add_argument("--only", metavar="GROUP[,GROUP...]", default=None,
+                   help="run only these groups: toy, hyperclean-linear, hyperclean-mlp, memory, hyperclean-linear-wd "
+                        "(alias fhg), fewshot-conv4 (alias fewshot)")
     p.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # tiny configuration for the tests
-    p.set_defaults(func=_cmd_bench)
+    p.set_defaults(func=_cmd_bench, _parser=p)
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
