@@ -23,12 +23,14 @@ from types import ModuleType
 from typing import Any, Dict, List, Optional, Sequence
 
 from . import bda_table2, bvfim_fig2, fewshot, iaptt_table3, improved_table1, synthetic
+from . import bvfim_fig3, fewshot_baselines, improved_hyperrep
 from .common import SCALES, Context, check_scale, check_seeds, read_rows, write_rows
 from .report import write_report
 
 #: experiment name -> module (``run(ctx) -> rows``, ``report(rows, meta) -> str``, ``TITLE``)
 EXPERIMENTS: Dict[str, ModuleType] = {m.NAME: m for m in (iaptt_table3, improved_table1, bda_table2, bvfim_fig2,
                                                           fewshot, synthetic)}
+EXPERIMENTS.update({m.NAME: m for m in (bvfim_fig3, improved_hyperrep, fewshot_baselines)})
 
 __all__ = ["EXPERIMENTS", "SCALES", "reproduce", "run_experiment", "write_report"]
 

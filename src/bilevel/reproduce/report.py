@@ -48,6 +48,7 @@ def write_report(out_dir: Path, path: Path, experiments: Mapping[str, Any]) -> P
         if meta.get("figure"):
             meta = dict(meta, figure=f"{rel}/{meta['figure']}")
         meta["out_dir"] = rel
+        meta["out_dir_abs"] = str(out_dir.resolve())  # for reports that read other experiments' files
         rows = read_rows(csv_path)
         text = module.report(rows, meta)
         note_path = out_dir / f"{name}.notes.md"
