@@ -25,8 +25,7 @@ weights start at theta and take ``test_inner_steps`` (default ``inner_steps``) s
 (plain gradient descent with ``inner_lr``, entry-wise ``inner_lr * x`` for ``metasgd``) on its support loss;
 reported: mean query accuracy and its 95% half-width.
 
-Use it through the runner with ``task_module="bilevel.tasks.fewshot_init"`` (``bilevel run fewshot
---task-module bilevel.tasks.fewshot_init ...``) until ``fewshot-init`` is added to the runner's task table.
+Run it as ``bilevel run fewshot-init --opt ...`` (or ``run_task("fewshot-init", ...)``).
 """
 from __future__ import annotations
 
