@@ -20,7 +20,8 @@ TOL = {"float64": 1e-10, "float32": 1e-5}
 #: task-parallel methods checked exactly (the others are documented as not exact in that mode)
 META_EXACT = [m for m in D.TASK_PARALLEL_EXACT if m in bilevel.METHODS]
 #: data-parallel: every reverse-mode method (fhg, forward mode, is not supported there)
-DATA_EXACT = sorted(m for m in bilevel.METHODS if m != "fhg")
+#: (metasgd is left out: its x must mirror y's structure, which the shared test problem does not have)
+DATA_EXACT = sorted(m for m in bilevel.METHODS if m not in ("fhg", "metasgd"))
 
 
 def _env() -> dict:
