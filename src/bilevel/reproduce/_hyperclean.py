@@ -9,12 +9,13 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 BDA_ALPHA = {"schedule": "geometric", "c": 0.5, "q": 0.999}
 
 
-def paper_methods(inner_steps: int, truncate: Optional[int] = None, solver_iters: int = 20) -> Dict[str, Tuple[str, Dict[str, Any]]]:
+def paper_methods(inner_steps: int, truncate: Optional[int] = None, solver_iters: int = 20,
+                  n_train: Optional[int] = None) -> Dict[str, Tuple[str, Dict[str, Any]]]:
     """Table label -> (registered method, method options) for the hyper-cleaning tables.
 
     LS = implicit differentiation with a conjugate-gradient solve, NS = Neumann series (both with
     ``solver_iters`` iterations, BVFIM B.2's J = 20), T-RHG truncated to ``truncate`` steps (default K / 2,
-    BVFIM B.2), BDA with :data:`BDA_ALPHA`.
+    BVFIM B.2), BDA with :data:`BDA_ALPHA`, BVFIM with :func:`bvfim_weights` for ``n_train`` samples.
     """
     t = truncate if truncate is not None else max(1, inner_steps // 2)
     return {
@@ -24,8 +25,20 @@ def paper_methods(inner_steps: int, truncate: Optional[int] = None, solver_iters
         "T-RHG": ("trhg", {"truncate": min(t, inner_steps)}),
         "BDA": ("bda", {"alpha": dict(BDA_ALPHA)}),
         "IAPTT-GM": ("iaptt", {}),
-        "BVFIM": ("bvfim", {}),
+        "BVFIM": ("bvfim", bvfim_weights(n_train) if n_train else {}),
     }
+
+
+def bvfim_weights(n_train: int) -> Dict[str, float]:
+    """BVFIM B.2's weights converted from loss sums to our mean losses.
+
+    The supplement uses (mu1, theta, tau) = (1, 1, 1) / 1.01^k on *summed* losses. Dividing the lower
+    problem by n_train and the barrier problem by n_val (= n_train in our splits) divides each weight by n;
+    mu2 = f(x, y) in B.2 becomes a number of the order of the mean lower loss, 1 here. The decay 1.01^t is
+    unchanged.
+    """
+    w = 1.0 / float(n_train)
+    return {"mu1": w, "theta": w, "tau": w, "mu2": 1.0}
 
 
 def config(*, method: str, method_options: Mapping[str, Any], seed: int, dataset: str, model: str,
