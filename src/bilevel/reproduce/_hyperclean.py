@@ -9,13 +9,22 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 BDA_ALPHA = {"schedule": "geometric", "c": 0.5, "q": 0.999}
 
 
+#: BDA's upper step s_u relative to the lower step s_l. BDA's conditions are s_l <= 1 / L_f and
+#: s_u <= 2 / (L_F + sigma) (Prop. 1); the lower loss weights every sample by sigmoid(x_i) = 0.5 at the start and the
+#: upper loss is the unweighted cross-entropy, so L_F is about 2 L_f and s_u = s_l / 2 keeps the upper step as
+#: contracting as the lower one. (s_u = s_l made the unrolled Jacobian product blow up: docs in REPRODUCTION.md.)
+BDA_UPPER_RATIO = 0.5
+
+
 def paper_methods(inner_steps: int, truncate: Optional[int] = None, solver_iters: int = 20,
-                  n_train: Optional[int] = None) -> Dict[str, Tuple[str, Dict[str, Any]]]:
+                  n_train: Optional[int] = None, inner_lr: Optional[float] = None
+                  ) -> Dict[str, Tuple[str, Dict[str, Any]]]:
     """Table label -> (registered method, method options) for the hyper-cleaning tables.
 
     LS = implicit differentiation with a conjugate-gradient solve, NS = Neumann series (both with
     ``solver_iters`` iterations, BVFIM B.2's J = 20), T-RHG truncated to ``truncate`` steps (default K / 2,
-    BVFIM B.2), BDA with :data:`BDA_ALPHA`, BVFIM with :func:`bvfim_weights` for ``n_train`` samples.
+    BVFIM B.2), BDA with :data:`BDA_ALPHA` and the upper step ``s_u = inner_lr / 2`` (:data:`BDA_UPPER_RATIO`),
+    BVFIM with :func:`bvfim_weights` for ``n_train`` samples.
     """
     t = truncate if truncate is not None else max(1, inner_steps // 2)
     return {
@@ -23,7 +32,8 @@ def paper_methods(inner_steps: int, truncate: Optional[int] = None, solver_iters
         "NS": ("neumann", {"neumann_terms": solver_iters}),
         "RHG": ("rhg", {}),
         "T-RHG": ("trhg", {"truncate": min(t, inner_steps)}),
-        "BDA": ("bda", {"alpha": dict(BDA_ALPHA)}),
+        "BDA": ("bda", {"alpha": dict(BDA_ALPHA)} if inner_lr is None else
+                {"alpha": dict(BDA_ALPHA), "upper_lr": BDA_UPPER_RATIO * inner_lr}),
         "IAPTT-GM": ("iaptt", {}),
         "BVFIM": ("bvfim", bvfim_weights(n_train) if n_train else {}),
     }

@@ -49,7 +49,7 @@ def jobs(scale: str, seeds: int, data_root: Any = None) -> List[Job]:
             continue
         for seed in range(seeds):
             for K in s["Ks"]:
-                table = hc.paper_methods(K, truncate=s["truncate"])
+                table = hc.paper_methods(K, truncate=s["truncate"], inner_lr=s["inner_lr"])
                 for label in METHODS:
                     method, opts = table[label]
                     cfg = hc.config(method=method, method_options=opts, seed=seed, dataset=dataset, model="linear",
@@ -113,7 +113,7 @@ def report(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> str:
     parts.append(f"Protocol at this scale: {s['sizes'][0]} train (50% of the labels corrupted) / {s['sizes'][1]} val / "
                  f"{s['sizes'][2]} test, linear follower, inner step {s['inner_lr']} on mean losses, "
                  f"{s['outer_steps']} Adam outer steps of size {s['outer_lr']}, T-RHG truncated to {s['truncate']} "
-                 "steps, BDA alpha_k = 0.5 * 0.999^k, upper step = inner step. The paper: MNIST 7000 / 7000 / 56000, "
+                 "steps, BDA alpha_k = 0.5 * 0.999^k, upper step s_u = inner step / 2 (BDA's step condition, see the note). The paper: MNIST 7000 / 7000 / 56000, "
                  "loss sums, an extra 1e-4 ||y||^2 in the upper objective (left out here: on mean losses it is "
                  "negligible), step sizes and outer budget not stated.")
     return "\n\n".join(p for p in parts if p)

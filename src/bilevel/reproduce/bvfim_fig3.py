@@ -75,7 +75,7 @@ def lower_params(config: Mapping[str, Any]) -> int:
 
 def jobs(scale: str, seeds: int, data_root: Any = None) -> List[Job]:
     s = SETTINGS[scale]
-    table = hc.paper_methods(s["inner_steps"], n_train=s["sizes"][0])
+    table = hc.paper_methods(s["inner_steps"], n_train=s["sizes"][0], inner_lr=s["inner_lr"])
     out = []
     for seed in range(seeds):
         for follower in s["followers"]:

@@ -303,10 +303,15 @@ class Context:
     def runs_dir(self) -> Path:
         return self.out_dir / "runs"
 
+    run_seconds: float = 0.0
+
     def grid(self, experiment: str, jobs: Sequence[Job]) -> List[Tuple[Job, Dict[str, Any]]]:
-        """:func:`run_grid` of the jobs under ``runs/<experiment>/``."""
-        return run_grid(jobs, self.runs_dir / experiment, workers=self.workers, progress=self.progress,
-                        label=experiment)
+        """:func:`run_grid` of the jobs under ``runs/<experiment>/``; adds the runs' own wall times (also of runs
+        read back from an earlier invocation) to :attr:`run_seconds`."""
+        pairs = run_grid(jobs, self.runs_dir / experiment, workers=self.workers, progress=self.progress,
+                         label=experiment)
+        self.run_seconds += sum(float(s.get("wall_seconds", 0.0)) for _, s in pairs)
+        return pairs
 
 
 #: type of an experiment's run function

@@ -31,7 +31,7 @@ SETTINGS: Dict[str, Dict[str, Any]] = {
 
 def jobs(scale: str, seeds: int, data_root: Any = None) -> List[Job]:
     s = SETTINGS[scale]
-    table = hc.paper_methods(s["inner_steps"], n_train=s["sizes"][0])
+    table = hc.paper_methods(s["inner_steps"], n_train=s["sizes"][0], inner_lr=s["inner_lr"])
     out = []
     for seed in range(seeds):
         for label in METHODS:
@@ -93,7 +93,7 @@ def report(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> str:
                 f"labels corrupted) / {s['sizes'][1]} val / {s['sizes'][2]} test, follower = MLP with one hidden "
                 f"ReLU layer of {s['hidden']} units, K = {s['inner_steps']} inner steps of size {s['inner_lr']} on the *mean* weighted "
                 f"cross-entropy, {s['outer_steps']} Adam outer steps of size {s['outer_lr']}, T-RHG truncated to K/2, "
-                f"LS = CG and NS = Neumann with 20 iterations, BDA alpha_k = 0.5 * 0.999^k, IAPTT-GM's learned "
+                f"LS = CG and NS = Neumann with 20 iterations, BDA alpha_k = 0.5 * 0.999^k and s_u = inner step / 2, IAPTT-GM's learned "
                 f"initialization stepped by Adam with alpha_z = {s['init_lr']} (the network weights need a far "
                 f"smaller step than the sample weights x); a sample is flagged as corrupted when x_i <= 0.")
     return "\n\n".join(p for p in [table, claim, "Test-accuracy deviation from the paper: " + (", ".join(gaps) or "-")

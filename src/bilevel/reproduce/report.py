@@ -53,9 +53,13 @@ def write_report(out_dir: Path, path: Path, experiments: Mapping[str, Any]) -> P
         text = module.report(rows, meta)
         note_path = out_dir / f"{name}.notes.md"
         note = note_path.read_text().strip() if note_path.exists() else ""
+        jobs = max(1, int(meta.get("jobs", 1)))
+        cost = (f"; the runs took {meta['run_seconds']:.0f} s of single-thread compute, about "
+                f"{meta['run_seconds'] / jobs / 60:.1f} min of wall time on {jobs} processes"
+                if meta.get("run_seconds") else "")
         head = (f"## {module.TITLE}\n\n`bilevel reproduce {name} --scale {meta.get('scale')} --seeds "
-                f"{meta.get('seeds')}` — {meta.get('seconds', '?')} s with {meta.get('jobs', 1)} parallel run(s), "
-                f"finished {meta.get('finished', '?')}; data: `{os.path.relpath(csv_path, path.parent)}`.")
+                f"{meta.get('seeds')} --jobs {jobs}` — last invocation {meta.get('seconds', '?')} s{cost}; finished "
+                f"{meta.get('finished', '?')}; data: `{os.path.relpath(csv_path, path.parent)}`.")
         sections.append("\n\n".join(p for p in (head, text, note) if p))
     scale = ", ".join(sorted(scales)) or "cpu"
     body = HEADER.format(out=os.path.relpath(out_dir, path.parent), scale=scale) + "\n" + "\n\n".join(sections) + "\n"
