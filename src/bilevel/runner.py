@@ -9,7 +9,8 @@ It writes into the output directory
 
 * ``config.yaml`` -- the resolved configuration (loadable again with ``bilevel run TASK --config``);
 * ``metrics.jsonl`` -- one JSON object per logged step: ``step`` (outer steps done), ``upper``, ``lower``,
-  ``grad_norm`` (of that step, at the x before its update), ``time`` (seconds since the loop started), the
+  ``grad_norm`` (of that step, at the x before its update), ``time`` (seconds since the loop started),
+  ``eval_time`` (the part of ``time`` spent in the task's evaluations, so ``time - eval_time`` is optimization), the
   task's ``evaluate()`` metrics (at the x after the update) and ``info`` (the method's numeric diagnostics);
 * ``summary.json`` -- the task's ``summarize()`` plus ``upper_final``, ``wall_seconds``, ``peak_rss_mb``,
   ``method``, ``task``, ``outer_steps``, ``inner_steps``, ``seed``;
@@ -209,6 +210,7 @@ class TaskRunner:
         self.t = 0
         self.records: List[Dict[str, Any]] = []
         self.elapsed = 0.0  # loop seconds before the current session (non-zero after a resume)
+        self.eval_seconds = 0.0  # of the loop seconds, those spent in the task's evaluate() (all sessions)
         self._file: Optional[IO[str]] = None
         self._t0 = 0.0
         self._started = time.perf_counter()
@@ -340,8 +342,11 @@ class TaskRunner:
         if self.should_log(self.t):
             line: Dict[str, Any] = {"step": self.t, "upper": _plain(record["upper"]),
                                     "lower": _plain(record["lower"]), "grad_norm": _plain(record["grad_norm"])}
+            t_eval = time.perf_counter()
             metrics = _metrics_dict(self.run.evaluate(self.loop), "evaluate()")
+            self.eval_seconds += time.perf_counter() - t_eval
             line["time"] = round(self.loop_seconds(), 4)
+            line["eval_time"] = round(self.eval_seconds, 4)
             line.update({(k if k not in line else "eval_" + k): v for k, v in metrics.items()})
             info = {k: _plain(v) for k, v in record.items()
                     if k not in ("step", "upper", "lower", "grad_norm") and isinstance(v, (int, float))}
@@ -420,6 +425,7 @@ class TaskRunner:
                 "rng": {"random": random.getstate(), "numpy": np.random.get_state(),
                         "torch": torch.get_rng_state()},
                 "metrics_bytes": (self.out / METRICS_FILE).stat().st_size, "loop_seconds": self.loop_seconds(),
+                "eval_seconds": self.eval_seconds,
                 "config": dict(self.config), **extra}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -442,6 +448,7 @@ class TaskRunner:
             self.guards.load_state_dict(state["guards"])
         self.t = int(state["t"])
         self.elapsed, self._t0 = float(state["loop_seconds"]), 0.0
+        self.eval_seconds = float(state.get("eval_seconds", 0.0))
         self._file.close()
         path = self.out / METRICS_FILE
         with open(path, "r+b") as fh:

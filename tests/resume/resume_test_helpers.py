@@ -13,7 +13,7 @@ from bilevel import cli
 HERE = Path(__file__).resolve().parent
 
 #: wall-clock fields: differ between runs, left out of the bitwise comparisons
-WALL_LINE_KEYS = ("time",)
+WALL_LINE_KEYS = ("time", "eval_time")
 WALL_SUMMARY_KEYS = ("loop_seconds", "wall_seconds", "peak_rss_mb")
 
 

@@ -26,7 +26,8 @@ def test_run_task_writes_config_metrics_summary_and_curves(tmp_path):
     recs = lines(out)
     assert [r["step"] for r in recs] == [3, 6, 7]
     for r in recs:
-        assert {"step", "upper", "lower", "grad_norm", "time", "accuracy", "f1"} <= set(r)
+        assert {"step", "upper", "lower", "grad_norm", "time", "eval_time", "accuracy", "f1"} <= set(r)
+        assert 0 <= r["eval_time"] <= r["time"]
     assert recs[-1]["accuracy"] == pytest.approx(summary["test_accuracy"])
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = yaml.safe_load((out / "config.yaml").read_text())
@@ -65,7 +66,8 @@ def test_state_dict_continues_a_run_exactly(tmp_path):
     a, b = lines(tmp_path / "a"), lines(tmp_path / "b")
     assert [r["step"] for r in b] == [2, 4, 6]
     for ra, rb in zip(a, b):
-        assert {k: v for k, v in ra.items() if k != "time"} == {k: v for k, v in rb.items() if k != "time"}
+        wall = ("time", "eval_time")
+        assert {k: v for k, v in ra.items() if k not in wall} == {k: v for k, v in rb.items() if k not in wall}
 
 
 def test_compare_runs_table_and_figure(tmp_path):
