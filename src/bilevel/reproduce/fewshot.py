@@ -40,6 +40,17 @@ def methods(inner_steps: int, meta_batch: int = 4) -> Dict[str, tuple]:
             "IAPTT-GM": ("iaptt", {})}
 
 
+def episode_config(s: Mapping[str, Any], method: str, opts: Mapping[str, Any], seed: int, dataset: str, shots: int,
+                   data_root: Any) -> Dict[str, Any]:
+    """The 5-way run configuration of a few-shot task (``fewshot`` or ``fewshot-init``) from a scale's settings."""
+    return {"method": method, "method_options": dict(opts), "seed": seed, "dataset": dataset,
+            "data_root": data_root, "ways": 5, "shots": shots, "queries": s["queries"],
+            "meta_batch": s["meta_batch"], "width": s["width"], "inner_steps": s["inner_steps"],
+            "inner_lr": s["inner_lr"], "outer_steps": s["outer_steps"], "outer_lr": s["outer_lr"],
+            "test_episodes": s["test_episodes"], "max_per_class": s["max_per_class"],
+            "log_every": max(1, s["outer_steps"] // 5), "dtype": "float32"}
+
+
 def jobs(scale: str, seeds: int, data_root: Any = None) -> List[Job]:
     s = SETTINGS[scale]
     dataset = "omniglot" if data_root else "rotated-fashion-mnist"
@@ -49,12 +60,7 @@ def jobs(scale: str, seeds: int, data_root: Any = None) -> List[Job]:
         for shots in s["shots"]:
             for label in METHODS:
                 method, opts = table[label]
-                cfg = {"method": method, "method_options": dict(opts), "seed": seed, "dataset": dataset,
-                       "data_root": data_root, "ways": 5, "shots": shots, "queries": s["queries"],
-                       "meta_batch": s["meta_batch"], "width": s["width"], "inner_steps": s["inner_steps"],
-                       "inner_lr": s["inner_lr"], "outer_steps": s["outer_steps"], "outer_lr": s["outer_lr"],
-                       "test_episodes": s["test_episodes"], "max_per_class": s["max_per_class"],
-                       "log_every": max(1, s["outer_steps"] // 5), "dtype": "float32"}
+                cfg = episode_config(s, method, opts, seed, dataset, shots, data_root)
                 out.append(Job(dataset, f"5-way {shots}-shot", label, seed, "fewshot", cfg, METRICS))
     return out
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .common import Context, Job, markdown_table, mean_std, paper_rows, read_rows, rows_from, select
+from .fewshot import episode_config
 
 NAME = "fewshot-baselines"
 TITLE = "Few-shot meta-learners: MAML, FOMAML, Reptile, Meta-SGD next to the hyper-representation methods"
@@ -49,12 +50,7 @@ def jobs(scale: str, seeds: int, data_root: Any = None) -> List[Job]:
     for seed in range(seeds):
         for shots in s["shots"]:
             for label, method in METHODS.items():
-                cfg = {"method": method, "method_options": {}, "seed": seed, "dataset": dataset,
-                       "data_root": data_root, "ways": 5, "shots": shots, "queries": s["queries"],
-                       "meta_batch": s["meta_batch"], "width": s["width"], "inner_steps": s["inner_steps"],
-                       "inner_lr": s["inner_lr"], "outer_steps": s["outer_steps"], "outer_lr": s["outer_lr"],
-                       "test_episodes": s["test_episodes"], "max_per_class": s["max_per_class"],
-                       "log_every": max(1, s["outer_steps"] // 5), "dtype": "float32"}
+                cfg = episode_config(s, method, {}, seed, dataset, shots, data_root)
                 out.append(Job(dataset, f"5-way {shots}-shot", label, seed, "fewshot-init", cfg, METRICS))
     return out
 

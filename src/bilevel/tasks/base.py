@@ -59,3 +59,24 @@ class TaskRun:
     load_state_dict: Optional[Callable[[Mapping[str, Any]], None]] = None
     shard_objectives: Optional[Callable[[int, int, int], Tuple[Objective, Objective]]] = None
     shard_kind: str = "tasks"
+
+
+def full_config(task: str, options: Mapping[str, Tuple[Any, type, str]], common_defaults: Mapping[str, Any],
+                overrides: Mapping[str, Any], dtype: str = "float32") -> Dict[str, Any]:
+    """A task's complete configuration: its ``OPTIONS`` and ``COMMON_DEFAULTS`` defaults, ``seed=0`` and
+    ``dtype``, updated with ``overrides`` (what each task's ``config_with_defaults`` returns; the runner builds
+    its own through :mod:`bilevel.config`).
+
+    Raises
+    ------
+    ValueError
+        An override that is not a key of the configuration.
+    """
+    cfg: Dict[str, Any] = {k: v[0] for k, v in options.items()}
+    cfg.update({k: (dict(v) if isinstance(v, dict) else v) for k, v in common_defaults.items()})
+    cfg.update(seed=0, dtype=dtype)
+    unknown = sorted(set(overrides) - set(cfg))
+    if unknown:
+        raise ValueError(f"unknown {task} config key(s) {unknown}; allowed: {sorted(cfg)}")
+    cfg.update(overrides)
+    return cfg

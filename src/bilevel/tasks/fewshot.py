@@ -51,7 +51,7 @@ from ..api import OuterLoop
 from ..problem import Factored
 from ..data import Episode, EpisodeSampler, load_image_folder, load_omniglot, rotated_fashion_mnist
 from . import metrics
-from .base import TaskRun
+from .base import TaskRun, full_config
 
 DATASETS = ("rotated-fashion-mnist", "omniglot", "image-folder")
 BN_EPS = 1e-5
@@ -537,11 +537,4 @@ def build(config: Mapping[str, Any]) -> TaskRun:
 def config_with_defaults(**overrides: Any) -> Dict[str, Any]:
     """A full config (:data:`OPTIONS`, :data:`COMMON_DEFAULTS`, ``seed=0``, ``dtype="float32"``) with
     ``overrides`` applied (for scripts and tests)."""
-    cfg: Dict[str, Any] = {k: v[0] for k, v in OPTIONS.items()}
-    cfg.update({k: (dict(v) if isinstance(v, dict) else v) for k, v in COMMON_DEFAULTS.items()})
-    cfg.update(seed=0, dtype="float32")
-    unknown = sorted(set(overrides) - set(cfg))
-    if unknown:
-        raise ValueError(f"unknown fewshot config key(s) {unknown}; allowed: {sorted(cfg)}")
-    cfg.update(overrides)
-    return cfg
+    return full_config("fewshot", OPTIONS, COMMON_DEFAULTS, overrides, dtype="float32")

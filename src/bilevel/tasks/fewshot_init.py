@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from ..api import OuterLoop
 from . import fewshot as _fs
 from . import metrics
-from .base import TaskRun
+from .base import TaskRun, full_config
 from .fewshot import backbone, episode_tensors, head_logits
 
 #: The methods this task runs: the meta-learners that learn a shared initialization.
@@ -279,11 +279,4 @@ def build(config: Mapping[str, Any]) -> TaskRun:
 def config_with_defaults(**overrides: Any) -> Dict[str, Any]:
     """A full config (:data:`OPTIONS`, :data:`COMMON_DEFAULTS`, ``seed=0``, ``dtype="float32"``) with
     ``overrides`` applied (for scripts and tests)."""
-    cfg: Dict[str, Any] = {k: v[0] for k, v in OPTIONS.items()}
-    cfg.update({k: (dict(v) if isinstance(v, dict) else v) for k, v in COMMON_DEFAULTS.items()})
-    cfg.update(seed=0, dtype="float32")
-    unknown = sorted(set(overrides) - set(cfg))
-    if unknown:
-        raise ValueError(f"unknown fewshot-init config key(s) {unknown}; allowed: {sorted(cfg)}")
-    cfg.update(overrides)
-    return cfg
+    return full_config("fewshot-init", OPTIONS, COMMON_DEFAULTS, overrides, dtype="float32")

@@ -31,7 +31,7 @@ from ..api import OuterLoop
 from ..data import hyperclean_split
 from ..data.hyperclean import DEFAULT_SIZES
 from . import metrics
-from .base import TaskRun
+from .base import TaskRun, full_config
 
 MODELS = ("linear", "mlp")
 DATASETS = ("digits", "fashion-mnist", "mnist")
@@ -262,11 +262,4 @@ def _block(n: int, rank: int, world_size: int) -> tuple:
 def config_with_defaults(**overrides: Any) -> Dict[str, Any]:
     """A full config: :data:`OPTIONS` and :data:`COMMON_DEFAULTS` defaults, ``seed=0``, ``dtype="float32"``,
     updated with ``overrides`` (convenience for scripts and tests; the runner builds its own)."""
-    cfg: Dict[str, Any] = {k: v[0] for k, v in OPTIONS.items()}
-    cfg.update({k: (dict(v) if isinstance(v, dict) else v) for k, v in COMMON_DEFAULTS.items()})
-    cfg.update(seed=0, dtype="float32")
-    unknown = sorted(set(overrides) - set(cfg))
-    if unknown:
-        raise ValueError(f"unknown hyperclean config key(s) {unknown}; allowed: {sorted(cfg)}")
-    cfg.update(overrides)
-    return cfg
+    return full_config("hyperclean", OPTIONS, COMMON_DEFAULTS, overrides, dtype="float32")

@@ -29,7 +29,7 @@ from .. import methods as _methods
 from ..api import OuterLoop
 from ..experiments import synthetic_bda, synthetic_iaptt
 from . import metrics
-from .base import TaskRun
+from .base import TaskRun, full_config
 
 PROBLEMS = ("bda", "iaptt")
 
@@ -144,11 +144,4 @@ def build(config: Mapping[str, Any]) -> TaskRun:
 def config_with_defaults(**overrides: Any) -> Dict[str, Any]:
     """A full config (:data:`OPTIONS`, :data:`COMMON_DEFAULTS`, ``seed=0``, ``dtype="float64"``) with
     ``overrides`` applied (for scripts and tests)."""
-    cfg: Dict[str, Any] = {k: v[0] for k, v in OPTIONS.items()}
-    cfg.update({k: (dict(v) if isinstance(v, dict) else v) for k, v in COMMON_DEFAULTS.items()})
-    cfg.update(seed=0, dtype="float64")
-    unknown = sorted(set(overrides) - set(cfg))
-    if unknown:
-        raise ValueError(f"unknown toy config key(s) {unknown}; allowed: {sorted(cfg)}")
-    cfg.update(overrides)
-    return cfg
+    return full_config("toy", OPTIONS, COMMON_DEFAULTS, overrides, dtype="float64")
