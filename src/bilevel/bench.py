@@ -41,8 +41,8 @@ REQUIRED_KEYS = ("problem", "method", "inner_steps", "seconds_per_iter", "peak_m
 CONFIGS: Dict[str, Dict[str, Any]] = {
     "full": dict(
         warmup=2, reps=7, dataset="fashion-mnist",
-        toy_K=(16, 64),
-        linear=dict(train=5000, val=5000, K=(25, 100, 400),
+        toy_K=(16, 64), toy_reps=31,
+        linear=dict(train=5000, val=5000, K=(25, 100, 400), reps={25: 15},
                     methods=("rhg", "trhg", "cg", "neumann", "bda", "iaptt", "iaptt+single_pass")),
         mlp=dict(train=5000, val=5000, hidden=100, K=(25, 100),
                  methods=("rhg", "trhg", "cg", "neumann", "bda", "iaptt", "iaptt+single_pass")),
@@ -52,9 +52,10 @@ CONFIGS: Dict[str, Dict[str, Any]] = {
     ),
     "quick": dict(
         warmup=1, reps=5, dataset="fashion-mnist",
-        toy_K=(16,),
-        linear=dict(train=5000, val=5000, K=(25, 100),
-                    methods=("rhg", "trhg", "cg", "neumann", "bda", "iaptt", "iaptt+single_pass")),
+        toy_K=(16,), toy_reps=21,
+        linear=dict(train=5000, val=5000, K=(25, 100), reps={25: 9},
+                    methods=("rhg", "trhg", "cg", "neumann", "bda", "iaptt", "iaptt+single_pass"),
+                    methods_by_K={100: ("rhg", "trhg", "cg", "neumann", "bda", "iaptt")}),
         mlp=dict(train=1000, val=1000, hidden=100, K=(25,), methods=("rhg", "cg")),
         memory=dict(train=1000, val=1000, K=800),
         fhg=dict(train=1000, val=1000, K=(50, 200)),
@@ -70,6 +71,11 @@ CONFIGS: Dict[str, Dict[str, Any]] = {
         fewshot=dict(width=4, queries=2, image_size=16, K=2, meta_batch=(2, 4), reps=2, max_per_class=40),
     ),
 }
+
+#: Keys of a mode: ``warmup`` / ``reps`` (rounds; ``toy_reps`` for the toy, ``reps={K: n}`` per K in a group),
+#: ``methods_by_K`` (a group's methods at some K, default ``methods``). The toy's calls take milliseconds: each
+#: of its samples is a batch of calls of about TOY_MIN_SAMPLE seconds (:func:`time_round_robin`).
+TOY_MIN_SAMPLE = 0.03
 
 #: Methods timed on the toy (cg is left out: the lower-level Hessian of Eq. 5 is singular).
 TOY_METHODS = ("rhg", "trhg", "neumann", "bda", "iaptt", "iaptt+single_pass", "fhg")
@@ -233,18 +239,48 @@ def reference_call(R, prob: Prob, method: str, K: int) -> Callable[[], Any]:
 
 
 # ------------------------------------------------------------------------------------------ measurement
-def time_round_robin(fns: Dict[str, Callable[[], Any]], warmup: int, reps: int) -> Dict[str, List[float]]:
-    """Seconds of each call, the callables interleaved (warm-up rounds discarded)."""
-    out: Dict[str, List[float]] = {k: [] for k in fns}
-    for r in range(warmup + reps):
-        gc.collect()
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            dt = time.perf_counter() - t0
-            if r >= warmup:
-                out[k].append(dt)
+def time_round_robin(fns: Dict[str, Callable[[], Any]], warmup: int, reps: int,
+                     min_sample: float = 0.0) -> Dict[str, List[float]]:
+    """Seconds per call of each callable, interleaved; entry ``r`` of every list comes from round ``r``.
+
+    Every round times each callable once, in the order of ``fns`` rotated by one place per round, so that no
+    callable always runs first (after the garbage collection that precedes each round; the collector is off
+    during a round) or always right after a given other one. A callable whose last warm-up call took less
+    than ``min_sample`` seconds is timed over a batch of calls of about that length, and the batch's time
+    divided by its size (timer resolution and per-round jitter matter less). Warm-up rounds are discarded.
+    """
+    keys = list(fns)
+    out: Dict[str, List[float]] = {k: [] for k in keys}
+    batch = {k: 1 for k in keys}
+    enabled = gc.isenabled()
+    try:
+        for r in range(warmup + reps):
+            gc.collect()
+            gc.disable()
+            order = keys[r % len(keys):] + keys[:r % len(keys)]
+            for k in order:
+                n = batch[k]
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    fns[k]()
+                dt = (time.perf_counter() - t0) / n
+                if r >= warmup:
+                    out[k].append(dt)
+                elif r == warmup - 1 and 0.0 < dt < min_sample:
+                    batch[k] = max(1, int(round(min_sample / dt)))
+            if enabled:
+                gc.enable()
+    finally:
+        if enabled:
+            gc.enable()
     return out
+
+
+def paired_ratio(num: Sequence[float], den: Sequence[float]) -> Optional[float]:
+    """Median over rounds of ``num[r] / den[r]``: two callables timed in the same rounds compared round by
+    round, so a drift of the machine's speed between rounds cancels out."""
+    pairs = [a / b for a, b in zip(num, den) if b > 0]
+    return float(statistics.median(pairs)) if pairs else None
 
 
 def _live_storages() -> set:
@@ -440,20 +476,33 @@ def machine_info() -> Dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------ groups
-def _record(problem: str, method: str, K: int, t: Optional[List[float]], mem: Optional[float],
-            t_inner: Optional[float], t_ref: Optional[float], note: str, **extra: Any) -> Dict[str, Any]:
+def _record(problem: str, method: str, K: int, times: Dict[str, List[float]], key: str, mem: Optional[float],
+            note: str, ref_key: Optional[str] = None, inner_key: Optional[str] = "inner_loop",
+            **extra: Any) -> Dict[str, Any]:
+    """One record from the round-robin ``times``: ``key`` is the measured callable, ``ref_key`` its reference.
+
+    ``seconds_per_iter`` / ``reference_seconds`` / ``inner_loop_seconds`` are medians; ``ratio_to_reference``
+    and ``ratio_to_inner_loop`` are paired ratios (:func:`paired_ratio`), the medians' ratios are kept as
+    ``ratio_of_medians_to_*``.
+    """
+    t = times[key]
     sec = _median(t) if t else None
+    t_ref = _median(times[ref_key]) if ref_key else None
+    t_inner = _median(times[inner_key]) if inner_key else None
     rec = {"problem": problem, "method": method, "inner_steps": K, "seconds_per_iter": sec,
            "peak_mem_mb": None if mem is None else round(mem, 3),
-           "ratio_to_inner_loop": None if (sec is None or not t_inner) else sec / t_inner,
-           "ratio_to_reference": None if (sec is None or not t_ref) else sec / t_ref,
+           "ratio_to_inner_loop": paired_ratio(t, times[inner_key]) if (t and inner_key) else None,
+           "ratio_to_reference": paired_ratio(t, times[ref_key]) if (t and ref_key) else None,
+           "ratio_of_medians_to_inner_loop": sec / t_inner if (sec and t_inner) else None,
+           "ratio_of_medians_to_reference": sec / t_ref if (sec and t_ref) else None,
            "reference_seconds": t_ref, "inner_loop_seconds": t_inner, "times": t, "note": note}
     rec.update(extra)
     return rec
 
 
 def bench_group(R, prob: Prob, K: int, methods: Sequence[str], warmup: int, reps: int, log: Callable[[str], None],
-                with_upper_evals: bool = False, memory: Optional[str] = "saved") -> List[Dict[str, Any]]:
+                with_upper_evals: bool = False, memory: Optional[str] = "saved",
+                min_sample: float = 0.0) -> List[Dict[str, Any]]:
     """Library, reference and plain inner loop of each method at one (problem, K), timed round-robin.
 
     ``memory``: ``"saved"`` (autograd tape above the data baseline, :func:`saved_peak_mb`), ``"rss"`` (resident
@@ -473,21 +522,17 @@ def bench_group(R, prob: Prob, K: int, methods: Sequence[str], warmup: int, reps
 
         fns["upper_evals"] = upper_evals
     t0 = time.perf_counter()
-    times = time_round_robin(fns, warmup, reps)
+    times = time_round_robin(fns, warmup, reps, min_sample)
     measured = {k: fn for k, fn in fns.items() if k != "upper_evals"}
     mems = _rss_peaks(measured) if memory == "rss" else (_peaks(measured) if memory else {})
     mem_extra = {"mem_measure": "rss"} if memory == "rss" else {}
-    t_inner = _median(times["inner_loop"])
-    out = [_record(prob.name, "inner_loop", K, times["inner_loop"], mems.get("inner_loop"), t_inner, None, prob.note,
-                   **mem_extra)]
+    out = [_record(prob.name, "inner_loop", K, times, "inner_loop", mems.get("inner_loop"), prob.note, **mem_extra)]
     for m in methods:
-        t_ref = _median(times["ref:" + m])
         ref_mem = mems.get("ref:" + m)
         extra: Dict[str, Any] = {"reference_peak_mem_mb": None if ref_mem is None else round(ref_mem, 3), **mem_extra}
         if m.startswith("iaptt"):
             extra["k_bar"] = int(fns["lib:" + m]().info["k_bar"])
-        out.append(_record(prob.name, m, K, times["lib:" + m], mems.get("lib:" + m), t_inner, t_ref, prob.note,
-                           **extra))
+        out.append(_record(prob.name, m, K, times, "lib:" + m, mems.get("lib:" + m), prob.note, "ref:" + m, **extra))
     if with_upper_evals:
         out[0]["upper_evals_seconds"] = _median(times["upper_evals"])
     log(f"  {prob.name} K={K}: " + ", ".join(f"{r['method']} {r['seconds_per_iter'] * 1e3:.1f}ms"
@@ -527,21 +572,19 @@ def bench_fewshot(R, cfg: Dict[str, Any], warmup: int, log: Callable[[str], None
         t0 = time.perf_counter()
         times = time_round_robin(fns, warmup, cfg["reps"])
         mems = _peaks({k: fn for k, fn in fns.items() if k != "backbone"})
-        t_inner, t_ref = _median(times["inner_loop"]), _median(times["ref:rhg"])
-        t_bb = _median(times["backbone"])
+        t_ref, t_bb = _median(times["ref:rhg"]), _median(times["backbone"])
         note = prob.note + "; reference = per-task Python loop (no vmap, one task's images at a time)"
-        out.append(_record(prob.name, "inner_loop", K, times["inner_loop"], mems["inner_loop"], t_inner, None, note,
-                           meta_batch=mb))
-        rec = _record(prob.name, "rhg", K, times["lib:rhg"], mems["lib:rhg"], t_inner, t_ref, note, meta_batch=mb,
+        out.append(_record(prob.name, "inner_loop", K, times, "inner_loop", mems["inner_loop"], note, meta_batch=mb))
+        rec = _record(prob.name, "rhg", K, times, "lib:rhg", mems["lib:rhg"], note, "ref:rhg", meta_batch=mb,
                       reference_peak_mem_mb=round(mems["ref:rhg"], 3))
         rec["tasks_per_second"] = mb / rec["seconds_per_iter"]
         rec["reference_tasks_per_second"] = mb / t_ref
-        rec["vmap_throughput_vs_loop"] = t_ref / rec["seconds_per_iter"]
+        rec["vmap_throughput_vs_loop"] = paired_ratio(times["ref:rhg"], times["lib:rhg"])
         rec["backbone_seconds"] = t_bb
-        rec["vmap_throughput_bound"] = t_ref / t_bb
+        rec["vmap_throughput_bound"] = paired_ratio(times["ref:rhg"], times["backbone"])
         out.append(rec)
         log(f"  fewshot mb={mb} K={K}: vmap {rec['seconds_per_iter']:.3f}s, loop {t_ref:.3f}s, "
-            f"backbone {t_bb:.3f}s, inner {t_inner:.3f}s  [{time.perf_counter() - t0:.0f}s]")
+            f"backbone {t_bb:.3f}s, inner {rec['inner_loop_seconds']:.3f}s  [{time.perf_counter() - t0:.0f}s]")
     return out
 
 
@@ -558,14 +601,16 @@ def bench_memory_modes(R, cfg: Dict[str, Any], dataset: str, warmup: int, reps: 
     t0 = time.perf_counter()
     times = time_round_robin(fns, warmup, reps)
     mems = _peaks(fns)
-    t_inner, t_ref = _median(times["inner_loop"]), _median(times["ref:rhg"])
     note = prob.note + "; memory mode"
-    out = [_record(prob.name, "inner_loop", K, times["inner_loop"], mems["inner_loop"], t_inner, None, note,
-                   memory_mode=True),
-           _record(prob.name, "rhg", K, times["lib:rhg"], mems["lib:rhg"], t_inner, t_ref, note, memory_mode=True,
-                   reference_peak_mem_mb=round(mems["ref:rhg"], 3)),
-           _record(prob.name, ck, K, times["lib:" + ck], mems["lib:" + ck], t_inner, t_ref, note, memory_mode=True,
-                   reference_peak_mem_mb=round(mems["ref:rhg"], 3), checkpoint=S)]
+    ref_mem = round(mems["ref:rhg"], 3)
+    out = [_record(prob.name, "inner_loop", K, times, "inner_loop", mems["inner_loop"], note, memory_mode=True),
+           _record(prob.name, "rhg", K, times, "lib:rhg", mems["lib:rhg"], note, "ref:rhg", memory_mode=True,
+                   reference_peak_mem_mb=ref_mem),
+           _record(prob.name, ck, K, times, "lib:" + ck, mems["lib:" + ck], note, "ref:rhg", memory_mode=True,
+                   reference_peak_mem_mb=ref_mem, checkpoint=S,
+                   time_vs_rhg=paired_ratio(times["lib:" + ck], times["lib:rhg"]),
+                   # the extra graph-free pass over the first K - S steps (module doc of estimators/reverse.py)
+                   time_vs_rhg_bound=1.0 + (K - S) / K * paired_ratio(times["inner_loop"], times["lib:rhg"]))]
     log(f"  memory K={K}: rhg {out[1]['seconds_per_iter']:.2f}s {out[1]['peak_mem_mb']:.1f}MB, checkpoint={S} "
         f"{out[2]['seconds_per_iter']:.2f}s {out[2]['peak_mem_mb']:.1f}MB  [{time.perf_counter() - t0:.0f}s]")
     return out
@@ -644,7 +689,7 @@ def check_targets(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
             "dominates" if cg["ratio_to_inner_loop"] > TARGET_CG_INNER else "")
     bda = _find(records, "hyperclean-linear", "bda", Kt, memory_mode=None)
     if bda and rhg:
-        v = bda["seconds_per_iter"] / rhg["seconds_per_iter"]
+        v = paired_ratio(bda["times"], rhg["times"])
         add(f"hyperclean-linear K={Kt}: BDA <= {TARGET_BDA_RHG}x RHG", v, TARGET_BDA_RHG, v <= TARGET_BDA_RHG,
             "BDA evaluates F and f (and their HVPs) every step")
     ia = _find(records, "hyperclean-linear", "iaptt", Kt, memory_mode=None)
@@ -663,14 +708,20 @@ def check_targets(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     if plain and ckr:
         p, c = plain[0], ckr[0]
         mem_ratio = p["peak_mem_mb"] / c["peak_mem_mb"] if c["peak_mem_mb"] else None
-        t_ratio = c["seconds_per_iter"] / p["seconds_per_iter"]
+        t_ratio = c["time_vs_rhg"]
+        bound = c.get("time_vs_rhg_bound")
         add(f"hyperclean-linear K={p['inner_steps']}: checkpoint={c['checkpoint']} cuts peak memory above the "
             f"data baseline by >= {TARGET_CKPT_MEM}x", mem_ratio, TARGET_CKPT_MEM,
             mem_ratio is not None and mem_ratio >= TARGET_CKPT_MEM,
             f"{_fmt(p['peak_mem_mb'], 1)} MB -> {_fmt(c['peak_mem_mb'], 1)} MB")
         add(f"hyperclean-linear K={p['inner_steps']}: checkpoint={c['checkpoint']} time <= {TARGET_CKPT_TIME}x RHG",
             t_ratio, TARGET_CKPT_TIME, t_ratio <= TARGET_CKPT_TIME,
-            f"{_fmt(c['seconds_per_iter'], 3)}s vs {_fmt(p['seconds_per_iter'], 3)}s")
+            f"{_fmt(c['seconds_per_iter'], 3)}s vs {_fmt(p['seconds_per_iter'], 3)}s; lower bound "
+            f"1 + (K - S)/K * t_loop/t_RHG = {_fmt(bound)}",
+            "recomputing the segments costs one graph-free pass over the first K - S steps, as much as the plain "
+            "inner loop over them; with t_loop/t_RHG measured on this problem, checkpoint=S cannot take less than "
+            f"{_fmt(bound)}x RHG (1.5x needs t_RHG >= 2 t_loop)"
+            if (t_ratio > TARGET_CKPT_TIME and bound is not None and bound > TARGET_CKPT_TIME) else "")
     fhg = sorted((r for r in records if r["method"] == "fhg" and r["problem"] == "hyperclean-linear-wd"),
                  key=lambda r: r["inner_steps"])
     if len(fhg) >= 2 and fhg[0]["peak_mem_mb"] is not None and fhg[-1]["peak_mem_mb"] is not None:
@@ -705,7 +756,9 @@ def write_markdown(path: Path, records: List[Dict[str, Any]], checks: List[Dict[
          "Generated by `bilevel bench`" + (" --quick" if mode == "quick" else "") + f" in {elapsed:.0f} s. "
          "Times: median seconds per hypergradient (one `bilevel.hypergrad` call) after warm-up; the library, "
          "the hand-written reference (`benchmarks/references.py`) and the plain inner loop are timed "
-         "round-robin in the same run. Memory: peak MB of autograd saved tensors above the data baseline; "
+         "round-robin in the same run (the order rotated each round). Ratios (`x inner loop`, `x reference` and "
+         "those of the target checks) are paired: the median over rounds of the ratio of the two times measured in "
+         "the same round, robust to the machine's speed drifting between rounds. Memory: peak MB of autograd saved tensors above the data baseline; "
          "for the fhg records (`mem_measure=rss`) peak resident memory above the level before the call "
          "(docs/benchmarks.md).", "", "## Machine", ""]
     for k, v in machine.items():
@@ -780,7 +833,9 @@ def run(out: Path, mode: str = "full", log: Callable[[str], None] = print,
     machine = machine_info()
     warmup, reps = cfg["warmup"], cfg["reps"]
     records: List[Dict[str, Any]] = []
-    notes = [f"mode {mode}: warm-up {warmup}, median of {reps} repetitions"]
+    notes = [f"mode {mode}: warm-up {warmup}, median of {reps} rounds (toy: {cfg.get('toy_reps', reps)}, "
+             "hyperclean-linear: " + ", ".join(f"K={k}: {n}" for k, n in cfg["linear"].get("reps", {}).items())
+             + "); ratios are paired: the median over rounds of the two callables' times in the same round"]
     if mode == "quick":
         notes.append("quick mode uses smaller problems: hyperclean-mlp and the memory-mode / fhg records on "
                      f"{cfg['mlp']['train']} train samples, few-shot conv-4 of width {cfg['fewshot']['width']} with "
@@ -795,7 +850,8 @@ def run(out: Path, mode: str = "full", log: Callable[[str], None] = print,
         if "toy" in groups:
             toy = make_toy()
             for K in cfg["toy_K"]:
-                records += bench_group(R, toy, K, cfg.get("toy_methods", TOY_METHODS), warmup, reps, log)
+                records += bench_group(R, toy, K, cfg.get("toy_methods", TOY_METHODS), warmup,
+                                       cfg.get("toy_reps", reps), log, min_sample=TOY_MIN_SAMPLE if warmup else 0.0)
         dataset = cfg["dataset"]  # each hyperclean problem falls back to digits by itself if it is missing
         if "hyperclean-linear" in groups:
             lin = cfg["linear"]
@@ -804,7 +860,8 @@ def run(out: Path, mode: str = "full", log: Callable[[str], None] = print,
             if prob.extra["fallback"]:
                 notes.append(prob.note)
             for K in lin["K"]:
-                records += bench_group(R, prob, K, lin["methods"], warmup, reps, log, with_upper_evals=True)
+                records += bench_group(R, prob, K, lin.get("methods_by_K", {}).get(K, lin["methods"]), warmup,
+                                       lin.get("reps", {}).get(K, reps), log, with_upper_evals=True)
             del prob
         if "hyperclean-mlp" in groups:
             mlp = cfg["mlp"]

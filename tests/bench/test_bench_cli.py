@@ -108,3 +108,33 @@ def test_fhg_memory_target_uses_rss_with_slack():
     assert check(_fhg_records([(100, 5.5), (800, 6.3)], rhg=430.0))["met"]
     c = check(_fhg_records([(50, 10.7), (200, 43.1)]))  # what RHG does: O(K)
     assert not c["met"] and c["measured"] == pytest.approx(43.1 / 10.7)
+
+
+def test_time_round_robin_rotates_the_order_and_batches_fast_calls():
+    calls = []
+    fns = {k: (lambda k=k: calls.append(k)) for k in "abc"}
+    times = bench.time_round_robin(fns, warmup=0, reps=3)
+    assert calls == list("abc") + list("bca") + list("cab")
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3, "c": 3}
+
+    import time as _time
+    counts = {"fast": 0, "slow": 0}
+
+    def fast():
+        counts["fast"] += 1
+
+    def slow():
+        counts["slow"] += 1
+        _time.sleep(0.02)
+
+    times = bench.time_round_robin({"fast": fast, "slow": slow}, warmup=1, reps=2, min_sample=0.01)
+    assert counts["slow"] == 3  # 0.02 s > min_sample: one call per round
+    assert counts["fast"] > 3 * 10  # batched after the warm-up round
+    assert all(t < 0.001 for t in times["fast"]) and all(t >= 0.02 for t in times["slow"])
+
+
+def test_paired_ratio_is_the_median_of_per_round_ratios():
+    # round 2 ran on a machine twice as slow for both callables: the per-round ratios stay 1.5
+    assert bench.paired_ratio([1.5, 3.0, 1.5], [1.0, 2.0, 1.0]) == 1.5
+    assert bench.paired_ratio([1.0, 4.0, 3.0], [1.0, 1.0, 1.0]) == 3.0
+    assert bench.paired_ratio([], []) is None

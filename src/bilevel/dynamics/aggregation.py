@@ -29,11 +29,11 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Tuple, Union
 
 import torch
 
-from ..problem import FlatFn, Problem, requires_grad_leaf
+from ..problem import Problem, requires_grad_leaf
 from .base import Dynamics
 from .gd import Prox, gd
 
@@ -61,15 +61,25 @@ def alpha_value(alpha: Alpha, j: int, name: str = "alpha") -> float:
     return v
 
 
-def _grad_y_or_zeros(fn: FlatFn, x: torch.Tensor, y: torch.Tensor, create_graph: bool) -> torch.Tensor:
-    """``d fn / dy`` like :func:`bilevel.problem.grad_y`, but zeros when fn does not depend on y."""
+def _grads_y(problem: Problem, x: torch.Tensor, y: torch.Tensor, create_graph: bool
+             ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(grad_y f(x, y), grad_y F(x, y))`` from one backward pass; zeros for an objective free of y.
+
+    f and F read two aliases (views) of y, so one call of the autograd engine returns the two gradients
+    separately (half the engine calls of two ``torch.autograd.grad`` calls; the arithmetic is the same).
+    """
     with torch.enable_grad():
         y = requires_grad_leaf(y)
-        out = fn(x, y)
-        if not out.requires_grad:
-            return torch.zeros_like(y)
-        (g,) = torch.autograd.grad(out, y, create_graph=create_graph, allow_unused=True)
-    return torch.zeros_like(y) if g is None else g
+        aliases = (y.view_as(y), y.view_as(y))
+        outs = (problem.lower(x, aliases[0]), problem.upper(x, aliases[1]))
+        used = [i for i, out in enumerate(outs) if out.requires_grad]
+        grads = [None, None]
+        if used:
+            got = torch.autograd.grad([outs[i] for i in used], [aliases[i] for i in used],
+                                      create_graph=create_graph, allow_unused=True)
+            for i, g in zip(used, got):
+                grads[i] = g
+    return tuple(torch.zeros_like(y) if g is None else g for g in grads)
 
 
 def aggregation(problem: Problem, lower_lr: float, upper_lr: float, alpha: Alpha, *, weights: str = "upper",
@@ -126,15 +136,15 @@ def aggregation(problem: Problem, lower_lr: float, upper_lr: float, alpha: Alpha
         if w_up == 0.0:
             return plain.step(k, x, state, create_graph)
         y = state[0]
-        # the lower gradient is always returned (diagnostics); it joins the tape only if it is used
-        g = _grad_y_or_zeros(problem.lower, x, y, create_graph and w_low != 0.0)
-        g_up = _grad_y_or_zeros(problem.upper, x, y, create_graph)
-        d_up = s_u * g_up
+        # both gradients from one backward pass; the lower one is always returned (diagnostics) and joins
+        # the tape only through y_new when w_low != 0
+        g, g_up = _grads_y(problem, x, y, create_graph)
         if w_low == 0.0:
-            y_new = y - d_up
+            y_new = y - s_u * g_up
+        elif prox is None:
+            y_new = y - ((w_up * s_u) * g_up + (w_low * s_l) * g)
         else:
-            d_low = s_l * g if prox is None else y - prox(y - s_l * g, s_l)
-            y_new = y - (w_up * d_up + w_low * d_low)
+            y_new = y - ((w_up * s_u) * g_up + w_low * (y - prox(y - s_l * g, s_l)))
         return (problem.project(y_new),), g
 
     return Dynamics(init, step)

@@ -1,7 +1,8 @@
 """Presets of the classical estimators: RHG, FHG, T-RHG, CG and Neumann, all on plain gradient descent.
 
 Inner dynamics for all five: ``y_{k+1} = P(y_k - inner_lr * grad_y f(x, y_k))`` (P: projection onto
-``y_bounds``). See ``docs/methods/`` for the formulas and costs.
+``y_bounds``). See ``docs/methods/`` for the formulas and costs. ``compile_step=True`` (rhg with ``checkpoint``,
+trhg, cg, neumann) compiles their graph-free steps (:mod:`bilevel.dynamics.gd`).
 """
 from __future__ import annotations
 
@@ -15,8 +16,21 @@ from ..problem import Problem
 from .registry import Method, Plan, check_checkpoint, check_float, check_int, register, unrolled
 
 
-def _rhg(problem: Problem, inner_lr: float, inner_steps: int, *, checkpoint: Optional[int] = None) -> Plan:
-    return unrolled(reverse.estimate, problem, gd(problem, inner_lr), checkpoint=check_checkpoint(checkpoint))
+def _compile_step(value, needs: str = "") -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"compile_step must be True or False, got {value!r}")
+    if value and needs:
+        raise ValueError(f"compile_step=True has nothing to compile here: {needs}")
+    return value
+
+
+def _rhg(problem: Problem, inner_lr: float, inner_steps: int, *, checkpoint: Optional[int] = None,
+         compile_step: bool = False) -> Plan:
+    ck = check_checkpoint(checkpoint)
+    comp = _compile_step(compile_step, "" if ck is not None else
+                         "without checkpoint every rhg step is taped and differentiated twice, which compiled graphs "
+                         "do not support (set checkpoint=S to compile the graph-free forward pass)")
+    return unrolled(reverse.estimate, problem, gd(problem, inner_lr, compile_step=comp), checkpoint=ck)
 
 
 def _fhg(problem: Problem, inner_lr: float, inner_steps: int) -> Plan:
@@ -24,26 +38,29 @@ def _fhg(problem: Problem, inner_lr: float, inner_steps: int) -> Plan:
 
 
 def _trhg(problem: Problem, inner_lr: float, inner_steps: int, *, truncate: Optional[int] = None,
-          checkpoint: Optional[int] = None) -> Plan:
+          checkpoint: Optional[int] = None, compile_step: bool = False) -> Plan:
     t = max(1, inner_steps // 2) if truncate is None else check_int("truncate", truncate, 0, inner_steps)
-    return unrolled(truncated.estimate, problem, gd(problem, inner_lr), truncate=t,
+    comp = _compile_step(compile_step)
+    return unrolled(truncated.estimate, problem, gd(problem, inner_lr, compile_step=comp), truncate=t,
                     checkpoint=check_checkpoint(checkpoint))
 
 
 def _cg(problem: Problem, inner_lr: float, inner_steps: int, *, cg_steps: int = 100,
-        cg_tol: Optional[float] = None) -> Plan:
+        cg_tol: Optional[float] = None, compile_step: bool = False) -> Plan:
     steps = check_int("cg_steps", cg_steps, 1)
     tol = None if cg_tol is None else check_float("cg_tol", cg_tol, nonnegative=True)
     solve = functools.partial(linear_solve.cg, steps=steps, tol=tol)
-    return unrolled(implicit.estimate, problem, gd(problem, inner_lr), solve=solve)
+    return unrolled(implicit.estimate, problem, gd(problem, inner_lr, compile_step=_compile_step(compile_step)),
+                    solve=solve)
 
 
 def _neumann(problem: Problem, inner_lr: float, inner_steps: int, *, neumann_terms: int = 20,
-             neumann_lr: Optional[float] = None) -> Plan:
+             neumann_lr: Optional[float] = None, compile_step: bool = False) -> Plan:
     terms = check_int("neumann_terms", neumann_terms, 1)
     lr = inner_lr if neumann_lr is None else check_float("neumann_lr", neumann_lr, positive=True)
     solve = functools.partial(linear_solve.neumann, terms=terms, lr=lr)
-    return unrolled(implicit.estimate, problem, gd(problem, inner_lr), solve=solve)
+    return unrolled(implicit.estimate, problem, gd(problem, inner_lr, compile_step=_compile_step(compile_step)),
+                    solve=solve)
 
 
 register(Method("rhg", _rhg, summary="reverse-mode through the whole unroll (exact for F(x, y_K))"))
