@@ -49,17 +49,19 @@ CONFIGS: Dict[str, Dict[str, Any]] = {
         memory=dict(train=5000, val=5000, K=800),
         fhg=dict(train=5000, val=5000, K=(100, 400, 800)),
         fewshot=dict(width=64, queries=15, image_size=28, K=10, meta_batch=(4, 16), reps=5),
+        compile=dict(train=5000, val=5000, K=(100,), methods=("cg", "trhg"), reps=5),
     ),
     "quick": dict(
         warmup=1, reps=5, dataset="fashion-mnist",
         toy_K=(16,), toy_reps=21,
-        linear=dict(train=5000, val=5000, K=(25, 100), reps={25: 9},
+        linear=dict(train=5000, val=5000, K=(25, 100), reps={25: 7},
                     methods=("rhg", "trhg", "cg", "neumann", "bda", "iaptt", "iaptt+single_pass"),
-                    methods_by_K={100: ("rhg", "trhg", "cg", "neumann", "bda", "iaptt")}),
+                    methods_by_K={100: ("rhg", "cg", "bda", "iaptt")}),
         mlp=dict(train=1000, val=1000, hidden=100, K=(25,), methods=("rhg", "cg")),
-        memory=dict(train=1000, val=1000, K=800),
-        fhg=dict(train=1000, val=1000, K=(50, 200)),
+        memory=dict(train=1000, val=1000, K=800, reps=3),
+        fhg=dict(train=1000, val=1000, K=(50, 200), reps=3),
         fewshot=dict(width=32, queries=5, image_size=28, K=5, meta_batch=(4, 16), reps=5),
+        compile=dict(train=5000, val=5000, K=(100,), methods=("cg", "trhg"), reps=3),
     ),
     "smoke": dict(
         warmup=0, reps=2, dataset="digits",
@@ -69,11 +71,13 @@ CONFIGS: Dict[str, Dict[str, Any]] = {
         memory=dict(train=100, val=100, K=16),
         fhg=dict(train=100, val=100, K=(4, 8)),
         fewshot=dict(width=4, queries=2, image_size=16, K=2, meta_batch=(2, 4), reps=2, max_per_class=40),
+        compile=dict(train=100, val=100, K=(4,), methods=("cg",), reps=1),
     ),
 }
 
-#: Keys of a mode: ``warmup`` / ``reps`` (rounds; ``toy_reps`` for the toy, ``reps={K: n}`` per K in a group),
-#: ``methods_by_K`` (a group's methods at some K, default ``methods``). The toy's calls take milliseconds: each
+#: Keys of a mode: ``warmup`` / ``reps`` (rounds; ``toy_reps`` for the toy, ``reps={K: n}`` per K of the linear
+#: group, ``reps=n`` for the memory and fhg groups), ``methods_by_K`` (the linear group's methods at some K,
+#: default ``methods``; quick mode times trhg, neumann and iaptt+single_pass at K=25 only). The toy's calls take milliseconds: each
 #: of its samples is a batch of calls of about TOY_MIN_SAMPLE seconds (:func:`time_round_robin`).
 TOY_MIN_SAMPLE = 0.03
 
@@ -196,20 +200,26 @@ def make_fewshot(meta_batch: int = 4, width: int = 64, queries: int = 15, image_
 
 # ------------------------------------------------------------------------------------------ methods
 def lib_options(method: str, K: int, prob: Prob) -> Dict[str, Any]:
-    """Options of the library call (matching the reference below)."""
-    if method == "trhg":
-        return {"truncate": max(1, K // 2)}
-    if method == "cg":
-        return {"cg_steps": 10, "cg_tol": 0.0}  # exactly 10 iterations (the reference does 10)
-    if method == "neumann":
-        return {"neumann_terms": 20}
-    if method == "bda":
-        return {"upper_lr": prob.extra["upper_lr"]} if "upper_lr" in prob.extra else {}
-    if method.startswith("rhg+checkpoint="):
-        return {"checkpoint": int(method.split("=")[1])}
-    if method == "iaptt+single_pass":
-        return {"single_pass": True}
-    return {}
+    """Options of the library call (matching the reference below). ``method`` is a method name followed by
+    ``+``-separated modifiers: ``checkpoint=S``, ``single_pass``, ``compile_step``."""
+    name, *mods = method.split("+")
+    opts: Dict[str, Any] = {}
+    if name == "trhg":
+        opts = {"truncate": max(1, K // 2)}
+    elif name == "cg":
+        opts = {"cg_steps": 10, "cg_tol": 0.0}  # exactly 10 iterations (the reference does 10)
+    elif name == "neumann":
+        opts = {"neumann_terms": 20}
+    elif name == "bda" and "upper_lr" in prob.extra:
+        opts = {"upper_lr": prob.extra["upper_lr"]}
+    for mod in mods:
+        if mod.startswith("checkpoint="):
+            opts["checkpoint"] = int(mod.split("=")[1])
+        elif mod in ("single_pass", "compile_step"):
+            opts[mod] = True
+        else:
+            raise ValueError(f"unknown benchmark method modifier {mod!r} in {method!r}")
+    return opts
 
 
 def library_call(prob: Prob, method: str, K: int) -> Callable[[], Any]:
@@ -220,20 +230,22 @@ def library_call(prob: Prob, method: str, K: int) -> Callable[[], Any]:
 
 
 def reference_call(R, prob: Prob, method: str, K: int) -> Callable[[], Any]:
+    """The hand-written reference of ``method`` (its modifiers change how the library computes, not what)."""
     u, l, x, y0, lr = prob.upper, prob.lower, prob.x, prob.y0, prob.lr
-    if method in ("rhg",) or method.startswith("rhg+"):
+    name = method.split("+")[0]
+    if name == "rhg":
         return lambda: R.rhg(u, l, x, y0, K, lr)
-    if method == "trhg":
+    if name == "trhg":
         return lambda: R.trhg(u, l, x, y0, K, lr, max(1, K // 2))
-    if method == "cg":
+    if name == "cg":
         return lambda: R.cg(u, l, x, y0, K, lr, iters=10)
-    if method == "neumann":
+    if name == "neumann":
         return lambda: R.neumann(u, l, x, y0, K, lr, terms=20)
-    if method == "bda":
+    if name == "bda":
         return lambda: R.bda(u, l, x, y0, K, lr, upper_lr=prob.extra.get("upper_lr"))
-    if method in ("iaptt", "iaptt+single_pass"):  # the reference is a one-pass implementation
+    if name == "iaptt":  # the reference is a one-pass implementation
         return lambda: R.iaptt(u, l, x, y0, K, lr)
-    if method == "fhg":
+    if name == "fhg":
         return lambda: R.fhg_scalar(u, l, x, y0, K, lr)
     raise ValueError(f"no reference for {method!r}")
 
@@ -447,9 +459,16 @@ def rss_peak_mb(fn: Callable[[], Any]) -> Optional[float]:
     return max(0, peak - before) / 1024
 
 
+def min_rss_peak_mb(fn: Callable[[], Any], repeats: int = 3) -> Optional[float]:
+    """The smallest :func:`rss_peak_mb` of ``repeats`` calls. The heap left by earlier work sometimes makes a
+    call touch a megabyte or two of fresh pages it does not need (seen at any K), never fewer than it needs."""
+    peaks = [rss_peak_mb(fn) for _ in range(repeats)]
+    return None if any(p is None for p in peaks) else min(peaks)
+
+
 def _rss_peaks(fns: Dict[str, Callable[[], Any]]) -> Dict[str, Optional[float]]:
-    """:func:`rss_peak_mb` of each callable (called after the timed rounds, so lazily built state exists)."""
-    return {k: rss_peak_mb(fn) for k, fn in fns.items()}
+    """:func:`min_rss_peak_mb` of each callable (called after the timed rounds, so lazily built state exists)."""
+    return {k: min_rss_peak_mb(fn) for k, fn in fns.items()}
 
 
 def _median(ts: Sequence[float]) -> float:
@@ -629,7 +648,7 @@ def bench_fhg(R, cfg: Dict[str, Any], dataset: str, warmup: int, reps: int,
     out = []
     for K in cfg["K"]:
         recs = bench_group(R, prob, K, ("fhg",), warmup, reps, log, memory="rss")
-        rhg_mem = rss_peak_mb(library_call(prob, "rhg", K))
+        rhg_mem = min_rss_peak_mb(library_call(prob, "rhg", K))
         for r in recs:
             r["memory_mode"] = True
             if r["method"] == "fhg":
@@ -637,6 +656,45 @@ def bench_fhg(R, cfg: Dict[str, Any], dataset: str, warmup: int, reps: int,
         log(f"  hyperclean-linear-wd K={K}: resident peak fhg {_fmt(recs[-1]['peak_mem_mb'])} MB, "
             f"rhg {_fmt(rhg_mem)} MB")
         out += recs
+    return out
+
+
+def bench_compile(R, cfg: Dict[str, Any], dataset: str, warmup: int, log: Callable[[str], None]
+                  ) -> List[Dict[str, Any]]:
+    """``compile_step=True`` against the eager library call (and both against the reference) on hyperclean-linear.
+
+    The first call of the compiled variants compiles (``first_call_seconds``, outside the timed rounds).
+    ``time_vs_eager`` is the paired ratio to the same method without ``compile_step``.
+    """
+    prob = make_hyperclean("linear", cfg["train"], cfg["val"], dataset)
+    out = []
+    for K in cfg["K"]:
+        fns: Dict[str, Callable[[], Any]] = {"inner_loop": lambda: R.inner_loop(prob.lower, prob.x, prob.y0, K,
+                                                                               prob.lr)}
+        first: Dict[str, float] = {}
+        for m in cfg["methods"]:
+            for variant in (m, m + "+compile_step"):
+                fns["lib:" + variant] = library_call(prob, variant, K)
+                t0 = time.perf_counter()
+                fns["lib:" + variant]()
+                first[variant] = time.perf_counter() - t0
+            fns["ref:" + m] = reference_call(R, prob, m, K)
+        t0 = time.perf_counter()
+        times = time_round_robin(fns, warmup, cfg["reps"])
+        note = prob.note + "; compile_step"
+        out.append(_record(prob.name, "inner_loop", K, times, "inner_loop", None, note, compile_group=True))
+        for m in cfg["methods"]:
+            c = m + "+compile_step"
+            out.append(_record(prob.name, m, K, times, "lib:" + m, None, note, "ref:" + m, compile_group=True,
+                               first_call_seconds=first[m]))
+            out.append(_record(prob.name, c, K, times, "lib:" + c, None, note, "ref:" + m, compile_group=True,
+                               first_call_seconds=first[c],
+                               time_vs_eager=paired_ratio(times["lib:" + c], times["lib:" + m])))
+        log(f"  compile K={K}: " + ", ".join(f"{r['method']} {r['seconds_per_iter'] * 1e3:.0f}ms"
+                                             + (f" (x{r['time_vs_eager']:.2f} eager, first call "
+                                                f"{r['first_call_seconds']:.1f}s)" if r.get("time_vs_eager") else "")
+                                             for r in out[-1 - 2 * len(cfg["methods"]):])
+            + f"  [{time.perf_counter() - t0:.0f}s]")
     return out
 
 
@@ -664,7 +722,8 @@ def check_targets(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     for prob, lim in (("hyperclean-linear", TARGET_REF_LINEAR), ("toy", TARGET_REF_TOY)):
         per: Dict[str, Tuple[float, int]] = {}
         for r in records:
-            if r["problem"] == prob and r["ratio_to_reference"] is not None and not r.get("memory_mode"):
+            if r["problem"] == prob and r["ratio_to_reference"] is not None and not r.get("memory_mode") \
+                    and not r.get("compile_group"):
                 worst = per.get(r["method"])
                 if worst is None or r["ratio_to_reference"] > worst[0]:
                     per[r["method"]] = (r["ratio_to_reference"], r["inner_steps"])
@@ -673,27 +732,28 @@ def check_targets(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
                    "the reference is one taped pass, which iaptt+single_pass matches" if m == "iaptt" and v > lim
                    else "")
             add(f"{prob}: {m} within {lim}x of its reference (worst K)", v, lim, v <= lim, f"K={K}", why)
-    Ks = sorted({r["inner_steps"] for r in records if r["problem"] == "hyperclean-linear" and not r.get("memory_mode")})
+    Ks = sorted({r["inner_steps"] for r in records if r["problem"] == "hyperclean-linear" and not r.get("memory_mode")
+                 and not r.get("compile_group")})
     Kt = 100 if 100 in Ks else (Ks[-1] if Ks else None)
-    rhg = _find(records, "hyperclean-linear", "rhg", Kt, memory_mode=None)
+    rhg = _find(records, "hyperclean-linear", "rhg", Kt, memory_mode=None, compile_group=None)
     if rhg:
         add(f"hyperclean-linear K={Kt}: RHG <= {TARGET_RHG_INNER}x the plain inner loop",
             rhg["ratio_to_inner_loop"], TARGET_RHG_INNER, rhg["ratio_to_inner_loop"] <= TARGET_RHG_INNER,
             f"{_fmt(rhg['seconds_per_iter'], 4)}s vs {_fmt(rhg['inner_loop_seconds'], 4)}s")
-    cg = _find(records, "hyperclean-linear", "cg", Kt, memory_mode=None)
+    cg = _find(records, "hyperclean-linear", "cg", Kt, memory_mode=None, compile_group=None)
     if cg:
         add(f"hyperclean-linear K={Kt}: CG (10 iterations) <= {TARGET_CG_INNER}x the plain inner loop",
             cg["ratio_to_inner_loop"], TARGET_CG_INNER, cg["ratio_to_inner_loop"] <= TARGET_CG_INNER,
             f"{_fmt(cg['seconds_per_iter'], 4)}s vs {_fmt(cg['inner_loop_seconds'], 4)}s",
             "CG = K plain steps + 1 taped gradient + 11 HVP/mixed products: at small K the fixed HVP cost "
             "dominates" if cg["ratio_to_inner_loop"] > TARGET_CG_INNER else "")
-    bda = _find(records, "hyperclean-linear", "bda", Kt, memory_mode=None)
+    bda = _find(records, "hyperclean-linear", "bda", Kt, memory_mode=None, compile_group=None)
     if bda and rhg:
         v = paired_ratio(bda["times"], rhg["times"])
         add(f"hyperclean-linear K={Kt}: BDA <= {TARGET_BDA_RHG}x RHG", v, TARGET_BDA_RHG, v <= TARGET_BDA_RHG,
             "BDA evaluates F and f (and their HVPs) every step")
-    ia = _find(records, "hyperclean-linear", "iaptt", Kt, memory_mode=None)
-    inner = _find(records, "hyperclean-linear", "inner_loop", Kt, memory_mode=None)
+    ia = _find(records, "hyperclean-linear", "iaptt", Kt, memory_mode=None, compile_group=None)
+    inner = _find(records, "hyperclean-linear", "inner_loop", Kt, memory_mode=None, compile_group=None)
     if ia and rhg and inner and inner.get("upper_evals_seconds") is not None:
         budget = rhg["seconds_per_iter"] + inner["upper_evals_seconds"]
         v = ia["seconds_per_iter"] / budget
@@ -733,6 +793,13 @@ def check_targets(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
             ", ".join(f"K={r['inner_steps']}: {_fmt(r['peak_mem_mb'], 2)} MB"
                       + (f" (rhg {_fmt(r['rhg_peak_mem_mb'], 1)} MB)" if r.get("rhg_peak_mem_mb") is not None else "")
                       for r in fhg))
+    for r in records:
+        if r.get("time_vs_eager") is not None:
+            v = r["time_vs_eager"]
+            add(f"{r['problem']} K={r['inner_steps']}: {r['method']} (torch.compile of the graph-free steps) vs eager "
+                "(optional; helps when < 1)", v, 1.0, v < 1.0,
+                f"first call {r['first_call_seconds']:.1f}s (compiling); off by default",
+                "" if v < 1.0 else "the compiled step is no faster here: leave compile_step off")
     fs = [r for r in records if r["problem"] == "fewshot-conv4" and r["method"] == "rhg"]
     if fs:
         r = max(fs, key=lambda r: r["meta_batch"])
@@ -793,7 +860,9 @@ def write_markdown(path: Path, records: List[Dict[str, Any]], checks: List[Dict[
 
 
 #: The benchmark's groups of records, in the order they run (``run(only=...)`` / ``--only`` selects some).
-GROUPS = ("toy", "hyperclean-linear", "hyperclean-mlp", "memory", "hyperclean-linear-wd", "fewshot-conv4")
+GROUPS = ("toy", "hyperclean-linear", "hyperclean-mlp", "memory", "hyperclean-linear-wd", "fewshot-conv4", "compile")
+#: Groups a mode leaves out unless asked for with ``only``: compiling takes tens of seconds, too long for --quick.
+DEFAULT_SKIP = {"full": (), "quick": ("compile",), "smoke": ("compile",)}
 _GROUP_ALIASES = {"fhg": "hyperclean-linear-wd", "fewshot": "fewshot-conv4", "linear": "hyperclean-linear",
                   "mlp": "hyperclean-mlp", "checkpoint": "memory"}
 
@@ -822,6 +891,8 @@ def run(out: Path, mode: str = "full", log: Callable[[str], None] = print,
     ``only``: run just these groups (:func:`select_groups`); the target checks cover what was run.
     """
     groups = select_groups(only)
+    if not only:
+        groups = tuple(g for g in groups if g not in DEFAULT_SKIP[mode])
     cfg = CONFIGS[mode]
     if threads is None and mode == "smoke":
         threads = 1
@@ -833,16 +904,20 @@ def run(out: Path, mode: str = "full", log: Callable[[str], None] = print,
     machine = machine_info()
     warmup, reps = cfg["warmup"], cfg["reps"]
     records: List[Dict[str, Any]] = []
-    notes = [f"mode {mode}: warm-up {warmup}, median of {reps} rounds (toy: {cfg.get('toy_reps', reps)}, "
-             "hyperclean-linear: " + ", ".join(f"K={k}: {n}" for k, n in cfg["linear"].get("reps", {}).items())
-             + "); ratios are paired: the median over rounds of the two callables' times in the same round"]
+    special = [f"toy: {cfg['toy_reps']}"] if "toy_reps" in cfg else []
+    special += [f"hyperclean-linear K={k}: {n}" for k, n in cfg["linear"].get("reps", {}).items()]
+    special += [f"{g}: {cfg[g]['reps']}" for g in ("memory", "fhg") if "reps" in cfg[g]]
+    notes = [f"mode {mode}: warm-up {warmup}, median of {reps} rounds" + (f" ({', '.join(special)})" if special else "")
+             + "; ratios are paired: the median over rounds of the two callables' times in the same round"]
     if mode == "quick":
         notes.append("quick mode uses smaller problems: hyperclean-mlp and the memory-mode / fhg records on "
                      f"{cfg['mlp']['train']} train samples, few-shot conv-4 of width {cfg['fewshot']['width']} with "
                      f"{cfg['fewshot']['queries']} queries and K={cfg['fewshot']['K']}; fewer K values")
     notes.append("toy: cg is not benchmarked (the lower-level Hessian of Eq. 5 is singular, CG is undefined there)")
-    if groups != GROUPS:
+    if only and groups != GROUPS:
         notes.append("partial run: only " + ", ".join(groups))
+    elif not only and DEFAULT_SKIP[mode]:
+        notes.append(f"not run in {mode} mode (ask with --only): " + ", ".join(DEFAULT_SKIP[mode]))
     t_start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # cg with exactly 10 iterations warns that it did not converge
@@ -870,9 +945,11 @@ def run(out: Path, mode: str = "full", log: Callable[[str], None] = print,
                 records += bench_group(R, prob, K, mlp["methods"], warmup, reps, log)
             del prob
         if "memory" in groups:
-            records += bench_memory_modes(R, cfg["memory"], dataset, warmup, reps, log)
+            records += bench_memory_modes(R, cfg["memory"], dataset, warmup, cfg["memory"].get("reps", reps), log)
         if "hyperclean-linear-wd" in groups:
-            records += bench_fhg(R, cfg["fhg"], dataset, warmup, reps, log)
+            records += bench_fhg(R, cfg["fhg"], dataset, warmup, cfg["fhg"].get("reps", reps), log)
+        if "compile" in groups:
+            records += bench_compile(R, cfg["compile"], dataset, warmup, log)
         if "fewshot-conv4" in groups:
             try:
                 records += bench_fewshot(R, cfg["fewshot"], warmup, log)

@@ -138,3 +138,17 @@ def test_paired_ratio_is_the_median_of_per_round_ratios():
     assert bench.paired_ratio([1.5, 3.0, 1.5], [1.0, 2.0, 1.0]) == 1.5
     assert bench.paired_ratio([1.0, 4.0, 3.0], [1.0, 1.0, 1.0]) == 3.0
     assert bench.paired_ratio([], []) is None
+
+
+def test_bench_compile_group_times_compiled_against_eager(tmp_path):
+    records = bench.run(tmp_path, "smoke", log=lambda s: None, only=["compile"])
+    by = {r["method"]: r for r in records}
+    assert set(by) == {"inner_loop", "cg", "cg+compile_step"}
+    c = by["cg+compile_step"]
+    assert c["time_vs_eager"] > 0 and c["first_call_seconds"] > 0 and c["ratio_to_reference"] > 0
+    checks = json.loads((tmp_path / "targets.json").read_text())["checks"]
+    assert any("torch.compile" in ch["target"] for ch in checks)
+
+
+def test_compile_group_is_left_out_of_quick_runs_unless_asked():
+    assert "compile" in bench.DEFAULT_SKIP["quick"] and not bench.DEFAULT_SKIP["full"]

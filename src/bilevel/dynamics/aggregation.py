@@ -21,8 +21,8 @@ With ``every = m > 1`` only the steps j = m, 2m, 3m, ... aggregate; the others a
 steps on f (Li-Gu-Huang's "improved-m" ablation). A step whose upper weight is exactly 0 *is* the
 :func:`bilevel.dynamics.gd` step, so such settings reproduce RHG bit for bit.
 
-Cost per aggregated step: one evaluation of f and of F and two backward passes (grad_y f and grad_y F), i.e.
-about twice a plain gradient step; differentiated in reverse mode, two Hessian-vector products' worth more
+Cost per aggregated step: one evaluation of f and of F and the backward pass through both (grad_y f and
+grad_y F, separately, from one call of the autograd engine), i.e. about twice a plain gradient step; differentiated in reverse mode, two Hessian-vector products' worth more
 (one of f, one of F) instead of one. Plain steps cost what :func:`bilevel.dynamics.gd` costs.
 """
 from __future__ import annotations
