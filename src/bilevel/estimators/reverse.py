@@ -12,7 +12,7 @@ The gradient w.r.t. the initialization y_0 comes from the same backward pass.
 Memory mode ``checkpoint=S``: the forward pass keeps no tape, only the state at the start of every segment
 of S steps; the backward pass recomputes one segment at a time with a tape and back-propagates through it.
 The last segment is taped in the forward pass (the backward starts there). Memory O(K/S + S) states instead
-of O(K); time one extra graph-free pass over the first K - S steps, i.e. at least
+of O(K); time one extra graph-free pass over the first K - S steps, i.e. about
 1 + (K - S)/K * t_loop/t_RHG times RHG (t_loop: the plain inner loop). The gradient is the same to round-off.
 """
 from __future__ import annotations
