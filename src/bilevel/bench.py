@@ -266,10 +266,10 @@ def time_round_robin(fns: Dict[str, Callable[[], Any]], warmup: int, reps: int,
     out: Dict[str, List[float]] = {k: [] for k in keys}
     batch = {k: 1 for k in keys}
     enabled = gc.isenabled()
+    gc.disable()  # collected explicitly before each round
     try:
         for r in range(warmup + reps):
             gc.collect()
-            gc.disable()
             order = keys[r % len(keys):] + keys[:r % len(keys)]
             for k in order:
                 n = batch[k]
@@ -281,8 +281,6 @@ def time_round_robin(fns: Dict[str, Callable[[], Any]], warmup: int, reps: int,
                     out[k].append(dt)
                 elif r == warmup - 1 and 0.0 < dt < min_sample:
                     batch[k] = max(1, int(round(min_sample / dt)))
-            if enabled:
-                gc.enable()
     finally:
         if enabled:
             gc.enable()

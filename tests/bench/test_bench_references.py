@@ -9,6 +9,7 @@ import torch
 
 import bilevel
 from bilevel import bench
+from tree_assert import assert_tree_close
 
 R = bench.load_references()
 
@@ -23,13 +24,7 @@ def _one_thread():
 
 
 def _close(a, b, tol=1e-8):
-    if isinstance(a, dict):
-        assert set(a) == set(b)
-        for k in a:
-            _close(a[k], b[k], tol)
-        return
-    scale = max(1.0, float(b.abs().max()))
-    assert float((a - b).abs().max()) <= tol * scale, (float((a - b).abs().max()), scale)
+    assert_tree_close(a, b, tol)
 
 
 @pytest.fixture(scope="module")

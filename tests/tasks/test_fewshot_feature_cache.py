@@ -13,6 +13,7 @@ from bilevel import Factored
 from bilevel._tree import flatten
 from bilevel.problem import Problem
 from bilevel.tasks import fewshot as FS
+from tree_assert import assert_tree_close
 
 B, WAYS, SHOTS, QUERIES, SIZE, WIDTH = 2, 3, 1, 2, 16, 2
 K = 3
@@ -59,13 +60,7 @@ def _plain(obj, counter=None, key=None):
 
 
 def _close(a, b, tol=1e-6):
-    if isinstance(a, dict):
-        assert set(a) == set(b)
-        for k in a:
-            _close(a[k], b[k], tol)
-        return
-    scale = max(1.0, float(b.abs().max()))
-    assert float((a - b).abs().max()) <= tol * scale, (float((a - b).abs().max()), scale)
+    assert_tree_close(a, b, tol)
 
 
 def _hg(upper, lower, x, y0, method, **opts):
