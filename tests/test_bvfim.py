@@ -270,14 +270,19 @@ def llc_problem(n):
 
 
 def test_llc_problem_converges_near_optimum():
-    """n = 10 (fast size; the paper uses n = 50, see the experiment script). Measured RMS errors after 150 outer
-    steps: x 0.050, (y1, y2) 0.083 (from 1.0 at the start). The quartic upper level makes the last digits slow."""
+    """n = 10 (fast size; the paper uses n = 50, see the experiment script), the default armijo y-loop.
+
+    What BVFIM guarantees is convergence as the weights decay, not one trajectory's digits: the tolerances sit
+    more than 2.5x above the measured RMS errors after 300 outer steps (x 0.037, (y1, y2) 0.052, from 1.0 at the
+    start; F from 10.3 to 2.3e-4). The fixed-step y-loop (armijo=False) is chaotic here: a 1e-13 change of x0
+    moved its x error between 0.05 and 0.18, so that variant is only checked to make progress."""
     n = 10
     upper, lower = llc_problem(n)
     z = torch.zeros(n, dtype=torch.float64)
-    out = bilevel.solve(upper, lower, z, {"y1": z, "y2": z}, method="bvfim", outer_steps=150, outer_lr=0.05,
+    out = bilevel.solve(upper, lower, z, {"y1": z, "y2": z}, method="bvfim", outer_steps=300, outer_lr=0.05,
                         inner_steps=40, inner_lr=0.5, x_bounds=(-100, 100), z_steps=10, y_steps=10, y_lr=0.5 / n,
                         decay=1.05, warm_start=True)
     ex = float(torch.linalg.vector_norm(out.x - 1.0)) / n ** 0.5
     ey = float(torch.linalg.vector_norm(torch.cat([out.y["y1"], out.y["y2"]]) - 1.0)) / (2 * n) ** 0.5
     assert ex < 0.1 and ey < 0.15
+    assert out.history[-1]["upper"] < 1e-2 * out.history[0]["upper"]

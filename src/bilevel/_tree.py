@@ -124,8 +124,12 @@ def as_box(bounds: Any, spec: Spec, name: str) -> Optional[Callable[[torch.Tenso
             return spec.flatten(out, f"the output of the {name} projection", detach=False)
 
         return proj
+    if isinstance(bounds, Mapping):
+        bounds = _per_key_bounds(bounds, spec, name)
     if not isinstance(bounds, (tuple, list)) or len(bounds) != 2:
-        raise ValueError(f"{name} must be None, a pair (lo, hi) or a projection callable, got {bounds!r}")
+        raise ValueError(f"{name} must be None, a pair (lo, hi), a dict {{key: (lo, hi)}} (dict variables) or a "
+                         f"projection callable, got {bounds!r}; e.g. {name}=(0.0, 1.0), {name}=(None, 1.0)"
+                         + (f" or {name}={{{spec.keys[0]!r}: (0.0, 1.0)}}" if spec.keys else ""))
     lo, hi = (_bound(b, spec, f"{name}[{i}]") for i, b in enumerate(bounds))
     if lo is not None and hi is not None and bool((lo > hi).any()):
         raise ValueError(f"{name}: lower bound exceeds upper bound")
@@ -134,6 +138,28 @@ def as_box(bounds: Any, spec: Spec, name: str) -> Optional[Callable[[torch.Tenso
         return torch.clamp(flat, lo, hi)
 
     return box
+
+
+def _per_key_bounds(bounds: Mapping, spec: Spec, name: str) -> tuple:
+    """``{key: (lo, hi)}`` (keys a subset of the variable's; a missing key or a None side is unbounded) as a pair
+    of dicts ``(lo, hi)`` with every key."""
+    if spec.keys is None:
+        raise ValueError(f"{name} is a dict {sorted(map(str, bounds))} but the variable is {spec.describe()}; use a "
+                         f"pair (lo, hi), e.g. {name}=(0.0, 1.0)")
+    unknown = sorted(str(k) for k in bounds if k not in spec.keys)
+    if unknown:
+        raise ValueError(f"{name} has key(s) {unknown} that the variable does not have; it is {spec.describe()}")
+    lo: dict = {}
+    hi: dict = {}
+    for key in spec.keys:
+        pair = bounds.get(key)
+        if pair is None:
+            pair = (None, None)
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise ValueError(f"{name}[{key!r}] must be a pair (lo, hi) (None for an open side), got {pair!r}")
+        lo[key] = float("-inf") if pair[0] is None else pair[0]
+        hi[key] = float("inf") if pair[1] is None else pair[1]
+    return lo, hi
 
 
 def _flat_like(out: torch.Tensor, spec: Spec, name: str) -> torch.Tensor:

@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import copy
+import difflib
+import inspect
+import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Type, Union
 
@@ -32,7 +36,10 @@ class HypergradResult:
     info : dict
         Diagnostics: ``upper`` (F at ``y``), ``lower`` (f at ``y``), ``lower_grad_norm_first`` /
         ``lower_grad_norm_last`` (||grad_y f|| at the first and last inner step), method-specific entries
-        (``k_bar``, ``solver_residual``, ...).
+        (``k_bar``, ``solver_residual``, ...), ``inner_diverged`` (True when the inner loop diverged or
+        oscillated: ``lower_grad_norm_last`` above ``DIVERGENCE_RATIO`` times ``lower_grad_norm_first`` and f
+        larger than at y0; a ``RuntimeWarning`` says so) and, for the implicit methods, ``solver_converged``,
+        ``solver_residual`` and ``solver_nonconverged`` (1 when the linear solve stopped above its tolerance).
     """
 
     grad: Tree
@@ -98,16 +105,70 @@ def _setup(upper: Objective, lower: Objective, x: Tree, y0: Tree, method: str, i
     return meth, steps, lr, problem, xf, yf
 
 
-def _finish(problem: Problem, est, x: torch.Tensor, wrt_init: bool) -> HypergradResult:
+#: the inner loop counts as diverging when ||grad_y f|| ends this many times above where it started and f grew
+DIVERGENCE_RATIO = 10.0
+
+
+def _check_inner_divergence(problem: Problem, x: torch.Tensor, y0: Optional[torch.Tensor], info: Dict[str, Any],
+                            stacklevel: int) -> None:
+    """Set ``info["inner_diverged"]`` and warn when the inner loop diverged or oscillated without reaching inf.
+
+    The signal: ``lower_grad_norm_last > DIVERGENCE_RATIO * lower_grad_norm_first`` *and* f larger at the end
+    than at y0 (by more than sqrt(eps) relative). Gradient descent with a step below 2/L decreases f at every
+    step, so both together mean the step is too large. f at y0 costs one evaluation, only when the norms grew.
+    """
+    first, last = info.get("lower_grad_norm_first"), info.get("lower_grad_norm_last")
+    if not isinstance(first, float) or not isinstance(last, float) or y0 is None:
+        return
+    diverged = False
+    if last > DIVERGENCE_RATIO * first:
+        with torch.no_grad():
+            f0 = float(problem.lower(x, y0))
+        f_end = info["lower"]
+        tol = math.sqrt(torch.finfo(y0.dtype).eps) * max(abs(f0), abs(f_end))
+        diverged = not math.isfinite(f0) or f_end - f0 > tol
+        if diverged:
+            warnings.warn(
+                f"the inner loop diverges: ||grad_y f|| grew from {first:.3g} to {last:.3g} and f from {f0:.6g} to "
+                f"{f_end:.6g}, so the hypergradient is meaningless; lower inner_lr (gradient descent needs "
+                "inner_lr < 2/L, L the Lipschitz constant of grad_y f)", RuntimeWarning, stacklevel=stacklevel)
+    info["inner_diverged"] = diverged
+
+
+def _finish(problem: Problem, est, x: torch.Tensor, wrt_init: bool, y0: Optional[torch.Tensor] = None,
+            stacklevel: int = 4) -> HypergradResult:
     info = {k: _to_float(v) for k, v in est.info.items()}
     kind = nonfinite_kind(est.grad_x)
     if kind is not None:
         raise NonFiniteError(f"{kind} in the hypergradient (upper objective {info.get('upper')})")
     with torch.no_grad():
         info["lower"] = float(problem.lower(x, est.y))
+    _check_inner_divergence(problem, x, y0, info, stacklevel)
+    if "solver_converged" in info:
+        info["solver_nonconverged"] = int(not info["solver_converged"])
     xs, ys = problem.x_spec, problem.y_spec
     gy0 = ys.unflatten(est.grad_y0) if (wrt_init and est.grad_y0 is not None) else None
     return HypergradResult(xs.unflatten(est.grad_x), ys.unflatten(est.y), gy0, info)
+
+
+def _check_keywords(where: str, params: Sequence[str], meth: Any, options: Dict[str, Any]) -> None:
+    """A keyword that is neither a parameter of ``where`` nor an option of the method: say both, suggest a name."""
+    unknown = [k for k in options if k not in meth.options]
+    if not unknown:
+        return
+    names = [p for p in params if p != "options"] + list(meth.options)
+    parts = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+        parts.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    allowed = ", ".join(meth.options) or "none"
+    raise ValueError(f"{where}() got unknown keyword argument(s) {', '.join(parts)}: not a parameter of {where} and "
+                     f"not an option of method {meth.name!r} (its options: {allowed}); the parameters of {where} "
+                     f"are: {', '.join(p for p in params if p != 'options')}")
+
+
+def _params(fn: Callable[..., Any]) -> List[str]:
+    return [p for p in inspect.signature(fn).parameters if p not in ("self", "options")]
 
 
 # ------------------------------------------------------------------------------------------ API
@@ -139,10 +200,11 @@ def hypergrad(upper: Objective, lower: Objective, x: Tree, y0: Tree, *, method: 
     -------
     HypergradResult
     """
+    _check_keywords("hypergrad", _params(hypergrad), _methods.get(method), options)
     meth, steps, lr, problem, xf, yf = _setup(upper, lower, x, y0, method, inner_steps, inner_lr, y_bounds)
     plan = meth.bind(problem, lr, steps, options)
     est = plan.estimate(xf, yf, steps, wrt_init=meth.learns_init)
-    return _finish(problem, est, xf, meth.learns_init)
+    return _finish(problem, est, xf, meth.learns_init, yf, stacklevel=4)
 
 
 def _optimizer(outer_optimizer: Any, params: Sequence[Any], lr: float,
@@ -188,6 +250,7 @@ class OuterLoop:
                  reduce_grads: Optional[Callable[[torch.Tensor, Optional[torch.Tensor]], tuple]] = None,
                  **options: Any):
         self.method = _methods.get(method)
+        _check_keywords("OuterLoop", _params(OuterLoop.__init__), self.method, options)
         # optional hook on the flat (grad_x, grad_y0) before the step, e.g. an all-reduce across
         # ranks passed in by bilevel.distributed; returns the reduced pair (the core never imports it)
         if reduce_grads is not None and not callable(reduce_grads):
@@ -198,6 +261,10 @@ class OuterLoop:
         self.outer_lr = check_float("outer_lr", outer_lr, positive=True)
         if not isinstance(warm_start, bool):
             raise ValueError(f"warm_start must be True or False, got {warm_start!r}")
+        if warm_start and self.method.learns_init:
+            raise ValueError(f"warm_start=True cannot be used with method {self.method.name!r}: it learns the inner "
+                             "initialization, and every inner loop starts from that learned y0 (warm starting "
+                             "would never use it); drop warm_start, or pick a method that does not learn y0")
         self.warm_start = warm_start
         self.method.check_options(options)
         self.options = dict(options)
@@ -216,6 +283,7 @@ class OuterLoop:
             params.append({"params": [self._y_init], "lr": self.init_lr})
         self.optimizer = _optimizer(outer_optimizer, params, self.outer_lr, outer_kwargs)
         self.t = 0
+        self.solver_nonconverged_steps = 0  # outer steps whose linear solve stopped above its tolerance
 
     def _project(self, y: torch.Tensor) -> torch.Tensor:
         return y if self._project_y is None else self._project_y(y)
@@ -247,10 +315,13 @@ class OuterLoop:
         est = plan.estimate(self._x, self._start, self.inner_steps, wrt_init=learns)
         if self.reduce_grads is not None:  # reduce before the finiteness check and grad_norm
             est.grad_x, est.grad_y0 = self.reduce_grads(est.grad_x, est.grad_y0 if learns else None)
-        res = _finish(problem, est, self._x, learns)
+        res = _finish(problem, est, self._x, learns, self._start)
         record = {"step": self.t, "upper": res.info["upper"], "lower": res.info["lower"],
                   "grad_norm": float(torch.linalg.vector_norm(est.grad_x))}
         record.update({k: v for k, v in res.info.items() if k not in record and _plain(v)})
+        if "solver_converged" in res.info:
+            self.solver_nonconverged_steps += int(not res.info["solver_converged"])
+            record["solver_nonconverged_steps"] = self.solver_nonconverged_steps
         self._x.grad = est.grad_x.detach().clone()
         if learns:
             self._y_init.grad = est.grad_y0.detach().clone()
@@ -282,7 +353,8 @@ class OuterLoop:
         """
         return {"t": self.t, "x": self._x.detach().clone(), "y_init": self._y_init.detach().clone(),
                 "start": self._start.detach().clone(), "last_y": self._last_y.detach().clone(),
-                "optimizer": copy.deepcopy(self.optimizer.state_dict())}
+                "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+                "solver_nonconverged_steps": self.solver_nonconverged_steps}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         with torch.no_grad():
@@ -294,6 +366,7 @@ class OuterLoop:
                 cur.copy_(state[name])
         self.optimizer.load_state_dict(state["optimizer"])
         self.t = int(state["t"])
+        self.solver_nonconverged_steps = int(state.get("solver_nonconverged_steps", 0))
         self._last_y = state["last_y"].clone()
         self._start = self._y_init if not self.warm_start else state["start"].clone()
 
@@ -313,11 +386,25 @@ def solve(upper: Objective, lower: Objective, x0: Tree, y0: Tree, *, method: str
     ``x_bounds`` (and a learned initialization onto ``y_bounds``). A learned initialization steps with
     ``init_lr`` (default ``outer_lr``). Inputs are never modified.
 
-    ``callback(t, record)`` is called after every outer step with that step's history record.
+    ``x0`` is clamped onto ``x_bounds`` (projected, for a callable) before the first step, so the first
+    hypergradient is taken at the projected point; methods that learn the initialization likewise start from
+    ``y0`` projected onto ``y_bounds``. ``x_bounds`` / ``y_bounds`` take ``(lo, hi)`` (numbers, tensors or dicts
+    with the variable's keys, None for an open side), ``{key: (lo, hi)}`` for dict variables (keys left out are
+    unbounded), or a projection callable.
+
+    ``warm_start=True`` is refused for methods that learn the initialization (their inner loops always start
+    from the learned y0). A keyword that is neither a parameter of ``solve`` nor an option of the method raises
+    ValueError with the closest valid name.
+
+    ``callback(t, record)`` is called after every outer step with that step's history record. A record holds
+    ``inner_diverged`` (and a ``RuntimeWarning`` is raised) when the inner loop diverged, and, for methods with
+    a linear solve, ``solver_nonconverged_steps``: how many outer steps so far had a solve that stopped above
+    its tolerance.
     Returns a :class:`SolveResult`. For objectives that change between steps, see :class:`OuterLoop`.
     """
     if not callable(upper) or not callable(lower):
         raise ValueError("upper and lower must be callables f(x, y) returning scalar tensors")
+    _check_keywords("solve", _params(solve), _methods.get(method), options)
     T = check_int("outer_steps", outer_steps, 0)
     loop = OuterLoop(x0, y0, method=method, outer_lr=outer_lr, outer_optimizer=outer_optimizer,
                      inner_steps=inner_steps, inner_lr=inner_lr, x_bounds=x_bounds, y_bounds=y_bounds,
@@ -361,6 +448,11 @@ class HypergradCheck:
     ok: bool
     result: HypergradResult
 
+    def __repr__(self) -> str:
+        n = self.fd_derivatives.numel()
+        return (f"HypergradCheck(ok={self.ok}, directions={n}, max_abs_error={self.max_abs_error:.3g}, "
+                f"max_rel_error={self.max_rel_error:.3g})")
+
 
 def check_hypergrad(upper: Objective, lower: Objective, x: Tree, y0: Tree, *, method: str, inner_steps: int,
                     inner_lr: float, y_bounds: Any = None, eps: Optional[float] = None, rtol: float = 1e-5,
@@ -384,10 +476,11 @@ def check_hypergrad(upper: Objective, lower: Objective, x: Tree, y0: Tree, *, me
     seed : int
         Seed of the random directions.
     """
+    _check_keywords("check_hypergrad", _params(check_hypergrad), _methods.get(method), options)
     meth, steps, lr, problem, xf, yf = _setup(upper, lower, x, y0, method, inner_steps, inner_lr, y_bounds)
     plan: Plan = meth.bind(problem, lr, steps, options)
     est = plan.estimate(xf, yf, steps, wrt_init=meth.learns_init)
-    res = _finish(problem, est, xf, meth.learns_init)
+    res = _finish(problem, est, xf, meth.learns_init, yf, stacklevel=4)
     n = xf.numel()
     if directions is None and n <= 64:
         dirs = torch.eye(n, dtype=xf.dtype, device=xf.device)

@@ -14,6 +14,14 @@ import torch
 MatVec = Callable[[torch.Tensor], torch.Tensor]
 SolveInfo = Dict[str, object]
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def default_tol(dtype: torch.dtype) -> float:
+    """CG's default relative tolerance: ``1000 * eps(dtype)``, floored at 1e-2 for float16 / bfloat16."""
+    tol = 1000.0 * torch.finfo(dtype).eps
+    return min(tol, 1e-2) if dtype in _HALF else tol
+
 
 def cg(matvec: MatVec, b: torch.Tensor, *, steps: int = 100, tol: Optional[float] = None,
        x0: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, SolveInfo]:
@@ -28,7 +36,10 @@ def cg(matvec: MatVec, b: torch.Tensor, *, steps: int = 100, tol: Optional[float
     steps : int
         Maximum number of iterations (one Hessian-vector product each).
     tol : float, optional
-        Stop when ``||b - H v|| <= tol * ||b||``. Default: ``1000 * eps(dtype)``.
+        Stop when ``||b - H v|| <= tol * ||b||``. Default :func:`default_tol`: ``1000 * eps(dtype)`` (2.2e-13 in
+        float64, 1.2e-4 in float32), floored at 1e-2 for float16 / bfloat16, whose ``1000 * eps`` (0.98 / 7.8)
+        would accept any first iterate. Half-precision right-hand sides are solved in float32 (the Hessian-vector
+        products stay in the input's dtype) and the solution is cast back.
     x0 : Tensor, optional
         Initial guess (default 0).
 
@@ -38,8 +49,13 @@ def cg(matvec: MatVec, b: torch.Tensor, *, steps: int = 100, tol: Optional[float
     info : dict
         ``iterations``, ``residual`` (relative), ``converged``.
     """
+    if b.dtype in _HALF:  # iterate in float32: half-precision recurrences lose the residual to rounding
+        v, info = cg(lambda u: matvec(u.to(b.dtype)).to(torch.float32), b.to(torch.float32), steps=steps,
+                     tol=default_tol(b.dtype) if tol is None else tol,
+                     x0=None if x0 is None else x0.to(torch.float32))
+        return v.to(b.dtype), info
     if tol is None:
-        tol = 1000.0 * torch.finfo(b.dtype).eps
+        tol = default_tol(b.dtype)
     bnorm = torch.linalg.vector_norm(b)
     if float(bnorm) == 0.0:
         return torch.zeros_like(b), {"iterations": 0, "residual": 0.0, "converged": True}
@@ -74,15 +90,40 @@ def cg(matvec: MatVec, b: torch.Tensor, *, steps: int = 100, tol: Optional[float
     return v, {"iterations": it, "residual": residual, "converged": converged}
 
 
-def neumann(matvec: MatVec, b: torch.Tensor, *, terms: int, lr: float) -> Tuple[torch.Tensor, SolveInfo]:
-    """Truncated Neumann series ``v = eta * sum_{j<J} (I - eta H)^j b`` (Lorraine et al., 2020).
+def neumann(matvec: MatVec, b: torch.Tensor, *, terms: int, lr: float,
+            tol: Optional[float] = None) -> Tuple[torch.Tensor, SolveInfo]:
+    """Truncated Neumann series ``v = eta * sum_{j<J} p_j``, ``p_j = (I - eta H)^j b`` (Lorraine et al., 2020).
 
-    Converges to ``H^{-1} b`` as J grows when ``0 < eta < 2 / lambda_max(H)``. Cost: J - 1 Hessian-vector
-    products, no host synchronisation.
+    Converges to ``H^{-1} b`` as J grows when ``0 < eta < 2 / lambda_max(H)``, at the rate
+    ``1 - eta lambda_min(H)`` per term. Cost: J - 1 Hessian-vector products.
+
+    The last term tells how far the series is from its limit: ``b - H v_{J-1} = p_{J-1}`` exactly, so
+    ``residual = ||p_{J-1}|| / ||b||`` (the last term relative to the first) is the relative residual of the sum
+    without its last term, free of charge. With ``tol`` set, a residual above it warns (``RuntimeWarning``) and
+    reports ``converged`` False: the truncated series is then a biased solve.
+
+    Returns
+    -------
+    v : Tensor
+    info : dict
+        ``iterations`` (J - 1), ``residual``, ``last_term`` (``eta ||p_{J-1}||``) and, with ``tol``,
+        ``converged``.
     """
     p = b
     acc = b.clone()
     for _ in range(terms - 1):
         p = p - lr * matvec(p)
         acc = acc + p
-    return lr * acc, {"iterations": terms - 1}
+    bnorm = float(torch.linalg.vector_norm(b))
+    pnorm = float(torch.linalg.vector_norm(p))
+    residual = pnorm / bnorm if bnorm > 0 else 0.0
+    info: SolveInfo = {"iterations": terms - 1, "residual": residual, "last_term": lr * pnorm}
+    if tol is not None:
+        info["converged"] = residual <= tol
+        if not info["converged"]:
+            why = ("the series diverges (its terms grow): neumann_lr must be below 2 / lambda_max of the "
+                   "lower-level Hessian" if residual > 1.0 else
+                   "the series has not decayed: the solve is biased (raise neumann_terms, or use cg)")
+            warnings.warn(f"neumann: last term / first term = {residual:.3g} > neumann_tol {tol:.3g} after {terms} "
+                          f"terms; {why}", RuntimeWarning, stacklevel=3)
+    return lr * acc, info

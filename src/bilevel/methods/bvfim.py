@@ -100,7 +100,7 @@ def schedule(options: Dict[str, Any], t: int) -> Dict[str, Any]:
 def _bvfim(problem: Problem, inner_lr: float, inner_steps: int, *, z_steps: Optional[int] = None,
            y_steps: Optional[int] = None, y_lr: Optional[float] = None, mu1: float = DEFAULTS["mu1"],
            mu2: float = DEFAULTS["mu2"], theta: float = DEFAULTS["theta"], tau: float = DEFAULTS["tau"],
-           decay: float = DEFAULTS["decay"], max_backtracks: int = 50, armijo: bool = False) -> Plan:
+           decay: float = DEFAULTS["decay"], max_backtracks: int = 50, armijo: bool = True) -> Plan:
     """Bind BVFIM to a problem.
 
     Parameters
@@ -127,6 +127,10 @@ def _bvfim(problem: Problem, inner_lr: float, inner_steps: int, *, z_steps: Opti
         Ignored by ``hypergrad`` (t = 0).
     max_backtracks : int
         Maximal halvings of a y step (>= 0; default 50).
+    armijo : bool
+        Halve a y step also until the barrier objective decreases sufficiently (default True). False halves
+        only to stay inside the barrier's domain; that fixed-step loop bounces on the boundary once tau and
+        the gap are small, and its trajectory then depends on the last bits of the arithmetic.
 
     Returns
     -------

@@ -55,10 +55,12 @@ def _cg(problem: Problem, inner_lr: float, inner_steps: int, *, cg_steps: int = 
 
 
 def _neumann(problem: Problem, inner_lr: float, inner_steps: int, *, neumann_terms: int = 20,
-             neumann_lr: Optional[float] = None, compile_step: bool = False) -> Plan:
+             neumann_lr: Optional[float] = None, neumann_tol: Optional[float] = 1e-2,
+             compile_step: bool = False) -> Plan:
     terms = check_int("neumann_terms", neumann_terms, 1)
     lr = inner_lr if neumann_lr is None else check_float("neumann_lr", neumann_lr, positive=True)
-    solve = functools.partial(linear_solve.neumann, terms=terms, lr=lr)
+    tol = None if neumann_tol is None else check_float("neumann_tol", neumann_tol, positive=True)
+    solve = functools.partial(linear_solve.neumann, terms=terms, lr=lr, tol=tol)
     return unrolled(implicit.estimate, problem, gd(problem, inner_lr, compile_step=_compile_step(compile_step)),
                     solve=solve)
 
