@@ -280,7 +280,7 @@ def test_counterexample_rhg_stalls_at_a_wrong_point(y0, stall):
 @pytest.mark.parametrize("y0", [[0.0, 0.0], [2.0, 2.0]])
 def test_counterexample_bda_approaches_the_solution(y0):
     x = solve5("bda", y0, T=40, upper_lr=0.7, alpha=schedules.geometric(0.5, 0.9))
-    assert abs(x - 1) < 5e-3  # measured 0.0040 (alpha_k = 0.5 * 0.9^k, k = 1..16)
+    assert abs(x - 1) < 1e-2  # measured 0.0040 (alpha_k = 0.5 * 0.9^k, k = 1..16); RHG stalls 0.5 away
     x_theory = minimizer5("bda", y0, 16, upper_lr=0.7, alpha=schedules.bda_theory(1.0, 0.7, 1.0, 1.0, 0.1))
     assert abs(x_theory - 1) < 1e-4  # measured 3.2e-5
 

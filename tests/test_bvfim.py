@@ -99,8 +99,10 @@ def test_approaches_ift_hypergradient_as_weights_vanish():
                               inner_lr=q["lr"], z_steps=100, y_steps=300, y_lr=0.03 * q["lr"], armijo=True,
                               mu1=w, mu2=w, theta=w, tau=w)
         errs.append(rel(r.grad, cg.grad))
+    # the guarantee is the trend (error ~ sqrt(w)); the bounds sit 2.4x away from the measured 0.083 and 7.2
+    # (unchanged to 1e-6 by a 1e-12 change of x)
     assert errs[0] > errs[1] > errs[2]
-    assert errs[2] < 0.12 and errs[0] / errs[2] > 4
+    assert errs[2] < 0.2 and errs[0] / errs[2] > 3
 
 
 # ----------------------------------------------------------------------------- first order only
