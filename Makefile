@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 TORCH_PIN := torch==2.13.0
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test data venv clean
+.PHONY: demo test test-matrix data venv clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,14 @@ demo: venv data
 
 test: venv data
 	$(PY) -m pytest -q
+
+# The suite under 1 and 2 threads and two ATen CPU kernels (vectorization changes the last bits of reductions):
+# every configuration must pass. About 4x the time of `make test`.
+test-matrix: venv data
+	BILEVEL_TEST_THREADS=1 ATEN_CPU_CAPABILITY=avx2 $(PY) -m pytest -q -p no:cacheprovider
+	BILEVEL_TEST_THREADS=2 ATEN_CPU_CAPABILITY=default $(PY) -m pytest -q -p no:cacheprovider
+	BILEVEL_TEST_THREADS=1 ATEN_CPU_CAPABILITY=default $(PY) -m pytest -q -p no:cacheprovider
+	BILEVEL_TEST_THREADS=2 ATEN_CPU_CAPABILITY=avx2 $(PY) -m pytest -q -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV) .pytest_cache build src/*.egg-info
