@@ -156,15 +156,17 @@ def _check_keywords(where: str, params: Sequence[str], meth: Any, options: Dict[
     unknown = [k for k in options if k not in meth.options]
     if not unknown:
         return
-    names = [p for p in params if p != "options"] + list(meth.options)
-    parts = []
+    own = [p for p in params if p != "options"]
+    hints = []
     for key in unknown:
-        close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
-        parts.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        close = difflib.get_close_matches(key, own + list(meth.options), n=1, cutoff=0.6)
+        if close:
+            hints.append(f"{key!r} -> {close[0]!r}")
     allowed = ", ".join(meth.options) or "none"
-    raise ValueError(f"{where}() got unknown keyword argument(s) {', '.join(parts)}: not a parameter of {where} and "
-                     f"not an option of method {meth.name!r} (its options: {allowed}); the parameters of {where} "
-                     f"are: {', '.join(p for p in params if p != 'options')}")
+    names = ", ".join(map(repr, unknown))
+    raise ValueError(f"unknown option(s) {names} for method {meth.name!r}; its options are: {allowed}. "
+                     f"{'It is' if len(unknown) == 1 else 'They are'} not a parameter of {where}() either (its "
+                     f"parameters: {', '.join(own)})" + (f"; did you mean {', '.join(hints)}?" if hints else ""))
 
 
 def _params(fn: Callable[..., Any]) -> List[str]:
