@@ -37,20 +37,59 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def http_server(tmp_path, monkeypatch):
-    """Serve ``tmp_path / "www"`` on 127.0.0.1 (random port); yields (base_url, directory)."""
+def _no_proxy(monkeypatch) -> None:
     for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)
-    www = tmp_path / "www"
-    www.mkdir()
-    handler = functools.partial(_QuietHandler, directory=str(www))
+
+
+def _serve(handler):
+    """Start a threaded HTTP server on 127.0.0.1 (random port); returns (server, thread)."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
+    return server, thread
+
+
+def _stop(server, thread) -> None:
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+@pytest.fixture
+def http_server(tmp_path, monkeypatch):
+    """Serve ``tmp_path / "www"`` on 127.0.0.1 (random port); yields (base_url, directory)."""
+    _no_proxy(monkeypatch)
+    www = tmp_path / "www"
+    www.mkdir()
+    handler = functools.partial(_QuietHandler, directory=str(www))
+    server, thread = _serve(handler)
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}/", www
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+        _stop(server, thread)
+
+
+@pytest.fixture
+def serve(monkeypatch):
+    """Factory: ``serve(handler_class, **class_attributes) -> base_url`` starts a server with that handler.
+
+    The handler class gets a ``stop`` attribute, a :class:`threading.Event` set when the test ends, so
+    handlers that stall or trickle can wait on it instead of sleeping past the test.
+    """
+    _no_proxy(monkeypatch)
+    stop = threading.Event()
+    started = []
+
+    def start(handler_class, **attributes):
+        handler = type(handler_class.__name__, (handler_class,), dict(attributes, stop=stop))
+        server, thread = _serve(handler)
+        started.append((server, thread))
+        return f"http://127.0.0.1:{server.server_address[1]}/"
+
+    try:
+        yield start
+    finally:
+        stop.set()
+        for server, thread in started:
+            _stop(server, thread)

@@ -6,7 +6,15 @@ obtain the data.
 """
 
 from .digits import DIGITS_MAX_PIXEL, load_digits_dataset
-from .fetch import DEFAULT_BASE_URLS, FASHION_MNIST_BASE_URL, MNIST_BASE_URL, DownloadError, download
+from .fetch import (
+    DEFAULT_BASE_URLS,
+    FASHION_MNIST_BASE_URL,
+    MIRRORS,
+    MNIST_BASE_URL,
+    OFFICIAL_FILES,
+    DownloadError,
+    download,
+)
 from .episodes import Episode, EpisodeSampler
 from .hyperclean import DEFAULT_SIZES, HypercleanSplit, corrupt_labels, hyperclean_split
 from .idx import decode_idx, encode_idx, read_idx, write_idx
@@ -32,7 +40,9 @@ __all__ = [
     "ENV_VAR",
     "FASHION_MNIST_BASE_URL",
     "FASHION_MNIST_CLASSES",
+    "MIRRORS",
     "MNIST_BASE_URL",
+    "OFFICIAL_FILES",
     "DatasetNotFoundError",
     "DownloadError",
     "Episode",

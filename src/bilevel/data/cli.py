@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from .fetch import DEFAULT_BASE_URLS, DownloadError, download
+from .fetch import DEFAULT_MAX_TIME, MIRRORS, DownloadError, download, read_sha256sums
 from .sources import DATASETS, DatasetNotFoundError, find_idx_files
 
 _NAMES = sorted(DATASETS)
@@ -18,8 +18,10 @@ _NAMES = sorted(DATASETS)
 
 def _cmd_download(args: argparse.Namespace) -> int:
     try:
-        dest = download(args.name, dest=args.dest, base_url=args.base_url, timeout=args.timeout, force=args.force)
-    except DownloadError as exc:
+        sha256 = read_sha256sums(args.sha256sums) if args.sha256sums else None
+        dest = download(args.name, dest=args.dest, base_url=args.base_url, timeout=args.timeout, force=args.force,
+                        sha256=sha256, max_time=args.max_time)
+    except (DownloadError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"{args.name}: files ready in {dest}")
@@ -41,13 +43,20 @@ def _add_commands(subparsers: "argparse._SubParsersAction") -> None:
     p = subparsers.add_parser(
         "download",
         help="download the official IDX files of a dataset",
-        description="Download the four official IDX files of NAME, verify them and store them in DEST.",
+        description="Download the four official IDX files of NAME, verify their pinned SHA-256, size and "
+        "IDX shape, and store them in DEST. Mirrors are tried in order (https first).",
     )
     p.add_argument("name", choices=_NAMES, metavar="NAME", help=f"dataset: {', '.join(_NAMES)}")
     p.add_argument("--dest", default=None, metavar="DIR", help="target directory (default: ~/.cache/bilevel/NAME)")
-    defaults = "; ".join(f"{k}: {v}" for k, v in sorted(DEFAULT_BASE_URLS.items()))
-    p.add_argument("--base-url", default=None, metavar="URL", help=f"URL prefix of the files (default: {defaults})")
+    defaults = "; ".join(f"{k}: {', '.join(v)}" for k, v in sorted(MIRRORS.items()))
+    p.add_argument("--base-url", default=None, metavar="URL",
+                   help=f"URL prefix of the files, instead of the mirrors (default, in order: {defaults})")
     p.add_argument("--timeout", type=float, default=30.0, metavar="S", help="socket timeout in seconds (default: 30)")
+    p.add_argument("--max-time", type=float, default=DEFAULT_MAX_TIME, metavar="S",
+                   help=f"overall time limit of the download in seconds (default: {DEFAULT_MAX_TIME:g})")
+    p.add_argument("--sha256sums", default=None, metavar="FILE",
+                   help="sha256sum-style file ('HEX  NAME' lines) replacing the pinned official hashes, "
+                        "for a mirror of other data (default: the official hashes)")
     p.add_argument("--force", action="store_true", help="re-download files that are already present")
     p.set_defaults(func=_cmd_download)
 

@@ -13,6 +13,12 @@ their checkpoints) and then regenerates the report (``REPRODUCTION.md``) from al
 
 Scales: ``smoke`` (seconds; what the tests run), ``cpu`` (each experiment within 15 minutes on 2 cores with
 ``--jobs 2``), ``paper`` (the papers' sizes where they are stated, for users with time or a GPU).
+
+The committed results (``results/reproduce/`` and ``REPRODUCTION.md``) are ``cpu`` runs. ``<out>`` defaults to
+``results/reproduce`` for ``--scale cpu`` and to ``results/reproduce-<scale>`` otherwise, and the report to
+``REPRODUCTION.md`` for ``results/reproduce`` and to ``<out>/REPRODUCTION.md`` otherwise. Writing into a directory
+holding results of another scale, or replacing a report of other scales, is refused (:class:`ScaleConflictError`)
+unless ``overwrite=True`` (``--overwrite``).
 """
 from __future__ import annotations
 
@@ -24,15 +30,17 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from . import bda_table2, bvfim_fig2, fewshot, iaptt_table3, improved_table1, synthetic
 from . import bvfim_fig3, fewshot_baselines, improved_hyperrep
-from .common import SCALES, Context, check_scale, check_seeds, read_rows, write_rows
-from .report import write_report
+from .common import (SCALES, Context, ScaleConflictError, check_out_dir, check_scale, check_seeds, default_out_dir,
+                     default_report, read_rows, recorded_scales, write_rows)
+from .report import check_report, write_report
 
 #: experiment name -> module (``run(ctx) -> rows``, ``report(rows, meta) -> str``, ``TITLE``)
 EXPERIMENTS: Dict[str, ModuleType] = {m.NAME: m for m in (iaptt_table3, improved_table1, bda_table2, bvfim_fig2,
                                                           fewshot, synthetic)}
 EXPERIMENTS.update({m.NAME: m for m in (bvfim_fig3, improved_hyperrep, fewshot_baselines)})
 
-__all__ = ["EXPERIMENTS", "SCALES", "reproduce", "run_experiment", "write_report"]
+__all__ = ["EXPERIMENTS", "SCALES", "ScaleConflictError", "default_out_dir", "default_report", "reproduce",
+           "run_experiment", "write_report"]
 
 
 def register(module: ModuleType) -> ModuleType:
@@ -57,8 +65,9 @@ def check_names(names: Sequence[str]) -> List[str]:
     return list(dict.fromkeys(names))
 
 
-def run_experiment(name: str, *, scale: str = "cpu", seeds: int = 3, out_dir: Any = "results/reproduce",
-                   jobs: int = 1, progress: bool = True, data_root: Optional[str] = None) -> List[Dict[str, Any]]:
+def run_experiment(name: str, *, scale: str = "cpu", seeds: int = 3, out_dir: Any = None,
+                   jobs: int = 1, progress: bool = True, data_root: Optional[str] = None,
+                   overwrite: bool = False) -> List[Dict[str, Any]]:
     """Run one experiment and write its CSV and metadata; returns the rows.
 
     Parameters
@@ -68,16 +77,21 @@ def run_experiment(name: str, *, scale: str = "cpu", seeds: int = 3, out_dir: An
     scale : {"smoke", "cpu", "paper"}
     seeds : int
         Seeds 0 .. seeds-1 (>= 1).
-    out_dir : str or Path
+    out_dir : str or Path, optional
+        Default: :func:`default_out_dir` of ``scale``.
     jobs : int
         Parallel run processes (one torch thread each).
     progress : bool
     data_root : str, optional
         Directory searched first for data files (e.g. MNIST IDX files, Omniglot).
+    overwrite : bool
+        Write even if ``out_dir`` holds results of another scale (else :class:`ScaleConflictError`).
     """
     module = EXPERIMENTS[check_names([name])[0]]
-    ctx = Context(scale=check_scale(scale), seeds=check_seeds(seeds), out_dir=Path(out_dir), workers=jobs,
+    out_dir = Path(out_dir) if out_dir is not None else default_out_dir(scale)
+    ctx = Context(scale=check_scale(scale), seeds=check_seeds(seeds), out_dir=out_dir, workers=jobs,
                   progress=progress, data_root=data_root)
+    check_out_dir(ctx.out_dir, scale, EXPERIMENTS, overwrite)
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     rows = module.run(ctx)
@@ -100,13 +114,24 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def reproduce(names: Sequence[str] = (), *, scale: str = "cpu", seeds: int = 3, out_dir: Any = "results/reproduce",
-              report: Any = "REPRODUCTION.md", jobs: int = 1, progress: bool = True,
-              data_root: Optional[str] = None) -> Path:
-    """Run the experiments (all when ``names`` is empty), then regenerate the report; returns its path."""
+def reproduce(names: Sequence[str] = (), *, scale: str = "cpu", seeds: int = 3, out_dir: Any = None,
+              report: Any = None, jobs: int = 1, progress: bool = True,
+              data_root: Optional[str] = None, overwrite: bool = False) -> Path:
+    """Run the experiments (all when ``names`` is empty), then regenerate the report; returns its path.
+
+    ``out_dir`` defaults to :func:`default_out_dir` of ``scale``, ``report`` to :func:`default_report` of
+    ``out_dir``. Unless ``overwrite``, both are checked before anything runs: results of another scale in
+    ``out_dir``, or a report of other scales at ``report``, raise :class:`ScaleConflictError`.
+    """
     check_scale(scale)
     check_seeds(seeds)
-    for name in check_names(names):
-        run_experiment(name, scale=scale, seeds=seeds, out_dir=out_dir, jobs=jobs, progress=progress,
-                       data_root=data_root)
-    return write_report(Path(out_dir), Path(report), EXPERIMENTS)
+    names = check_names(names)
+    out = Path(out_dir) if out_dir is not None else default_out_dir(scale)
+    path = Path(report) if report is not None else default_report(out)
+    check_out_dir(out, scale, EXPERIMENTS, overwrite)
+    after = dict(recorded_scales(out, EXPERIMENTS), **{name: scale for name in names})
+    check_report(path, sorted(set(after.values())), overwrite)
+    for name in names:
+        run_experiment(name, scale=scale, seeds=seeds, out_dir=out, jobs=jobs, progress=progress,
+                       data_root=data_root, overwrite=True)
+    return write_report(out, path, EXPERIMENTS, overwrite=True)

@@ -31,6 +31,13 @@ COLUMNS = ("experiment", "dataset", "setting", "method", "seed", "metric", "valu
 #: the scales of ``bilevel reproduce --scale``
 SCALES = ("smoke", "cpu", "paper")
 
+#: the scale of the results committed under :data:`COMMITTED_OUT_DIR` and of :data:`COMMITTED_REPORT`
+COMMITTED_SCALE = "cpu"
+#: default output directory of :data:`COMMITTED_SCALE` runs (relative to the working directory)
+COMMITTED_OUT_DIR = Path("results/reproduce")
+#: default report of the results in :data:`COMMITTED_OUT_DIR`
+COMMITTED_REPORT = Path("REPRODUCTION.md")
+
 #: file a diverged run leaves in its directory (its metrics are NaN in the CSV)
 DIVERGED_FILE = "diverged.json"
 
@@ -43,6 +50,56 @@ def check_scale(scale: Any) -> str:
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}; valid scales are: {', '.join(SCALES)}")
     return scale
+
+
+def default_out_dir(scale: str) -> Path:
+    """Default output directory of a scale: :data:`COMMITTED_OUT_DIR` for :data:`COMMITTED_SCALE`, else
+    ``results/reproduce-<scale>``, so runs at another scale never land on the committed results."""
+    check_scale(scale)
+    return COMMITTED_OUT_DIR if scale == COMMITTED_SCALE else Path(f"{COMMITTED_OUT_DIR}-{scale}")
+
+
+def default_report(out_dir: Any) -> Path:
+    """Default report of an output directory: :data:`COMMITTED_REPORT` for :data:`COMMITTED_OUT_DIR`, else
+    ``<out_dir>/REPRODUCTION.md``."""
+    out_dir = Path(out_dir)
+    if out_dir.resolve() == COMMITTED_OUT_DIR.resolve():
+        return COMMITTED_REPORT
+    return out_dir / "REPRODUCTION.md"
+
+
+class ScaleConflictError(ValueError):
+    """Raised instead of writing over results (or a report) of another scale without ``overwrite``."""
+
+
+def recorded_scales(out_dir: Any, names: Iterable[str]) -> Dict[str, str]:
+    """Experiment -> scale recorded in ``<out_dir>/<experiment>.json``, for each of ``names`` that has a CSV or a
+    metadata file there (``"unknown"`` when the metadata is missing or unreadable)."""
+    out_dir = Path(out_dir)
+    found: Dict[str, str] = {}
+    for name in names:
+        meta_path, csv_path = out_dir / f"{name}.json", out_dir / f"{name}.csv"
+        if not (meta_path.exists() or csv_path.exists()):
+            continue
+        try:
+            found[name] = str(json.loads(meta_path.read_text()).get("scale", "unknown"))
+        except (OSError, ValueError, AttributeError):
+            found[name] = "unknown"
+    return found
+
+
+def check_out_dir(out_dir: Any, scale: str, names: Iterable[str], overwrite: bool = False) -> None:
+    """Refuse (:class:`ScaleConflictError`) to write ``scale`` results into a directory that holds results of
+    another scale for any of ``names``, unless ``overwrite``."""
+    if overwrite:
+        return
+    other = {n: s for n, s in recorded_scales(out_dir, names).items() if s != scale}
+    if other:
+        held = ", ".join(f"{n} ({s})" for n, s in sorted(other.items()))
+        raise ScaleConflictError(
+            f"{out_dir} holds results of another scale than --scale {scale}: {held}; refusing to overwrite or mix "
+            f"them. Write elsewhere with --out DIR (the default for --scale {scale} is {default_out_dir(scale)}), "
+            "or pass --overwrite to replace them.")
 
 
 def check_seeds(seeds: Any) -> int:
