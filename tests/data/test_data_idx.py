@@ -111,3 +111,28 @@ def test_real_fashion_label_file_header():
     labels = read_idx(FASHION_DIR / "t10k-labels-idx1-ubyte.gz")
     assert labels.shape == (10000,) and labels.dtype == np.uint8
     assert np.array_equal(np.bincount(labels), np.full(10, 1000))
+
+
+def test_gzip_bomb_in_the_data_folder_is_read_in_bounded_memory(tmp_path):
+    """A gzip file whose IDX header announces 10 bytes but which expands to 256 MiB: read_idx decompresses only
+    what the header announces (+1 byte), so it refuses the trailing data without holding it in memory."""
+    import gzip
+    import tracemalloc
+
+    from bilevel.data.idx import read_idx
+
+    path = tmp_path / "bomb-idx1-ubyte.gz"
+    header = bytes([0, 0, 0x08, 1]) + (10).to_bytes(4, "big")
+    with gzip.open(path, "wb", compresslevel=9) as fh:
+        fh.write(header + bytes(10))
+        block = bytes(1 << 20)
+        for _ in range(256):
+            fh.write(block)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="trailing bytes"):
+            read_idx(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * (1 << 20), peak

@@ -149,13 +149,29 @@ def read_idx(path: PathLike) -> np.ndarray:
         truncated or corrupt gzip stream, wrong length).
     """
     path = Path(path)
-    raw = path.read_bytes()
-    if raw[:2] == _GZIP_MAGIC:
-        try:
-            raw = gzip.decompress(raw)
-        except (EOFError, OSError, zlib.error) as exc:
-            raise ValueError(f"{path}: corrupt or truncated gzip stream ({exc})") from exc
+    with open(path, "rb") as fh:
+        gzipped = fh.read(2) == _GZIP_MAGIC
+    if not gzipped:
+        return decode_idx(path.read_bytes(), source=str(path))
+    try:
+        with gzip.open(path, "rb") as fh:
+            # decompress only as much as the header announces (+1 byte to detect trailing data), so that a
+            # small gzip bomb cannot expand into memory beyond the size of the array it claims to hold
+            head = fh.read(4)
+            ndim = head[3] if len(head) == 4 else 0
+            head += fh.read(4 * ndim)
+            raw = head + fh.read(_announced_size(head) - len(head) + 1)
+    except (EOFError, OSError, zlib.error) as exc:
+        raise ValueError(f"{path}: corrupt or truncated gzip stream ({exc})") from exc
     return decode_idx(raw, source=str(path))
+
+
+def _announced_size(head: bytes) -> int:
+    """Total byte size an IDX header announces (header included); the header's length when it is malformed."""
+    if len(head) < 4 or head[2] not in IDX_DTYPES or len(head) < 4 + 4 * head[3]:
+        return len(head)
+    shape = np.frombuffer(head, dtype=">u4", count=head[3], offset=4).astype(np.int64)
+    return len(head) + int(np.prod(shape, dtype=np.int64)) * IDX_DTYPES[head[2]].itemsize
 
 
 def write_idx(path: PathLike, array: np.ndarray) -> Path:
