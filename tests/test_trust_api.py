@@ -282,3 +282,15 @@ def test_run_metrics_carry_the_solver_count(tmp_path):
     lines = [json.loads(s) for s in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     counts = [ln["info"]["solver_nonconverged_steps"] for ln in lines if "info" in ln]
     assert counts == [1, 2, 3]
+
+
+@pytest.mark.parametrize("method", ["bda", "bigsam", "bvfim"])
+def test_methods_that_also_follow_F_are_not_flagged_when_f_grows(method):
+    # from y0 = y*(x) (grad_y f = 0) BDA's aggregation with F moves y away from f's minimizer by design: f grows
+    # and ||grad_y f|| grows from 0; that is not divergence
+    ystar = torch.linalg.solve(H2, X1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        res = bilevel.hypergrad(quick_upper, quick_lower, X1, ystar, method=method, inner_steps=20, inner_lr=0.4)
+    assert "inner_diverged" not in res.info
+    assert bilevel.METHODS[method].descends_lower is False

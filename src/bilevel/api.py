@@ -36,9 +36,10 @@ class HypergradResult:
     info : dict
         Diagnostics: ``upper`` (F at ``y``), ``lower`` (f at ``y``), ``lower_grad_norm_first`` /
         ``lower_grad_norm_last`` (||grad_y f|| at the first and last inner step), method-specific entries
-        (``k_bar``, ``solver_residual``, ...), ``inner_diverged`` (True when the inner loop diverged or
-        oscillated: ``lower_grad_norm_last`` above ``DIVERGENCE_RATIO`` times ``lower_grad_norm_first`` and f
-        larger than at y0; a ``RuntimeWarning`` says so) and, for the implicit methods, ``solver_converged``,
+        (``k_bar``, ``solver_residual``, ...), ``inner_diverged`` (methods whose inner dynamics descend on f
+        alone, ``Method.descends_lower``: True when the inner loop diverged or oscillated,
+        ``lower_grad_norm_last`` above ``DIVERGENCE_RATIO`` times ``lower_grad_norm_first`` and f larger than at
+        y0; a ``RuntimeWarning`` says so) and, for the implicit methods, ``solver_converged``,
         ``solver_residual`` and ``solver_nonconverged`` (1 when the linear solve stopped above its tolerance).
     """
 
@@ -137,6 +138,8 @@ def _check_inner_divergence(problem: Problem, x: torch.Tensor, y0: Optional[torc
 
 def _finish(problem: Problem, est, x: torch.Tensor, wrt_init: bool, y0: Optional[torch.Tensor] = None,
             stacklevel: int = 4) -> HypergradResult:
+    """The public result of an estimate; ``y0`` (the inner loop's start, for methods whose dynamics descend on f
+    alone, else None) enables the divergence check."""
     info = {k: _to_float(v) for k, v in est.info.items()}
     kind = nonfinite_kind(est.grad_x)
     if kind is not None:
@@ -206,7 +209,7 @@ def hypergrad(upper: Objective, lower: Objective, x: Tree, y0: Tree, *, method: 
     meth, steps, lr, problem, xf, yf = _setup(upper, lower, x, y0, method, inner_steps, inner_lr, y_bounds)
     plan = meth.bind(problem, lr, steps, options)
     est = plan.estimate(xf, yf, steps, wrt_init=meth.learns_init)
-    return _finish(problem, est, xf, meth.learns_init, yf, stacklevel=4)
+    return _finish(problem, est, xf, meth.learns_init, yf if meth.descends_lower else None, stacklevel=4)
 
 
 def _optimizer(outer_optimizer: Any, params: Sequence[Any], lr: float,
@@ -317,7 +320,7 @@ class OuterLoop:
         est = plan.estimate(self._x, self._start, self.inner_steps, wrt_init=learns)
         if self.reduce_grads is not None:  # reduce before the finiteness check and grad_norm
             est.grad_x, est.grad_y0 = self.reduce_grads(est.grad_x, est.grad_y0 if learns else None)
-        res = _finish(problem, est, self._x, learns, self._start)
+        res = _finish(problem, est, self._x, learns, self._start if self.method.descends_lower else None)
         record = {"step": self.t, "upper": res.info["upper"], "lower": res.info["lower"],
                   "grad_norm": float(torch.linalg.vector_norm(est.grad_x))}
         record.update({k: v for k, v in res.info.items() if k not in record and _plain(v)})
@@ -482,7 +485,7 @@ def check_hypergrad(upper: Objective, lower: Objective, x: Tree, y0: Tree, *, me
     meth, steps, lr, problem, xf, yf = _setup(upper, lower, x, y0, method, inner_steps, inner_lr, y_bounds)
     plan: Plan = meth.bind(problem, lr, steps, options)
     est = plan.estimate(xf, yf, steps, wrt_init=meth.learns_init)
-    res = _finish(problem, est, xf, meth.learns_init, yf, stacklevel=4)
+    res = _finish(problem, est, xf, meth.learns_init, yf if meth.descends_lower else None, stacklevel=4)
     n = xf.numel()
     if directions is None and n <= 64:
         dirs = torch.eye(n, dtype=xf.dtype, device=xf.device)

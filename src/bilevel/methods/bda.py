@@ -101,6 +101,7 @@ def _bigsam(problem: Problem, inner_lr: float, inner_steps: int, *, upper_lr: Op
     return unrolled(reverse.estimate, problem, dyn, checkpoint=check_checkpoint(checkpoint))
 
 
-register(Method("bda", _bda, summary="BDA: aggregated upper/lower gradient steps, reverse mode through the unroll"))
-register(Method("bigsam", _bigsam,
+register(Method("bda", _bda, summary="BDA: aggregated upper/lower gradient steps, reverse mode through the unroll",
+                descends_lower=False))
+register(Method("bigsam", _bigsam, descends_lower=False,
                 summary="BiG-SAM inner loop (Li-Gu-Huang): alpha-averaged lower/upper steps, reverse mode"))

@@ -159,5 +159,5 @@ def _bvfim(problem: Problem, inner_lr: float, inner_steps: int, *, z_steps: Opti
     return Plan(estimate, value)
 
 
-register(Method("bvfim", _bvfim, schedule=schedule,
+register(Method("bvfim", _bvfim, schedule=schedule, descends_lower=False,
                 summary="value-function interior point: z-loop + log-barrier y-loop, first order (no HVPs)"))

@@ -45,6 +45,11 @@ class Method:
         One line for listings.
     schedule : callable, optional
         ``schedule(options, t) -> options`` applied by :func:`bilevel.solve` at outer step t.
+    descends_lower : bool
+        True when the inner dynamics minimize f alone (gradient descent, momentum, Nesterov), so that f at the
+        returned iterate must not exceed f at y0 and a growing ``||grad_y f||`` means divergence (checked by the
+        public API). False for dynamics that also follow F (BDA's aggregation, BiG-SAM) or return another loop's
+        iterate (BVFIM's barrier loop): f may legitimately grow there.
     """
 
     name: str
@@ -52,6 +57,7 @@ class Method:
     learns_init: bool = False
     summary: str = ""
     schedule: Optional[Callable[[Dict[str, Any], int], Dict[str, Any]]] = None
+    descends_lower: bool = True
 
     @property
     def options(self) -> Tuple[str, ...]:
