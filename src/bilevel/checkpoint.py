@@ -1,38 +1,135 @@
-"""Atomic, checksummed checkpoint files of ``bilevel run`` (``DIR/checkpoints/step-000100.pt``).
+"""Atomic, checksummed checkpoint files of ``bilevel run`` (``DIR/checkpoints/step-000100.pt``), and the lock of a
+run directory.
 
-File format: one header line ``BILEVEL-CKPT 1 <sha256 hex of the payload> <payload length>\\n`` followed by the
+File format: one header line ``BILEVEL-CKPT 2 <sha256 hex of the payload> <payload length>\\n`` followed by the
 payload, a :func:`torch.save` of the state dict (:meth:`bilevel.runner.TaskRunner.state_dict`). A truncated or
 altered file fails the length or checksum test and raises :class:`CheckpointError` naming the file.
+
+**Plain data only.** A state holds only tensors, lists, tuples, dicts (str or int keys), ints, floats, bools,
+strs and None (:func:`check_plain`; :func:`encode` refuses anything else, e.g. a numpy array, naming where it
+is). The RNG states are stored that way by :func:`rng_state` / :func:`set_rng_state`. The payload is read
+with ``torch.load(weights_only=True)``, which rebuilds those types and nothing else: a file whose pickle
+would call any other function (``os.system``, an object's ``__reduce__``, ...) is refused with a
+:class:`CheckpointError` saying it is not plain data, even when its checksum matches (the checksum only
+detects damage: anyone who can write the file can write a matching header). Loading a checkpoint never runs
+code from it. Format version 1 (bilevel before plain-data checkpoints: pickled numpy RNG states) is refused
+as a version mismatch.
 
 Writing is atomic: the bytes go to a temporary file in the same directory, which is flushed and
 ``os.fsync``-ed, then renamed over the final name with ``os.replace``; the directory is fsync-ed so the
 rename itself survives a crash. Only the newest ``keep`` checkpoints are kept (default 2), so a bad newest
 file can fall back to the previous one (:func:`load_latest`).
 
-The payload is unpickled with ``weights_only=False`` (it holds the numpy / ``random`` RNG states) only after
-its checksum matched: load checkpoints you wrote yourself.
+**Run directory lock.** :class:`RunLock` holds an OS file lock (:mod:`filelock`, ``flock`` on Linux) on
+``DIR/.lock`` for the whole life of a run, so two runs (or a run and a ``--resume``) never write the same
+directory at once; the holder's PID is written to ``DIR/.lock.pid`` (the lock file itself cannot carry it:
+every attempt to take the lock truncates it). The OS releases the lock when the holder dies, even by
+``kill -9``; a stale ``.lock.pid`` is then simply overwritten by the next holder. A second writer gets a
+:class:`RunLockedError` naming the holder's PID.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
+import logging
 import os
+import pickle
+import random
 import re
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
+import numpy as np
 import torch
+
+logger = logging.getLogger("bilevel.checkpoint")
 
 #: sub-directory of a run directory holding the checkpoints
 CHECKPOINT_DIR = "checkpoints"
 MAGIC = b"BILEVEL-CKPT"
-VERSION = 1
+VERSION = 2  # 2: plain data, read with torch.load(weights_only=True); 1 held pickled numpy RNG states
 _NAME = re.compile(r"^step-(\d{6,})\.pt$")
 
 
 class CheckpointError(ValueError):
-    """A checkpoint file is missing, truncated, corrupt or of an unknown format (the message names it)."""
+    """A checkpoint file is missing, truncated, corrupt, not plain data or of an unknown format (the message
+    names it)."""
+
+
+#: the types a checkpoint may hold (containers: list, tuple, dict with str / int keys)
+PLAIN_SCALARS = (type(None), bool, int, float, str)
+
+
+def _plain_problem(value: Any, where: str) -> Optional[str]:
+    """None when ``value`` is plain data, else where the first non-plain entry is and what it is."""
+    stack = [(value, where)]
+    while stack:
+        item, at = stack.pop()
+        if isinstance(item, PLAIN_SCALARS) or isinstance(item, torch.Tensor):
+            continue
+        if isinstance(item, (list, tuple)):
+            stack.extend((v, f"{at}[{i}]") for i, v in enumerate(item))
+            continue
+        if isinstance(item, dict):
+            for k, v in item.items():
+                if not isinstance(k, (str, int)) or isinstance(k, bool):
+                    return f"{at} has a key {k!r} of type {type(k).__module__}.{type(k).__qualname__}"
+                stack.append((v, f"{at}[{k!r}]"))
+            continue
+        return f"{at} is a {type(item).__module__}.{type(item).__qualname__}"
+    return None
+
+
+def check_plain(state: Any, where: str = "state") -> None:
+    """Raise :class:`CheckpointError` unless ``state`` is plain data (see the module docstring).
+
+    Parameters
+    ----------
+    state : object
+    where : str
+        Name of ``state`` in the message.
+
+    Raises
+    ------
+    CheckpointError
+        Naming the first entry that is not a tensor, list, tuple, dict, int, float, bool, str or None.
+    """
+    problem = _plain_problem(state, where)
+    if problem is not None:
+        raise CheckpointError(f"not plain data: {problem} (a checkpoint holds only tensors, lists, tuples, "
+                              "dicts, ints, floats, bools, strs and None)")
+
+
+def rng_state() -> Dict[str, Any]:
+    """The states of ``random``, numpy's global generator and torch's CPU generator, as plain data.
+
+    Returns
+    -------
+    dict
+        ``random``: ``[version, [625 ints], gauss_next]``; ``numpy``: ``{"bit_generator", "key"`` (int64
+        tensor), ``"pos", "has_gauss", "cached_gaussian"}``; ``torch``: the uint8 state tensor.
+    """
+    version, internal, gauss = random.getstate()
+    name, key, pos, has_gauss, cached = np.random.get_state()
+    return {"random": [int(version), [int(v) for v in internal], gauss],
+            "numpy": {"bit_generator": str(name), "key": torch.from_numpy(np.asarray(key, dtype=np.int64)),
+                      "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+            "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore :func:`rng_state` (exactly: the generators continue where they were)."""
+    version, internal, gauss = state["random"]
+    random.setstate((int(version), tuple(int(v) for v in internal), gauss))
+    n = state["numpy"]
+    key = n["key"].numpy() if isinstance(n["key"], torch.Tensor) else np.asarray(n["key"])
+    np.random.set_state((n["bit_generator"], key.astype(np.uint32), int(n["pos"]), int(n["has_gauss"]),
+                         float(n["cached_gaussian"])))
+    torch.set_rng_state(state["torch"])
 
 
 def checkpoint_name(step: int) -> str:
@@ -84,11 +181,18 @@ def encode(state: Mapping[str, Any]) -> bytes:
     Parameters
     ----------
     state : mapping
+        Plain data only (:func:`check_plain`).
 
     Returns
     -------
     bytes
+
+    Raises
+    ------
+    CheckpointError
+        ``state`` is not plain data (the message names the entry).
     """
+    check_plain(dict(state))
     buf = io.BytesIO()
     torch.save(dict(state), buf)
     payload = buf.getvalue()
@@ -112,7 +216,8 @@ def decode(data: bytes, where: str = "checkpoint") -> Dict[str, Any]:
     Raises
     ------
     CheckpointError
-        Bad header, wrong length (truncated) or checksum mismatch (corrupt).
+        Bad header, wrong length (truncated), checksum mismatch (corrupt), or a payload that is not plain data
+        (it would run code when unpickled; it is refused without running anything).
     """
     end = data.find(b"\n", 0, 200)
     parts = data[:end].split(b" ") if end > 0 else []
@@ -130,13 +235,30 @@ def decode(data: bytes, where: str = "checkpoint") -> Dict[str, Any]:
                               f"says {length}")
     if hashlib.sha256(payload).hexdigest() != digest:
         raise CheckpointError(f"{where}: corrupt: sha256 checksum mismatch")
-    try:
-        state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
+    try:  # weights_only: rebuilds tensors and plain containers, calls no other function of the pickle
+        state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f"{where}: not plain data, refused without unpickling it ({_refusal(err)}); a "
+                              "bilevel checkpoint holds only tensors and plain containers: this file was not "
+                              "written by bilevel or was altered, delete it") from None
     except Exception as err:  # checksum ok but unreadable: written by an incompatible version
         raise CheckpointError(f"{where}: cannot be read: {err}") from err
     if not isinstance(state, dict):
         raise CheckpointError(f"{where}: holds {type(state).__name__}, expected a dict")
+    try:
+        check_plain(state)
+    except CheckpointError as err:
+        raise CheckpointError(f"{where}: {err}") from None
     return state
+
+
+def _refusal(err: BaseException) -> str:
+    """What torch's weights-only unpickler refused (the global the pickle names), in a few words."""
+    found = re.search(r"GLOBAL\s+([\w.]+)", str(err))
+    if found:
+        return f"its pickle calls {found.group(1).rstrip('.')}"
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    return lines[-1].rstrip(".") if lines else type(err).__name__
 
 
 def save(state: Mapping[str, Any], run_dir: Any, step: int, keep: int = 2) -> Path:
@@ -240,5 +362,177 @@ def load_latest(run_dir: Any, accept: Optional[Callable[[Dict[str, Any]], Option
     return None, None
 
 
+# ------------------------------------------------------------------------------------------ run lock
+#: the lock file of a run directory, and the file naming its holder (``PID HOST``)
+LOCK_FILE, LOCK_OWNER_FILE = ".lock", ".lock.pid"
+
+#: seconds a refused writer waits for the holder's PID file to appear (the holder writes it right after locking)
+_OWNER_WAIT = 2.0
+
+
+class RunLockedError(ValueError):
+    """Another process holds the lock of a run directory.
+
+    Attributes
+    ----------
+    run_dir : Path
+    pid : int or None
+        The holder's process id (None when it could not be read).
+    """
+
+    def __init__(self, message: str, run_dir: Path, pid: Optional[int]):
+        super().__init__(message)
+        self.run_dir = run_dir
+        self.pid = pid
+
+
+def _file_lock(path: Path) -> Any:
+    import filelock
+
+    try:  # no soft (marker file) fallback: a lock that a killed process leaves behind would block resumes
+        return filelock.FileLock(str(path), timeout=0, thread_local=False, fallback_to_soft=False)
+    except TypeError:  # filelock < 4 has no soft fallback to turn off
+        return filelock.FileLock(str(path), timeout=0, thread_local=False)
+
+
+class RunLock:
+    """The exclusive lock of a run directory (see the module docstring).
+
+    Parameters
+    ----------
+    run_dir : str or Path
+        An existing directory.
+
+    Examples
+    --------
+    >>> lock = RunLock("results/x").acquire()   # doctest: +SKIP
+    >>> ...                                      # write the run
+    >>> lock.release()                           # doctest: +SKIP
+    """
+
+    def __init__(self, run_dir: Any):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / LOCK_FILE
+        self.owner_path = self.run_dir / LOCK_OWNER_FILE
+        self._lock: Any = None
+
+    @property
+    def held(self) -> bool:
+        """True while this object holds the lock."""
+        return self._lock is not None
+
+    def owner(self) -> Optional[int]:
+        """The PID written by the current holder (None when there is no readable PID file)."""
+        try:
+            text = self.owner_path.read_text()
+        except OSError:
+            return None
+        parts = text.split()
+        try:
+            return int(parts[0]) if parts else None
+        except ValueError:
+            return None
+
+    def acquire(self) -> "RunLock":
+        """Take the lock without waiting and write this process's PID next to it.
+
+        Returns
+        -------
+        RunLock
+            ``self``.
+
+        Raises
+        ------
+        RunLockedError
+            Another process holds it (the message names its PID).
+        """
+        if self._lock is not None:
+            return self
+        import filelock
+
+        lock = _file_lock(self.path)
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            pid, deadline = self.owner(), time.monotonic() + _OWNER_WAIT
+            while pid is None and time.monotonic() < deadline:
+                time.sleep(0.05)  # the holder has the lock but has not written its PID yet
+                pid = self.owner()
+            who = f"process {pid}" if pid is not None else "another process (PID unknown)"
+            raise RunLockedError(f"run directory {str(self.run_dir)!r} is in use: {who} holds its lock "
+                                 f"{self.path}; wait for that run to end (or stop it: kill {pid if pid else 'PID'}, "
+                                 f"then `bilevel run --resume {self.run_dir}`), or choose another --out",
+                                 self.run_dir, pid) from None
+        except (OSError, NotImplementedError) as err:  # a file system without flock (some network mounts)
+            if isinstance(err, OSError) and err.errno not in (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP):
+                raise
+            logger.warning("cannot lock %s (%s): concurrent runs in this directory are not detected", self.path,
+                           err)
+            return self
+        self._lock = lock
+        try:
+            atomic_write_bytes(self.owner_path, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        except BaseException:
+            self.release()
+            raise
+        return self
+
+    def release(self) -> None:
+        """Remove the PID file and release the lock (idempotent)."""
+        if self._lock is None:
+            return
+        lock, self._lock = self._lock, None
+        try:
+            if self.owner() == os.getpid():
+                self.owner_path.unlink()
+        except OSError:
+            pass
+        finally:
+            lock.release(force=True)
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+# ------------------------------------------------------------------------------------------ stale temp files
+#: the temporary files of :func:`atomic_write_bytes`: ``.<name>.<random>.tmp``
+_TMP_NAME = re.compile(r"^\..+\.[^.]+\.tmp$")
+
+
+def remove_stale_temp_files(directory: Any) -> List[Path]:
+    """Delete the temporary files that :func:`atomic_write_bytes` leaves behind when its process dies mid-write.
+
+    A ``kill -9`` (or a power cut) between the temporary file's creation and the ``os.replace`` leaves
+    ``.<name>.<random>.tmp`` in the target's directory. Call this only while holding the directory's
+    :class:`RunLock`: a live writer's temporary file would be deleted too.
+
+    Parameters
+    ----------
+    directory : str or Path
+        A run directory or its ``checkpoints`` sub-directory (nothing happens when it does not exist).
+
+    Returns
+    -------
+    list of Path
+        The files removed.
+    """
+    d = Path(directory)
+    if not d.is_dir():
+        return []
+    removed = []
+    for path in sorted(d.iterdir()):
+        if _TMP_NAME.match(path.name) and path.is_file():
+            try:
+                path.unlink()
+            except FileNotFoundError:  # pragma: no cover - gone meanwhile
+                continue
+            removed.append(path)
+    return removed
+
+
 __all__ = ["CHECKPOINT_DIR", "CheckpointError", "checkpoint_name", "atomic_write_bytes", "encode", "decode",
-           "save", "list_checkpoints", "load", "load_latest"]
+           "save", "list_checkpoints", "load", "load_latest", "check_plain", "rng_state", "set_rng_state",
+           "LOCK_FILE", "LOCK_OWNER_FILE", "RunLock", "RunLockedError", "remove_stale_temp_files"]

@@ -31,8 +31,9 @@ FIGURES = (
 #: default output directory of ``bilevel run`` (a format string)
 DEFAULT_OUT = "results/runs/{task}-{method}-seed{seed}"
 
-#: exit status of ``bilevel run``: 0 done, 1 failed after starting, 2 usage error, 3 stopped on NaN/inf or
-#: divergence (the last good checkpoint is kept; docs/long_runs.md)
+#: exit status of ``bilevel run``: 0 done, 1 failed after starting (e.g. disk full), 2 usage error, 3 stopped on
+#: NaN/inf or divergence (the last good checkpoint is kept; docs/long_runs.md); 128 + the signal number when
+#: stopped by SIGINT (130) or SIGTERM (143), after saving the last completed step
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DIVERGED = 0, 1, 2, 3
 
 
@@ -60,9 +61,25 @@ def _setup_logging(quiet: bool) -> None:
     log.setLevel(logging.WARNING if quiet else logging.INFO)
 
 
+def _os_error_line(err: OSError, out: str) -> str:
+    """One line for an OSError of a run (e.g. a full disk): the file, the system's words, how to go on."""
+    import errno
+    import shlex
+
+    name = errno.errorcode.get(err.errno, "") if isinstance(err.errno, int) else ""
+    text = err.strerror or str(err)
+    where = f"{err.filename}: " if err.filename else ""
+    full = err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+    fix = "free some space" if full else "fix this"
+    return (f"{where}{text}{f' ({name})' if name else ''}; {fix}, then continue with: "
+            f"bilevel run --resume {shlex.quote(str(out))}")
+
+
 def _run_guarded(runner_call, out: str, where) -> int:
-    """Run ``runner_call()`` and map its failures to exit statuses (1 failed, 3 diverged)."""
-    from .guards import DivergenceError
+    """Run ``runner_call()`` and map its failures to exit statuses (1 failed, 2 directory in use, 3 diverged,
+    128 + signal)."""
+    from .checkpoint import RunLockedError
+    from .guards import DivergenceError, RunInterrupted
 
     try:
         summary = runner_call()
@@ -70,6 +87,15 @@ def _run_guarded(runner_call, out: str, where) -> int:
         print(f"bilevel run: stopped: {err}\n(partial metrics in {out}; exit status {EXIT_DIVERGED})",
               file=sys.stderr)
         return EXIT_DIVERGED
+    except RunInterrupted as err:  # SIGINT / SIGTERM: the runner saved the last completed step
+        print(f"bilevel run: {err} (exit status {err.exit_status})", file=sys.stderr)
+        return err.exit_status
+    except OSError as err:  # e.g. ENOSPC while writing metrics, a checkpoint, the summary or the curves
+        print(f"bilevel run: error: {_os_error_line(err, out)}", file=sys.stderr)
+        return EXIT_FAILED
+    except RunLockedError as err:  # another process is writing this run directory: nothing was touched
+        print(f"bilevel run: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
     except ValueError as err:
         print(f"bilevel run: error at outer step {where()}: {err}\n(partial metrics in {out})", file=sys.stderr)
         return EXIT_FAILED
@@ -90,13 +116,39 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     if not (Path(directory) / "config.yaml").is_file() or not (Path(directory) / "metrics.jsonl").is_file():
         args._parser.error(f"cannot resume {directory!r}: no config.yaml and metrics.jsonl (not a `bilevel run` "
                            "directory)")
+    # as many processes as the run was made with: --nproc N relaunches through torchrun, as for a new run
+    from . import distributed as dist_
+
+    nproc = getattr(args, "nproc", None) or getattr(args, "resume_nproc", None)
+    if nproc is not None and nproc < 1:
+        args._parser.error(f"--nproc must be >= 1, got {nproc}")
+    under_torchrun = bool(os.environ.get("WORLD_SIZE"))
+    try:
+        dist_.check_resume_world_size(directory, int(os.environ["WORLD_SIZE"]) if under_torchrun else nproc or 1)
+    except ValueError as err:
+        args._parser.error(str(err))
+    if nproc is not None and nproc > 1 and not under_torchrun:
+        return dist_.launch(dist_.strip_nproc(args._argv)[0], nproc)
     result = _run_guarded(lambda: resume_run(directory, quiet=quiet), directory, lambda: "?")
     if isinstance(result, int):
         return result
+    if not dist_.context().is_main:  # rank 0 alone reports
+        return EXIT_OK
     if not quiet:
         print(json.dumps(result, indent=1))
     print(f"wrote {directory}/")
     return EXIT_OK
+
+
+def method_option_defaults(method) -> List[str]:
+    """``name=default`` (``name`` when required) for each keyword-only parameter of ``method.build``."""
+    import inspect
+
+    out = []
+    for p in inspect.signature(method.build).parameters.values():
+        if p.kind is inspect.Parameter.KEYWORD_ONLY:
+            out.append(p.name if p.default is inspect.Parameter.empty else f"{p.name}={p.default!r}")
+    return out
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
@@ -104,7 +156,7 @@ def _cmd_methods(args: argparse.Namespace) -> int:
 
     for name in sorted(METHODS):
         m = METHODS[name]
-        opts = ", ".join(m.options) or "-"
+        opts = ", ".join(method_option_defaults(m)) or "-"
         extra = " [learns y0]" if m.learns_init else ""
         print(f"{name:10s} {m.summary}{extra}\n{'':10s} options: {opts}")
     return 0
@@ -171,16 +223,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
         parser.error(f"--nproc must be >= 1, got {args.nproc}")
     if args.nproc is not None and args.nproc > 1 and not os.environ.get("WORLD_SIZE"):
         return dist_.launch(dist_.strip_nproc(args._argv)[0], args.nproc)
+    from .checkpoint import RunLockedError
     from .guards import GuardOptions
 
     _setup_logging(args.quiet)
     try:
         guards = GuardOptions(divergence_factor=args.divergence_factor, stationarity_ratio=args.stationarity_ratio,
-                              backtrack_warn=args.backtrack_warn)
+                              backtrack_warn=args.backtrack_warn,
+                              inner_divergence_factor=args.inner_divergence_factor)
         runner = dist_.task_runner(args.task, config, out, quiet=args.quiet, overwrite=args.overwrite, module=module,
                             task_module=args.task_module, checkpoint_every=args.checkpoint_every,
                             precision=args.precision, guards=guards)
         runner.setup()
+    except RunLockedError as err:  # another process is writing --out (nothing was touched)
+        print(f"bilevel run: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
     except ValueError as err:  # output directory in use, or the task rejecting its configuration
         parser.error(str(err))
     except OSError as err:  # e.g. a dataset that is not installed
@@ -223,6 +280,9 @@ def _add_run(sub: "argparse._SubParsersAction", argv: Optional[List[str]]) -> No
                    help="continue the interrupted run in DIR from its newest good checkpoint (reads DIR/config.yaml "
                         "and DIR/run_options.yaml; other options are ignored)")
     p.add_argument("--quiet", dest="resume_quiet", action="store_true", help="with --resume: no progress bar")
+    p.add_argument("--nproc", dest="resume_nproc", type=int, metavar="N", default=None,
+                   help="with --resume: the number of processes the run was made with (relaunches through torchrun; "
+                        "a different number is refused)")
     p.set_defaults(func=_cmd_resume, _parser=p)
     tasks = p.add_subparsers(dest="task", required=False, metavar="TASK")
     chosen, module_name = cfg.peek_task(argv if argv is not None else sys.argv[1:])
@@ -286,8 +346,11 @@ def _add_long_run_flags(tp: argparse.ArgumentParser) -> None:
                    help="continue the interrupted run in DIR (same as `bilevel run --resume DIR`; the task and "
                         "every other option come from DIR)")
     g.add_argument("--divergence-factor", type=_nonneg(float), metavar="F", default=d.divergence_factor,
-                   help=f"stop (exit status {3}) when |upper| > F x max(|upper at step 1|, 1); nan/inf always "
+                   help=f"stop (exit status {3}) when |upper| > F x max(|upper at (x0, y0)|, 1); nan/inf always "
                         "stops; 0 = no magnitude check")
+    g.add_argument("--inner-divergence-factor", type=_nonneg(float), metavar="G", default=d.inner_divergence_factor,
+                   help="stop (exit status 3) when an inner loop raises the lower objective by more than G x "
+                        "max(|f at its start|, 1) (inner_lr far too large); 0 = off")
     g.add_argument("--stationarity-ratio", type=_nonneg(float), metavar="R", default=d.stationarity_ratio,
                    help="warn when an inner loop ends with ||grad_y f|| above R x its first value (0 = off)")
     g.add_argument("--backtrack-warn", type=_nonneg(float), metavar="B", default=d.backtrack_warn,
@@ -305,7 +368,8 @@ def _add_compare(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("dirs", nargs="+", metavar="DIR", help="run directories")
     p.add_argument("--out", metavar="FILE.png", default="compare.png", help="figure to write")
     p.add_argument("--metric", nargs="+", metavar="NAME", default=None,
-                   help="panels (default: upper and every task metric all runs logged)")
+                   help="panels: any key of the metrics lines, info.NAME or inner_stationarity (default: upper, "
+                        "grad_norm, inner_stationarity and every task metric all runs logged)")
     p.set_defaults(func=_cmd_compare, _parser=p)
 
 
@@ -337,7 +401,7 @@ def _add_bench(sub: "argparse._SubParsersAction") -> None:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from .reproduce import EXPERIMENTS, check_names, reproduce, write_report
+    from .reproduce import EXPERIMENTS, check_names, default_out_dir, default_report, reproduce, write_report
 
     if args.list:
         for name, module in EXPERIMENTS.items():
@@ -345,14 +409,17 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         return 0
     try:
         names = check_names(args.experiments)
+        out = Path(args.out) if args.out is not None else default_out_dir(args.scale)
+        report = Path(args.report) if args.report is not None else default_report(out)
         if args.report_only:
-            path = write_report(Path(args.out), Path(args.report), EXPERIMENTS)
+            path = write_report(out, report, EXPERIMENTS, overwrite=args.overwrite)
         else:
-            path = reproduce(names, scale=args.scale, seeds=args.seeds, out_dir=args.out, report=args.report,
-                             jobs=args.jobs, progress=not args.quiet, data_root=args.data_root)
+            path = reproduce(names, scale=args.scale, seeds=args.seeds, out_dir=out, report=report,
+                             jobs=args.jobs, progress=not args.quiet, data_root=args.data_root,
+                             overwrite=args.overwrite)
     except ValueError as err:
         args._parser.error(str(err))
-    print(f"wrote {path} (results in {args.out}/)")
+    print(f"wrote {path} (results in {out}/)")
     return 0
 
 
@@ -366,8 +433,11 @@ def _add_reproduce(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--scale", default="cpu", help="smoke (seconds) | cpu (<= 15 min each on 2 cores) | paper")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per setting")
     p.add_argument("--jobs", type=int, default=2, help="parallel runs (one torch thread each)")
-    p.add_argument("--out", default="results/reproduce", help="directory of the CSVs, figures and runs")
-    p.add_argument("--report", default="REPRODUCTION.md", help="report file to regenerate")
+    p.add_argument("--out", default=None, help="directory of the CSVs, figures and runs (default: results/reproduce "
+                   "for --scale cpu, the committed results; results/reproduce-SCALE for other scales)")
+    p.add_argument("--report", default=None, help="report file to regenerate (default: REPRODUCTION.md for "
+                   "results/reproduce, OUT/REPRODUCTION.md for any other --out)")
+    p.add_argument("--overwrite", action="store_true", help="write even over results or a report of another scale")
     p.add_argument("--report-only", action="store_true", help="only regenerate the report from the CSVs in --out")
     p.add_argument("--data-root", default=None, help="directory searched first for data files (MNIST, Omniglot)")
     p.add_argument("--list", action="store_true", help="list the experiments and exit")

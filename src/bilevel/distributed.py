@@ -16,8 +16,12 @@ Two ways of splitting an objective that is a sum over shards (see docs/distribut
 * **data parallel** (a lower variable shared by all shards, e.g. hyper-cleaning's follower): wrap each rank's
   partial objective with :func:`data_parallel`. Values and gradients are summed across ranks *inside* the
   objective (differentiably, to any order), so every rank computes the single-process trajectory; the loop
-  needs no ``reduce_grads``. Exact for every reverse-mode method, at the price of one all-reduce per
-  objective or gradient evaluation.
+  needs no ``reduce_grads``. Exact for every method (fhg included; checked in tests/distributed for all but
+  metasgd), at the price of one all-reduce per objective or gradient evaluation.
+
+A method that is not exact in the chosen mode is refused (ValueError), never run as a different algorithm.
+A multi-process run records its world size in ``run_options.yaml``; ``--resume`` needs as many processes
+(:func:`check_resume_world_size`).
 """
 from __future__ import annotations
 
@@ -42,10 +46,12 @@ Objective = Callable[[Any, Any], torch.Tensor]
 
 #: methods whose task-parallel hypergradient equals the single-process one (checked in tests/distributed).
 #: ``cg`` is included because its converged solution is the same; its iterates are not (global step sizes), so
-#: agreement is to the solver tolerance only. Not exact in task-parallel mode: ``iaptt`` (k_bar = argmax over
-#: k of the *whole* upper objective), ``bvfim`` (log barrier of the whole value-function gap), and any method
-#: with a non-additive selection or stopping rule; use :func:`data_parallel` for those.
-TASK_PARALLEL_EXACT: Tuple[str, ...] = ("rhg", "trhg", "fhg", "cg", "neumann", "bda", "bigsam", "iagm", "iagm-a")
+#: agreement is to the solver tolerance only. Not exact in task-parallel mode, hence refused by
+#: :class:`DistributedOuterLoop`: ``iaptt`` (k_bar = argmax over k of the *whole* upper objective), ``bvfim``
+#: (log barrier of the whole value-function gap), ``metasgd`` (not checked: its x mirrors y) and any method
+#: registered later; use :func:`data_parallel` for those.
+TASK_PARALLEL_EXACT: Tuple[str, ...] = ("rhg", "trhg", "fhg", "cg", "neumann", "bda", "bigsam", "iagm", "iagm-a",
+                                        "maml", "fomaml", "reptile")
 
 #: environment variable: seconds before a collective gives up (default 1800)
 TIMEOUT_ENV = "BILEVEL_DIST_TIMEOUT"
@@ -348,6 +354,13 @@ class DistributedOuterLoop(OuterLoop):
         if "reduce_grads" in kwargs:
             raise ValueError("DistributedOuterLoop sets reduce_grads itself")
         self.ctx = ctx or _CURRENT
+        method = kwargs.get("method")
+        if self.ctx.enabled and not data_parallel and method not in TASK_PARALLEL_EXACT:
+            raise ValueError(f"method {method!r} is not exact when the meta-batch is split over processes (task "
+                             f"parallel: each process would apply it to its own tasks, a different algorithm); "
+                             f"run it on one process, or split a data-parallel objective instead "
+                             f"(bilevel.distributed.data_parallel). Task-parallel methods: "
+                             f"{', '.join(TASK_PARALLEL_EXACT)} (docs/distributed.md)")
         # data-parallel objectives (see data_parallel) already give every rank the global hypergradient and
         # global objective values: nothing is reduced at the step
         self.data_parallel = data_parallel
@@ -374,7 +387,12 @@ class DistributedOuterLoop(OuterLoop):
 
 # ------------------------------------------------------------------------------------------ data parallel
 class _SumAcross(torch.autograd.Function):
-    """Forward: sum over ranks (local partial -> replicated). Backward: identity. Forward-mode: sum."""
+    """Forward: sum over ranks (local partial -> replicated). Backward: identity in value, as a
+    :class:`_Replicate` node (whose own backward sums again). Forward-mode: sum.
+
+    The two functions are each other's adjoint, at every order: a derivative of a backward pass (e.g. the
+    double-vjp of fhg's tangent propagation, third order in the objective) sums across ranks where it must.
+    """
 
     @staticmethod
     def forward(t: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
@@ -386,7 +404,10 @@ class _SumAcross(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return grad
+        # the adjoint of a sum over ranks is the replication of the (replicated) cotangent: identity in value,
+        # but a _Replicate node, so that a derivative of this backward pass (third-order terms, e.g. fhg's
+        # double-vjp) sums across ranks again
+        return _Replicate.apply(grad)
 
     @staticmethod
     def jvp(ctx: Any, tangent: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
@@ -394,7 +415,8 @@ class _SumAcross(torch.autograd.Function):
 
 
 class _Replicate(torch.autograd.Function):
-    """Forward: identity (a replicated input used in local work). Backward: sum over ranks, differentiable."""
+    """Forward: identity (a replicated input used in local work). Backward: sum over ranks (a
+    :class:`_SumAcross` node, differentiable again). Forward-mode: identity."""
 
     @staticmethod
     def forward(t: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
@@ -491,10 +513,14 @@ class DistributedTaskRunner(TaskRunner):
     """:class:`bilevel.runner.TaskRunner` for one rank of a multi-process run.
 
     The task is built with the configured seed on every rank (same x0, y0, data; x0 and y0 are also
-    broadcast from rank 0), then each rank is re-seeded with :func:`rank_seed`. Rank r runs its shard of
-    every meta-batch (:func:`shard_objectives`) in a :class:`DistributedOuterLoop`. Rank 0 alone writes the
-    run directory, evaluates, shows the progress bar and summarizes; the other ranks write into a private
-    scratch directory that is deleted at the end and return an empty summary.
+    broadcast from rank 0), then each rank is re-seeded with :func:`rank_seed`; the ranks other than 0 are
+    re-seeded again before every outer step t (:func:`step_seed`), so their random state is a function of
+    (seed, rank, t) and a resume needs only rank 0's, which the checkpoint holds. Rank r runs its shard of
+    every meta-batch (:func:`shard_objectives`) in a :class:`DistributedOuterLoop`. Rank 0 alone locks and
+    writes the run directory, evaluates, shows the progress bar and summarizes; the other ranks write into a
+    private scratch directory that is deleted at the end and return an empty summary. ``run_options.yaml``
+    records the world size. On a resume (:func:`bilevel.runner.resume_run` under torchrun) rank 0 picks the
+    checkpoint and broadcasts its state to the other ranks (:meth:`restore_latest`).
 
     Parameters
     ----------
@@ -531,7 +557,7 @@ class DistributedTaskRunner(TaskRunner):
         """
         error: Optional[BaseException] = None
         try:
-            if not self.ctx.is_main:
+            if not self.ctx.is_main and not resume:
                 self._check_out_dir_of(self.real_out)
             super().setup(resume)
             assert self.run is not None
@@ -550,6 +576,59 @@ class DistributedTaskRunner(TaskRunner):
         evaluate = self.run.evaluate if self.ctx.is_main else (lambda loop: {})
         self.run = replace(self.run, objectives=objectives, evaluate=evaluate)
         seed_rank(self.config["seed"], self.ctx)
+
+    def run_options(self) -> Dict[str, Any]:
+        """:meth:`TaskRunner.run_options` with this job's ``world_size``."""
+        return {**super().run_options(), "world_size": self.ctx.world_size}
+
+    def step(self) -> Dict[str, Any]:
+        """Re-seed the ranks other than 0 for outer step ``t`` (:func:`step_seed`), then take the step."""
+        if not self.ctx.is_main:
+            seed_rank(step_seed(self.config["seed"], self.t), self.ctx)
+        return super().step()
+
+    def restore_latest(self) -> Optional[Path]:
+        """After ``setup(resume=True)``: rank 0 loads the newest good checkpoint (as :class:`TaskRunner`) and
+        broadcasts the loop, task and guard state to the other ranks, which load it too.
+
+        Returns
+        -------
+        Path or None
+            The checkpoint loaded (on every rank), or None when the run starts over from step 0.
+        """
+        if not self.ctx.enabled:
+            return super().restore_latest()
+        import torch.distributed as dist
+
+        error: Optional[BaseException] = None
+        payload: Dict[str, Any] = {}
+        if self.ctx.is_main:
+            try:
+                path = super().restore_latest()
+                assert self.run is not None and self.loop is not None
+                payload = {"path": None if path is None else str(path), "t": self.t,
+                           "loop": self.loop.state_dict(), "guards": self.guards.state_dict(),
+                           "task": self.run.state_dict() if self.run.state_dict else None}
+            except (ValueError, OSError) as err:
+                error = err
+                payload = {"error": f"{type(err).__name__}: {err}"}
+        box = [payload]
+        dist.broadcast_object_list(box, src=0, device=self.ctx.device if self.ctx.backend == "nccl" else None)
+        payload = box[0]
+        if error is not None:
+            raise error
+        if "error" in payload:
+            raise ValueError(f"resuming failed on rank 0: {payload['error']}")
+        if not self.ctx.is_main and payload["path"] is not None:
+            assert self.run is not None and self.loop is not None
+            self.loop.load_state_dict(payload["loop"])
+            if payload["task"] is not None and self.run.load_state_dict is not None:
+                self.run.load_state_dict(payload["task"])
+            self.guards.load_state_dict(payload["guards"])
+            self.t = int(payload["t"])
+        path = None if payload["path"] is None else Path(payload["path"])
+        self.last_checkpoint = path if self.ctx.is_main else None
+        return path
 
     def _check_out_dir_of(self, out: Path) -> None:
         saved, self.out = self.out, out
@@ -573,6 +652,62 @@ class DistributedTaskRunner(TaskRunner):
             self.close()
             shutil.rmtree(self._scratch, ignore_errors=True)
             self._scratch = None
+
+
+def step_seed(seed: int, t: int) -> int:
+    """Seed of outer step ``t`` for :func:`seed_rank` on the ranks other than 0 (a function of seed and t; the
+    rank is mixed in by :func:`rank_seed`)."""
+    return int(np.random.SeedSequence([int(seed) % 2 ** 63, 0x57E9, int(t)]).generate_state(1)[0])
+
+
+def recorded_world_size(run_dir: Any, options: Optional[Mapping[str, Any]] = None) -> int:
+    """The number of processes the run in ``run_dir`` was made with (``world_size`` of run_options.yaml; 1 when
+    absent, as in runs of bilevel before it was recorded).
+
+    Parameters
+    ----------
+    run_dir : str or Path
+    options : mapping, optional
+        The contents of run_options.yaml, when already read.
+    """
+    if options is None:
+        from . import config as cfg
+        from .runner import RUN_OPTIONS_FILE
+
+        path = Path(run_dir) / RUN_OPTIONS_FILE
+        options = cfg.load_yaml(path) if path.is_file() else {}
+    value = options.get("world_size", 1)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{Path(run_dir)}/run_options.yaml: bad world_size {value!r} (expected an integer >= 1)")
+    return value
+
+
+def check_resume_world_size(run_dir: Any, world_size: int, options: Optional[Mapping[str, Any]] = None) -> None:
+    """Refuse to resume a run with another number of processes than it was made with.
+
+    Parameters
+    ----------
+    run_dir : str or Path
+    world_size : int
+        Processes of the resume (``WORLD_SIZE`` under torchrun, the ``--nproc`` value, else 1).
+    options : mapping, optional
+        The contents of run_options.yaml, when already read.
+
+    Raises
+    ------
+    ValueError
+        Saying how to resume it (``bilevel run --resume DIR --nproc N``).
+    """
+    recorded = recorded_world_size(run_dir, options)
+    if recorded != int(world_size):
+        if recorded > 1:
+            how = (f"`bilevel run --resume {run_dir} --nproc {recorded}` (or torchrun --nproc_per_node={recorded} "
+                   f"... -m bilevel run --resume {run_dir})")
+        else:
+            how = f"`bilevel run --resume {run_dir}` (one process: no --nproc, no torchrun)"
+        raise ValueError(f"cannot resume {str(run_dir)!r} on {world_size} process(es): the run was made on "
+                         f"{recorded} (world_size in run_options.yaml) and its checkpoints, sharding and per-rank "
+                         f"seeds belong to that number; resume it with {how}")
 
 
 def task_runner(task: str, config: Optional[Mapping[str, Any]], out_dir: Any, **kwargs: Any) -> TaskRunner:
@@ -661,4 +796,4 @@ def launch(argv: Sequence[str], nproc: int, env: Optional[Mapping[str, str]] = N
 __all__ = ["DistContext", "init", "context", "shutdown", "barrier", "shard_range", "rank_seed", "seed_rank",
            "all_reduce_", "broadcast_", "grad_reducer", "reduce_record", "DistributedOuterLoop", "data_parallel",
            "shard_objectives", "DistributedTaskRunner", "task_runner", "strip_nproc", "torchrun_command", "launch",
-           "TASK_PARALLEL_EXACT"]
+           "step_seed", "recorded_world_size", "check_resume_world_size", "TASK_PARALLEL_EXACT"]

@@ -11,10 +11,14 @@ It writes into the output directory
 * ``metrics.jsonl`` -- one JSON object per logged step: ``step`` (outer steps done), ``upper``, ``lower``,
   ``grad_norm`` (of that step, at the x before its update), ``time`` (seconds since the loop started),
   ``eval_time`` (the part of ``time`` spent in the task's evaluations, so ``time - eval_time`` is optimization), the
-  task's ``evaluate()`` metrics (at the x after the update) and ``info`` (the method's numeric diagnostics);
+  task's ``evaluate()`` metrics (at the x after the update) and ``info`` (the method's numeric diagnostics); the
+  first line (``step`` 0, :meth:`TaskRunner.log_start`) holds the task's metrics at x0;
 * ``summary.json`` -- the task's ``summarize()`` plus ``upper_final``, ``wall_seconds``, ``peak_rss_mb``,
   ``method``, ``task``, ``outer_steps``, ``inner_steps``, ``seed``;
-* ``curves.png`` -- the upper objective and the task's metrics against the outer step.
+* ``curves.png`` -- the upper objective, the hypergradient norm, the inner loop's stationarity and the task's
+  metrics against the outer step (:mod:`bilevel.plots`);
+* ``.lock`` / ``.lock.pid`` -- the directory's lock and its holder's PID while a run writes it (one writer at a
+  time, :class:`bilevel.checkpoint.RunLock`; docs/long_runs.md).
 
 The whole state of a run lives in one :class:`TaskRunner` (loop, task, step counter, RNG, metrics file
 position; see :meth:`TaskRunner.state_dict`) so that checkpoints can be written between steps:
@@ -25,6 +29,7 @@ and :func:`resume_run` continues an interrupted run exactly. :mod:`bilevel.guard
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -36,7 +41,7 @@ import time
 import warnings
 from pathlib import Path
 from types import ModuleType
-from typing import IO, Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import IO, Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -47,7 +52,8 @@ from . import plots
 from . import schedules
 from .api import OuterLoop
 from .errors import NonFiniteError
-from .guards import PRECISIONS, DivergenceError, GuardOptions, Guards, autocast_objectives
+from .guards import (PRECISIONS, DivergenceError, GuardOptions, Guards, RunInterrupted, StopSignals,
+                     autocast_objectives)
 from .tasks.base import TaskRun
 
 #: files of a run directory
@@ -137,12 +143,67 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) ->
     return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def _writing(path: Any) -> Iterator[None]:
+    """Name ``path`` in an OSError raised without a file name inside the block.
+
+    ``write`` / ``flush`` / ``fsync`` on an open file (e.g. ENOSPC, "No space left on device") raise OSErrors
+    that do not say which file; ``bilevel run`` prints the path it gets here.
+    """
+    try:
+        yield
+    except OSError as err:
+        if err.filename is None and err.errno is not None:
+            raise OSError(err.errno, err.strerror or os.strerror(err.errno), str(path)) from err
+        raise
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    """Write ``path`` through a temporary file renamed over it (readers never see half a file)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # a killed writer's leftover: see setup()
+    try:
+        with open(tmp, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def _curves_title(task: str, config: Mapping[str, Any], steps: Any) -> str:
+    """Title of curves.png."""
+    return f"{task}: {config['method']} (K={config['inner_steps']}, T={steps})"
+
+
 def _is_writer() -> bool:
     """True unless torch.distributed is initialized and this process is not rank 0."""
     dist = getattr(torch, "distributed", None)
     if dist is None or not dist.is_available() or not dist.is_initialized():
         return True
     return dist.get_rank() == 0
+
+
+class _NotEvaluated(Exception):
+    pass
+
+
+def _never_called(x: Any, y: Any) -> Any:
+    raise _NotEvaluated
+
+
+def _check_method_values(loop: OuterLoop) -> None:
+    """Bind the loop's method once, as its first step will (ValueError for a bad method-option value).
+
+    The objectives are placeholders: binding only checks the options; a method that evaluated them while
+    binding would stop at the placeholder, which is not an error.
+    """
+    try:
+        loop._plan(_never_called, _never_called, loop.t)
+    except _NotEvaluated:
+        pass
 
 
 # ------------------------------------------------------------------------------------------ the run
@@ -228,6 +289,7 @@ class TaskRunner:
         self.guards = Guards(self.config["method"], self.guard_options, log=self._warn)
         self.task_module = task_module
         self.last_checkpoint: Optional[Path] = None
+        self._lock: Optional[ckpt.RunLock] = None  # DIR/.lock, held from setup() to the end of the run
 
     def _warn(self, message: str) -> None:
         if _is_writer():
@@ -239,11 +301,11 @@ class TaskRunner:
         Returns
         -------
         dict
-            ``checkpoint_every``, ``precision``, the :class:`~bilevel.guards.GuardOptions` fields and
-            ``task_module`` (None for the built-in tasks).
+            ``checkpoint_every``, ``precision``, the :class:`~bilevel.guards.GuardOptions` fields,
+            ``task_module`` (None for the built-in tasks) and ``world_size`` (processes; a resume needs as many).
         """
         return {"checkpoint_every": self.checkpoint_every, "precision": self.precision,
-                **self.guard_options.as_dict(), "task_module": self.task_module or None}
+                **self.guard_options.as_dict(), "task_module": self.task_module or None, "world_size": 1}
 
     # -- set-up ----------------------------------------------------------------------------------------
     def _check_out_dir(self) -> None:
@@ -264,11 +326,22 @@ class TaskRunner:
     def setup(self, resume: bool = False) -> None:
         """Seed, set threads, build the task and the loop, then create the directory and write ``config.yaml``.
 
+        Every option is checked first, the method options' values included (the method is bound once, as the
+        first step will); then the directory is locked (:meth:`hold_lock`), and only then are an older run's
+        files deleted (``overwrite``) and the new ones written.
+
         Parameters
         ----------
         resume : bool
             Keep the directory's files as they are (the caller then restores a :meth:`state_dict` with
             :meth:`load_state_dict`, which truncates metrics.jsonl to the checkpoint).
+
+        Raises
+        ------
+        ValueError
+            A bad option or an output directory that holds a run (without ``overwrite``); nothing was written.
+        bilevel.checkpoint.RunLockedError
+            Another process holds the directory's lock (a run in progress); nothing was written.
         """
         self._started = time.perf_counter()
         if not resume:
@@ -286,16 +359,50 @@ class TaskRunner:
                                       outer_optimizer=c["outer_optimizer"], inner_steps=c["inner_steps"],
                                       inner_lr=c["inner_lr"], init_lr=c["init_lr"], **dict(run.loop_options or {}),
                                       **{k: schedules.from_config(v) for k, v in c["method_options"].items()})
-        if not resume:  # nothing is written before the task and the loop accepted the configuration
+        _check_method_values(self.loop)
+        # nothing is written before the task, the loop and the method accepted the configuration; nothing is
+        # deleted or overwritten before this process holds the directory's lock
+        if not resume:
             self.out.mkdir(parents=True, exist_ok=True)
-            for name in (METRICS_FILE, SUMMARY_FILE, CURVES_FILE):  # leave no stale files of an older run
-                if (self.out / name).exists():
-                    (self.out / name).unlink()
-            for old in ckpt.list_checkpoints(self.out):  # nor checkpoints of an older run
-                old.unlink()
-            cfg.dump_yaml(self.config, self.out / CONFIG_FILE)
-            cfg.dump_yaml(self.run_options(), self.out / RUN_OPTIONS_FILE)
-        self._file = open(self.out / METRICS_FILE, "a")
+        self.hold_lock()
+        try:
+            if not resume:
+                self._check_out_dir()  # again, under the lock: another run may have finished here meanwhile
+                for name in (METRICS_FILE, SUMMARY_FILE, CURVES_FILE):  # leave no stale files of an older run
+                    if (self.out / name).exists():
+                        (self.out / name).unlink()
+                for old in ckpt.list_checkpoints(self.out):  # nor checkpoints of an older run
+                    old.unlink()
+                cfg.dump_yaml(self.config, self.out / CONFIG_FILE)
+                cfg.dump_yaml(self.run_options(), self.out / RUN_OPTIONS_FILE)
+            if _is_writer():  # temporary files of atomic writes that a killed process left (safe: we hold the lock)
+                for directory in (self.out, self.out / ckpt.CHECKPOINT_DIR):
+                    for stale in ckpt.remove_stale_temp_files(directory):
+                        logger.info("removed the stale temporary file %s (left by a killed process)", stale)
+            self._file = open(self.out / METRICS_FILE, "a")
+        except BaseException:
+            self.release_lock()
+            raise
+
+    def hold_lock(self) -> None:
+        """Take the run directory's lock (``DIR/.lock``, :class:`bilevel.checkpoint.RunLock`) unless held already.
+
+        Only the writing process (rank 0) locks; the lock lasts until :meth:`close` / :meth:`release_lock`, or
+        until the process dies (the OS releases it, also on ``kill -9``).
+
+        Raises
+        ------
+        bilevel.checkpoint.RunLockedError
+            Another process holds it (the message names its PID).
+        """
+        if self._lock is None and _is_writer():
+            self._lock = ckpt.RunLock(self.out).acquire()
+
+    def release_lock(self) -> None:
+        """Release the run directory's lock (idempotent)."""
+        if self._lock is not None:
+            lock, self._lock = self._lock, None
+            lock.release()
 
     # -- steps -----------------------------------------------------------------------------------------
     @property
@@ -322,8 +429,18 @@ class TaskRunner:
         assert self.run is not None and self.loop is not None, "call setup() first"
         if not self._t0:
             self._t0 = time.perf_counter()
+        if self.t == 0 and not self.records:  # a fresh run (or one restarted from step 0): log x0 first
+            self.log_start()
         upper, lower = autocast_objectives(self.run.objectives(self.t), self.precision)
         total = self.config["outer_steps"]
+        x_start, y_start = self.loop.x, self.loop.y0  # where this step's inner loop starts (copies)
+        if self.t == 0 and self.guards.reference is None:  # F_0, f_0 at (x0, y0): the guards' references
+            ref = self._objective_values({"upper": upper, "lower": lower}, x_start, y_start)
+            self.guards.set_reference(ref["upper"], ref["lower"])
+
+        def lower_start() -> float:  # f(x, y_start), asked for by the guards when the step looks suspicious
+            return self._objective_values({"lower": lower}, x_start, y_start)["lower"]
+
         with warnings.catch_warnings(record=True) as caught:  # the core's RuntimeWarnings go to the guards
             warnings.simplefilter("always", RuntimeWarning)
             try:
@@ -336,7 +453,7 @@ class TaskRunner:
                 core.append(str(w.message))
             else:  # not ours to judge: pass it on
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        self.guards.check(self.t + 1, total, record)
+        self.guards.check(self.t + 1, total, record, lower_start=lower_start)
         self.t += 1
         self.guards.diagnose(self.t, record, core)
         if self.should_log(self.t):
@@ -359,16 +476,68 @@ class TaskRunner:
             record = dict(record, logged=line)
         return record
 
+    def log_start(self) -> Dict[str, Any]:
+        """Write the step-0 metrics line: the task's ``evaluate()`` at x0, before the first step.
+
+        ``upper`` is the task's upper objective when ``evaluate()`` returns one (kept as ``eval_upper`` too, as in
+        the other lines); there is no ``lower``, ``grad_norm`` or ``info`` (no step was taken). The random
+        streams are left as they were: the run's trajectory does not depend on this line.
+
+        Returns
+        -------
+        dict
+            The line.
+        """
+        assert self.run is not None and self.loop is not None
+        states = random.getstate(), np.random.get_state()
+        t_eval = time.perf_counter()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                metrics = _metrics_dict(self.run.evaluate(self.loop), "evaluate()")
+        finally:
+            random.setstate(states[0])
+            np.random.set_state(states[1])
+        self.eval_seconds += time.perf_counter() - t_eval
+        line: Dict[str, Any] = {"step": 0}
+        if isinstance(metrics.get("upper"), float):
+            line["upper"] = metrics["upper"]
+        line["time"] = round(self.loop_seconds(), 4)
+        line["eval_time"] = round(self.eval_seconds, 4)
+        line.update({(k if k not in line else "eval_" + k): v for k, v in metrics.items()})
+        self.write(line)
+        return line
+
+    def _objective_values(self, objectives: Mapping[str, Any], x: Any, y: Any) -> Dict[str, float]:
+        """``{name: float(fn(x, y))}`` without gradients, leaving the random streams as they were.
+
+        In a task-parallel distributed run (a loop with ``data_parallel`` False) the values are summed over
+        the ranks, like the ``upper`` / ``lower`` of the step records (every rank must call this together).
+        """
+        states = random.getstate(), np.random.get_state()
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                values = {name: float(fn(x, y)) for name, fn in objectives.items()}
+        finally:
+            random.setstate(states[0])
+            np.random.set_state(states[1])
+        ctx = getattr(self.loop, "ctx", None)
+        if ctx is not None and getattr(self.loop, "data_parallel", True) is False:
+            from .distributed import reduce_record  # sums "upper" and "lower" over the ranks
+
+            values = reduce_record(values, ctx)
+        return values
+
     def write(self, line: Mapping[str, Any]) -> None:
         """Append one metrics line and flush it."""
         assert self._file is not None
-        self._file.write(json.dumps(line) + "\n")
-        self._file.flush()
+        with _writing(self.out / METRICS_FILE):
+            self._file.write(json.dumps(line) + "\n")
+            self._file.flush()
         self.records.append(dict(line))
 
     # -- end -------------------------------------------------------------------------------------------
     def finish(self) -> Dict[str, Any]:
-        """Summarize, write ``summary.json`` and ``curves.png``.
+        """Summarize, write ``curves.png`` and then ``summary.json`` (atomically: it marks a finished run).
 
         ``wall_seconds`` counts from :meth:`setup` (data loading and model building included) to the end of
         ``summarize``.
@@ -380,7 +549,7 @@ class TaskRunner:
         """
         assert self.run is not None and self.loop is not None
         loop_seconds = self.loop_seconds()
-        self.close()
+        self._close_metrics()  # the directory stays locked until the summary is written (execute releases it)
         summary = _metrics_dict(self.run.summarize(self.loop), "summarize()")
         if "upper_final" not in summary:
             upper, lower = self.run.objectives(max(self.t - 1, 0))
@@ -391,16 +560,22 @@ class TaskRunner:
                        wall_seconds=round(time.perf_counter() - self._started + self.elapsed, 3), peak_rss_mb=round(peak_rss_mb(), 1))
         if self.guards.summary():
             summary["warnings"] = self.guards.summary()
-        (self.out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n")
-        title = f"{self.task}: {c['method']} (K={c['inner_steps']}, T={self.t})"
-        plots.plot_curves(self.records, self.out / CURVES_FILE, title=title)
+        with _writing(self.out / CURVES_FILE):
+            plots.plot_curves(self.records, self.out / CURVES_FILE, title=_curves_title(self.task, c, self.t))
+        with _writing(self.out / SUMMARY_FILE):
+            _atomic_write_text(self.out / SUMMARY_FILE, json.dumps(summary, indent=1) + "\n")
         return summary
 
     def close(self) -> None:
-        """Close the metrics file (idempotent)."""
+        """Close the metrics file and release the run directory's lock (idempotent)."""
+        self._close_metrics()
+        self.release_lock()
+
+    def _close_metrics(self) -> None:
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            file, self._file = self._file, None
+            with _writing(self.out / METRICS_FILE):  # closing flushes: it may fail too (disk full)
+                file.close()
 
     # -- checkpoints -----------------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
@@ -412,7 +587,8 @@ class TaskRunner:
             ``t``, ``loop`` (OuterLoop state), ``task`` (TaskRun state or None), ``rng`` (random, numpy,
             torch), ``metrics_bytes`` (length of metrics.jsonl to keep), ``metrics_lines`` (its lines),
             ``loop_seconds``, ``config``, ``guards`` (:class:`~bilevel.guards.Guards` state) and
-            ``run_options``.
+            ``run_options``. Plain data only (tensors, lists, tuples, dicts, numbers, strs, None: checkpoints
+            are read with ``weights_only=True``); the RNG states come from :func:`bilevel.checkpoint.rng_state`.
         """
         assert self.run is not None and self.loop is not None
         if self._file is not None:
@@ -422,8 +598,7 @@ class TaskRunner:
         # deep copies: OuterLoop.state_dict() shares the optimizer's state tensors, which later steps mutate
         return {"t": self.t, "loop": copy.deepcopy(self.loop.state_dict()),
                 "task": copy.deepcopy(self.run.state_dict()) if self.run.state_dict else None,
-                "rng": {"random": random.getstate(), "numpy": np.random.get_state(),
-                        "torch": torch.get_rng_state()},
+                "rng": ckpt.rng_state(),
                 "metrics_bytes": (self.out / METRICS_FILE).stat().st_size, "loop_seconds": self.loop_seconds(),
                 "eval_seconds": self.eval_seconds,
                 "config": dict(self.config), **extra}
@@ -441,9 +616,7 @@ class TaskRunner:
             if self.run.load_state_dict is None:
                 raise ValueError("the checkpoint holds task state but the task has no load_state_dict")
             self.run.load_state_dict(state["task"])
-        random.setstate(state["rng"]["random"])
-        np.random.set_state(state["rng"]["numpy"])
-        torch.set_rng_state(state["rng"]["torch"])
+        ckpt.set_rng_state(state["rng"])
         if state.get("guards") is not None:
             self.guards.load_state_dict(state["guards"])
         self.t = int(state["t"])
@@ -477,9 +650,11 @@ class TaskRunner:
         if state is None:
             state = self.state_dict()
         if self._file is not None:  # the checkpoint never points past durable metrics
-            self._file.flush()
-            os.fsync(self._file.fileno())
-        self.last_checkpoint = ckpt.save(state, self.out, int(state["t"]), keep=CHECKPOINTS_KEPT)
+            with _writing(self.out / METRICS_FILE):
+                self._file.flush()
+                os.fsync(self._file.fileno())
+        with _writing(self.out / ckpt.CHECKPOINT_DIR / ckpt.checkpoint_name(int(state["t"]))):
+            self.last_checkpoint = ckpt.save(state, self.out, int(state["t"]), keep=CHECKPOINTS_KEPT)
         return self.last_checkpoint
 
     def restore_latest(self) -> Optional[Path]:
@@ -527,14 +702,54 @@ class TaskRunner:
         return self.checkpoint_every > 0 and (self.t % self.checkpoint_every == 0 or self.done)
 
     # -- everything ------------------------------------------------------------------------------------
-    def execute(self) -> Dict[str, Any]:
+    def execute(self, handle_signals: bool = True) -> Dict[str, Any]:
         """Set up (unless done already), run the remaining steps with a progress bar, finish.
+
+        Parameters
+        ----------
+        handle_signals : bool
+            Turn SIGINT / SIGTERM into :class:`bilevel.guards.RunInterrupted` (a ``KeyboardInterrupt``) raised
+            after the state of the last completed outer step was saved as a checkpoint (when checkpoints are
+            on); its message names the checkpoint and the resume command. Only in the main thread; the
+            previous handlers are restored on return.
 
         Returns
         -------
         dict
             The summary.
         """
+        with StopSignals(handle_signals) as stop:
+            return self._execute(stop)
+
+    def _interrupted(self, err: RunInterrupted, good: Optional[Mapping[str, Any]], finishing: bool) -> None:
+        """Save ``good`` (the state after the last completed step) unless it is saved already; word ``err``."""
+        path = self.last_checkpoint
+        if good is not None and (path is None or path.name != ckpt.checkpoint_name(good["t"])):
+            path = self.save_checkpoint(good)
+        import shlex
+
+        resume = f"bilevel run --resume {shlex.quote(str(getattr(self, 'real_out', self.out)))}"
+        total = self.config["outer_steps"]
+        if finishing:
+            what = f"interrupted by {err.signame} while writing the final files (all {total} outer steps done)"
+            saved = f"checkpoint {path}" if path is not None else "no checkpoint (checkpoints are off)"
+            err.args = (f"{what}; {saved}; `{resume}` writes the missing files"
+                        + ("" if path is not None else " after running the steps again"),)
+        else:
+            done = int(good["t"]) if good is not None else self.t
+            what = f"interrupted by {err.signame} after {done} of {total} outer steps"
+            if path is not None and good is not None:
+                saved = f"saved the last completed step (outer step {done}) to {path}"
+            elif path is not None:
+                saved = f"last checkpoint: {path}"
+            elif self.checkpoint_every == 0:
+                saved = "no checkpoint (checkpoints are off: --checkpoint-every 0), a resume starts over"
+            else:
+                saved = "no step completed yet, a resume starts over"
+            err.args = (f"{what}; {saved}; resume with: {resume}",)
+        err.checkpoint = path
+
+    def _execute(self, stop: StopSignals) -> Dict[str, Any]:
         from tqdm import tqdm
 
         if self.loop is None:
@@ -543,10 +758,14 @@ class TaskRunner:
         bar = tqdm(total=total, initial=self.t, disable=self.quiet, desc=f"{self.task}/{self.config['method']}",
                    unit="step", dynamic_ncols=True, file=sys.stderr)
         postfix: Dict[str, str] = {}
+        looped = False  # True when the loop ended normally: finish() then writes the summary under the lock
+        good: Optional[Dict[str, Any]] = None
         try:
             while not self.done:
-                good = self.state_dict() if self.checkpoint_every > 0 and self.t > 0 else None
-                try:
+                with stop.deferred():  # a signal here waits for the snapshot (then stop.check raises)
+                    good = self.state_dict() if self.checkpoint_every > 0 and self.t > 0 else None
+                stop.check()
+                try:  # a signal during the step abandons it: `good` is the state to save
                     record = self.step()
                 except DivergenceError as err:  # keep the state before the failed step as the last checkpoint
                     if good is not None and (self.last_checkpoint is None
@@ -557,18 +776,35 @@ class TaskRunner:
                     elif self.last_checkpoint is not None:
                         err.args = (f"{err.args[0]}; last good checkpoint: {self.last_checkpoint}",)
                     raise
-                if self._checkpoint_due():
-                    self.save_checkpoint()
-                postfix["upper"] = _fmt(_plain(record["upper"]))
-                line = record.get("logged")
-                if line:
-                    postfix.update({k: _fmt(line[k]) for k in plots.task_metrics([line])[:4]})
-                bar.set_postfix(postfix, refresh=False)
-                bar.update(1)
+                with stop.deferred():  # a signal here is raised at the next step's stop.check
+                    good = None
+                    if self._checkpoint_due():
+                        self.save_checkpoint()
+                    postfix["upper"] = _fmt(_plain(record["upper"]))
+                    line = record.get("logged")
+                    if line:
+                        postfix.update({k: _fmt(line[k]) for k in plots.task_metrics([line])[:4]})
+                    bar.set_postfix(postfix, refresh=False)
+                    bar.update(1)
+            looped = True
+        except RunInterrupted as err:
+            if good is None and stop.received is not None and self.checkpoint_every > 0 and self.t > 0:
+                good = self.state_dict()  # interrupted between two steps (a second signal): save this state
+            self._interrupted(err, good, finishing=False)
+            raise
         finally:
             bar.close()
-            self.close()
-        return self.finish()
+            if looped:
+                self._close_metrics()
+            else:
+                self.close()  # also releases the run directory's lock
+        try:
+            return self.finish()
+        except RunInterrupted as err:
+            self._interrupted(err, None, finishing=True)
+            raise
+        finally:
+            self.release_lock()
 
 
 def run_task(task: str, config: Optional[Mapping[str, Any]], out_dir: Any, quiet: bool = False, *,
@@ -609,7 +845,9 @@ def resume_run(out_dir: Any, quiet: bool = False) -> Dict[str, Any]:
     Reads ``DIR/config.yaml`` and ``DIR/run_options.yaml``, rebuilds the task, loads the newest checkpoint
     that verifies (older ones when the newest is corrupt; step 0 when none is usable), truncates
     metrics.jsonl to the checkpoint's length and runs the remaining steps. A finished run (summary.json
-    present) is not run again.
+    present) is not run again; a missing curves.png is drawn again from metrics.jsonl. A run whose steps are
+    all done but whose summary.json is missing (stopped while writing it) gets it from its final checkpoint,
+    without running any step again.
 
     Parameters
     ----------
@@ -626,39 +864,79 @@ def resume_run(out_dir: Any, quiet: bool = False) -> Dict[str, Any]:
     Raises
     ------
     ValueError
-        Not a run directory, or an unreadable config.yaml / run_options.yaml.
+        Not a run directory, an unreadable config.yaml / run_options.yaml, or a run made with another
+        number of processes (``world_size`` of run_options.yaml; under torchrun the resume runs on every rank).
+    bilevel.checkpoint.RunLockedError
+        The run is still going (another process holds ``DIR/.lock``; the message names its PID).
     """
+    from . import distributed as dist_
+
     d = Path(out_dir)
     if not (d / CONFIG_FILE).is_file() or not (d / METRICS_FILE).is_file():
         raise ValueError(f"cannot resume {str(d)!r}: no {CONFIG_FILE} and {METRICS_FILE} (not a `bilevel run` "
                          "directory)")
-    if (d / SUMMARY_FILE).exists():
-        try:
-            summary = json.loads((d / SUMMARY_FILE).read_text())
-        except json.JSONDecodeError:
-            summary = None
-        if isinstance(summary, dict):
-            logger.info("%s already finished (%s exists): nothing to resume", d, SUMMARY_FILE)
-            return summary
+    summary = _finished_summary(d)
+    if summary is not None:
+        _write_missing_curves(d, summary, lock=True)
+        return summary
     config = cfg.load_yaml(d / CONFIG_FILE)
     options = cfg.load_yaml(d / RUN_OPTIONS_FILE) if (d / RUN_OPTIONS_FILE).exists() else {}
     task = config.get("task")
     if not isinstance(task, str):
         raise ValueError(f"{d / CONFIG_FILE} names no task (key 'task')")
     guard_keys = set(GuardOptions().as_dict())
-    unknown = sorted(set(options) - guard_keys - {"checkpoint_every", "precision", "task_module"})
+    unknown = sorted(set(options) - guard_keys - {"checkpoint_every", "precision", "task_module", "world_size"})
     if unknown:
         raise ValueError(f"{d / RUN_OPTIONS_FILE}: unknown key(s) {', '.join(unknown)}")
-    runner = TaskRunner(task, config, d, quiet=quiet, task_module=options.get("task_module"),
-                        checkpoint_every=options.get("checkpoint_every", DEFAULT_CHECKPOINT_EVERY),
-                        precision=options.get("precision", "fp32"),
-                        guards=GuardOptions(**{k: options[k] for k in guard_keys if k in options}))
-    runner.setup(resume=True)
-    for name in (SUMMARY_FILE, CURVES_FILE):
-        if (d / name).exists():
-            (d / name).unlink()
-    runner.restore_latest()
+    dist_.check_resume_world_size(d, dist_.init().world_size, options)
+    runner = dist_.task_runner(task, config, d, quiet=quiet, task_module=options.get("task_module"),
+                               checkpoint_every=options.get("checkpoint_every", DEFAULT_CHECKPOINT_EVERY),
+                               precision=options.get("precision", "fp32"),
+                               guards=GuardOptions(**{k: options[k] for k in guard_keys if k in options}))
+    runner.setup(resume=True)  # locks DIR (RunLockedError while the run is still going)
+    try:
+        summary = _finished_summary(d)  # again, under the lock: the run may have finished meanwhile
+        if summary is not None:
+            _write_missing_curves(d, summary, lock=False)
+            runner.close()
+            return summary
+        for name in (SUMMARY_FILE, CURVES_FILE):
+            if _is_writer() and (d / name).exists():
+                (d / name).unlink()
+        runner.restore_latest()
+    except BaseException:
+        runner.close()
+        raise
     return runner.execute()
+
+
+def _write_missing_curves(d: Path, summary: Mapping[str, Any], lock: bool) -> None:
+    """Draw ``d/curves.png`` from metrics.jsonl when a finished run lacks it (rank 0; ``lock``: take DIR's lock)."""
+    if (d / CURVES_FILE).exists() or not _is_writer():
+        return
+    with (ckpt.RunLock(d) if lock else contextlib.nullcontext()):
+        if (d / CURVES_FILE).exists():
+            return
+        config = cfg.load_yaml(d / CONFIG_FILE)
+        title = _curves_title(str(summary.get("task", config.get("task"))), config,
+                              summary.get("outer_steps", config.get("outer_steps")))
+        with _writing(d / CURVES_FILE):
+            plots.plot_curves(plots.read_metrics(d / METRICS_FILE), d / CURVES_FILE, title=title)
+        logger.info("%s: wrote the missing %s", d, CURVES_FILE)
+
+
+def _finished_summary(d: Path) -> Optional[Dict[str, Any]]:
+    """The summary of a finished run in ``d`` (None when summary.json is absent or unreadable)."""
+    if not (d / SUMMARY_FILE).exists():
+        return None
+    try:
+        summary = json.loads((d / SUMMARY_FILE).read_text())
+    except (json.JSONDecodeError, OSError):
+        return None
+    if not isinstance(summary, dict):
+        return None
+    logger.info("%s already finished (%s exists): nothing to resume", d, SUMMARY_FILE)
+    return summary
 
 
 # ------------------------------------------------------------------------------------------ compare
@@ -734,7 +1012,9 @@ def compare_runs(run_dirs: Sequence[Any], out: Optional[Any] = None,
     out : str or Path, optional
         PNG to write the overlay to (none when None).
     metrics : sequence of str, optional
-        Panels; default ``upper`` and every task metric that all runs logged.
+        Panels (any key of :func:`bilevel.plots.available_metrics`, e.g. ``info.k_bar``); default
+        :func:`bilevel.plots.default_panels`: ``upper``, ``grad_norm``, the inner stationarity and every task
+        metric that all runs logged.
 
     Returns
     -------
@@ -752,7 +1032,7 @@ def compare_runs(run_dirs: Sequence[Any], out: Optional[Any] = None,
     labels = _labels([r["dir"] for r in runs])
     available: List[str] = []
     for r in runs:
-        for k in [*plots.BASE_KEYS[1:], *plots.task_metrics(r["records"])]:
+        for k in plots.available_metrics(r["records"]):
             if k not in available:
                 available.append(k)
     if metrics:
@@ -761,9 +1041,7 @@ def compare_runs(run_dirs: Sequence[Any], out: Optional[Any] = None,
             raise ValueError(f"unknown metric(s) {', '.join(unknown)}; the runs logged: {', '.join(available)}")
         panels = list(metrics)
     else:
-        common = [k for k in plots.task_metrics(runs[0]["records"])
-                  if all(k in plots.task_metrics(r["records"]) for r in runs[1:])]
-        panels = ["upper", *common]
+        panels = plots.default_panels([r["records"] for r in runs])
     path = None
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)

@@ -19,9 +19,9 @@ LAUNCHER = HERE / "dist_launcher.py"
 TOL = {"float64": 1e-10, "float32": 1e-5}
 #: task-parallel methods checked exactly (the others are documented as not exact in that mode)
 META_EXACT = [m for m in D.TASK_PARALLEL_EXACT if m in bilevel.METHODS]
-#: data-parallel: every reverse-mode method (fhg, forward mode, is not supported there)
+#: data-parallel: every method, fhg (third-order terms through the collectives) included
 #: (metasgd is left out: its x must mirror y's structure, which the shared test problem does not have)
-DATA_EXACT = sorted(m for m in bilevel.METHODS if m not in ("fhg", "metasgd"))
+DATA_EXACT = sorted(m for m in bilevel.METHODS if m != "metasgd")
 
 
 def _env() -> dict:
@@ -157,11 +157,13 @@ def test_cli_fewshot_nproc2_matches_one_process(tmp_path):
         else:
             assert s2[key] == v, key
     m1, m2 = ((outs[n] / "metrics.jsonl").read_text().splitlines() for n in (1, 2))
-    assert len(m1) == len(m2) == 3
+    assert len(m1) == len(m2) >= 3
     for a, b in zip(m1, m2):
         a, b = json.loads(a), json.loads(b)
+        assert a["step"] == b["step"]
         for key in ("upper", "lower", "grad_norm"):
-            assert b[key] == pytest.approx(a[key], rel=1e-9), key
+            if key in a:  # a line of the starting point (step 0) has no lower / grad_norm
+                assert b[key] == pytest.approx(a[key], rel=1e-9), key
     assert not list(tmp_path.glob("**/bilevel-rank*"))  # the other rank's scratch directory is gone
 
 
@@ -171,12 +173,13 @@ HC_TINY = ["--dataset", "digits", "--train-size", "60", "--val-size", "40", "--t
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method,extra", [("rhg", []), ("cg", ["--l2", "0.05"])])
+@pytest.mark.parametrize("method,extra", [("rhg", []), ("cg", ["--l2", "0.05"]), ("fhg", [])])
 def test_cli_hyperclean_data_parallel_nproc2_matches_one_process(tmp_path, method, extra):
     """Hyper-cleaning split by samples over 2 processes: same trajectory and summary as one process.
 
     (CG gets an l2 term: without it the follower's Hessian is singular on 60 samples and CG amplifies the
-    round-off of the split sums.)
+    round-off of the split sums. fhg used to differ: the third-order terms of its tangent propagation lost
+    the sum across ranks.)
     """
     outs = {}
     for n in (1, 2):
@@ -190,8 +193,10 @@ def test_cli_hyperclean_data_parallel_nproc2_matches_one_process(tmp_path, metho
     for key in ("test_accuracy", "f1", "precision", "recall", "upper_final"):
         assert s2[key] == pytest.approx(s1[key], abs=1e-10), key
     m1, m2 = ((outs[n] / "metrics.jsonl").read_text().splitlines() for n in (1, 2))
-    assert len(m1) == len(m2) == 3
+    assert len(m1) == len(m2) >= 3
     for a, b in zip(m1, m2):
         a, b = json.loads(a), json.loads(b)
+        assert a["step"] == b["step"]
         for key in ("upper", "lower", "grad_norm"):
-            assert b[key] == pytest.approx(a[key], rel=1e-10), key
+            if key in a:  # a line of the starting point (step 0) has no lower / grad_norm
+                assert b[key] == pytest.approx(a[key], rel=1e-10), key

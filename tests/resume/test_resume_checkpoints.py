@@ -92,7 +92,7 @@ def test_cli_resume_flags_and_errors(tmp_path, capsys):
     assert (victim / "summary.json").exists() and f"wrote {victim}" in out
     # a finished run is not run again
     code, out, err = main(["run", "toy", "--resume", str(victim), "--quiet"], capsys)
-    assert code == 0 and len(comparable_lines(victim)) == 8
+    assert code == 0 and len(comparable_lines(victim)) == 9  # steps 0, 4, ..., 28, 30
     code, _, err = main(["run", "--resume", str(tmp_path / "nope")], capsys)
     assert code == 2 and "no such directory" in err
     code, _, err = main(["run", "--resume", str(tmp_path)], capsys)
@@ -110,4 +110,4 @@ def test_checkpoint_every_zero_writes_none_and_default_writes_at_the_end(tmp_pat
     assert [p.name for p in ckpt.list_checkpoints(tmp_path / "on")] == ["step-000007.pt"]
     state = ckpt.load(tmp_path / "on" / "checkpoints" / "step-000007.pt")
     assert {"t", "loop", "rng", "metrics_bytes", "metrics_lines", "guards", "config", "run_options"} <= set(state)
-    assert state["metrics_lines"] == 2 and set(state["rng"]) == {"random", "numpy", "torch"}
+    assert state["metrics_lines"] == 3 and set(state["rng"]) == {"random", "numpy", "torch"}

@@ -31,7 +31,7 @@ def test_nan_in_the_inner_loop_stops_with_exit_3_and_keeps_the_last_good_state(t
     assert "last finite values (outer step 5): upper=" in err and "grad_norm=" in err
     assert "saved the last good state (outer step 5)" in err
     assert [p.name for p in ckpt.list_checkpoints(out)] == ["step-000004.pt", "step-000005.pt"]
-    assert [r["step"] for r in records(out)] == [2, 4]          # partial metrics kept
+    assert [r["step"] for r in records(out)] == [0, 2, 4]       # partial metrics kept
     assert not (out / "summary.json").exists()
 
 
@@ -63,7 +63,7 @@ def test_cg_non_convergence_is_a_warning_in_log_and_metrics(tmp_path, caplog):
                        "curvature": 1.0, "outer_steps": 4}, tmp_path / "cg", quiet=True,
                  task_module="resume_guard_task", checkpoint_every=0)
     assert "cg: linear solver did not converge at outer step 1 (relative residual" in caplog.text
-    recs = records(tmp_path / "cg")
+    recs = records(tmp_path / "cg")[1:]  # after the step-0 line (x0, no step yet)
     assert all(any("linear solver did not converge" in w for w in r["warnings"]) for r in recs)
     assert recs[0]["info"]["solver_converged"] is False
     summary = json.loads((tmp_path / "cg" / "summary.json").read_text())
@@ -76,7 +76,7 @@ def test_inner_loop_far_from_stationarity_is_a_warning(tmp_path, caplog):
                  quiet=True, task_module="resume_guard_task", checkpoint_every=0)
     assert "inner loop far from stationarity at outer step 2" in caplog.text  # step 1: grad 0 at y0
     recs = records(tmp_path / "k1")
-    assert "(2 steps since the previous line)" in recs[1]["warnings"][0]
+    assert "(2 steps since the previous line)" in recs[2]["warnings"][0]  # recs[0]: step 0
     # a well-converged inner loop has no warnings field at all
     run_task("g", {"dtype": "float64", "outer_steps": 4}, tmp_path / "ok", quiet=True,
              task_module="resume_guard_task", checkpoint_every=0)
@@ -89,7 +89,7 @@ def test_bvfim_barrier_backtracking_is_a_warning(tmp_path, caplog):
                        "outer_steps": 2}, tmp_path / "bv", quiet=True, task_module="resume_guard_task",
                  checkpoint_every=0, guards=GuardOptions(stationarity_ratio=0))
     assert "bvfim: barrier step halved" in caplog.text and "nearly infeasible" in caplog.text
-    assert any("barrier step halved" in w for w in records(tmp_path / "bv")[0]["warnings"])
+    assert any("barrier step halved" in w for w in records(tmp_path / "bv")[1]["warnings"])  # [0]: step 0
 
 
 def test_guard_unit_checks():

@@ -49,7 +49,7 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_run(tmp_path):
     assert ref.returncode == 0, err
 
     a, b = comparable_lines(victim), comparable_lines(straight)
-    assert [r["step"] for r in a] == list(range(3, 201, 3)) + [200]
+    assert [r["step"] for r in a] == [0, *range(3, 201, 3), 200]
     assert a == b  # same lines, bitwise, no duplicated or missing ones
     assert comparable_summary(victim) == comparable_summary(straight)
     assert sorted(p.name for p in (victim / "checkpoints").glob("*.pt")) == ["step-000180.pt", "step-000200.pt"]

@@ -44,8 +44,9 @@ def test_run_writes_files_with_yaml_and_command_line_precedence(tmp_path, capsys
     assert c["inner_steps"] == 5 and c["inner_lr"] == 0.5                      # task COMMON_DEFAULTS
     assert c["method_options"] == {"truncate": 2} and c["flag"] is True and c["threads"] == 1
     recs = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in recs] == [2, 4, 5]
-    assert all({"step", "upper", "lower", "grad_norm", "time", "accuracy", "f1"} <= set(r) for r in recs)
+    assert [r["step"] for r in recs] == [0, 2, 4, 5]  # step 0: the task's metrics at x0
+    assert all({"step", "upper", "lower", "grad_norm", "time", "accuracy", "f1"} <= set(r) for r in recs[1:])
+    assert {"step", "time", "accuracy", "f1"} <= set(recs[0])  # step 0: no step taken, no grad_norm
     s = json.loads((out / "summary.json").read_text())
     assert {"test_accuracy", "f1", "precision", "recall", "upper_final", "wall_seconds", "peak_rss_mb", "method",
             "task", "outer_steps"} <= set(s)

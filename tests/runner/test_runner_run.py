@@ -24,9 +24,10 @@ def test_run_task_writes_config_metrics_summary_and_curves(tmp_path):
     assert summary["method"] == "iaptt" and summary["task"] == "fake" and summary["outer_steps"] == 7
     assert json.loads((out / "summary.json").read_text()) == summary
     recs = lines(out)
-    assert [r["step"] for r in recs] == [3, 6, 7]
+    assert [r["step"] for r in recs] == [0, 3, 6, 7]  # step 0: the task's metrics at x0
     for r in recs:
-        assert {"step", "upper", "lower", "grad_norm", "time", "eval_time", "accuracy", "f1"} <= set(r)
+        keys = {"step", "time", "eval_time", "accuracy", "f1"} | ({"upper", "lower", "grad_norm"} if r["step"] else set())
+        assert keys <= set(r)
         assert 0 <= r["eval_time"] <= r["time"]
     assert recs[-1]["accuracy"] == pytest.approx(summary["test_accuracy"])
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -39,7 +40,7 @@ def test_existing_run_directory_needs_overwrite(tmp_path):
     with pytest.raises(ValueError, match="already holds a run.*--overwrite"):
         run_task("fake", {"outer_steps": 1}, tmp_path, quiet=True, task_module=FAKE)
     run_task("fake", {"outer_steps": 2, "log_every": 1}, tmp_path, quiet=True, task_module=FAKE, overwrite=True)
-    assert len(lines(tmp_path)) == 2
+    assert len(lines(tmp_path)) == 3  # steps 0, 1, 2
 
 
 def test_bad_config_is_rejected_before_anything_is_written(tmp_path):
@@ -64,7 +65,7 @@ def test_state_dict_continues_a_run_exactly(tmp_path):
     resumed = second.execute()
     assert resumed["upper_final"] == straight["upper_final"]
     a, b = lines(tmp_path / "a"), lines(tmp_path / "b")
-    assert [r["step"] for r in b] == [2, 4, 6]
+    assert [r["step"] for r in b] == [0, 2, 4, 6]
     for ra, rb in zip(a, b):
         wall = ("time", "eval_time")
         assert {k: v for k, v in ra.items() if k not in wall} == {k: v for k, v in rb.items() if k not in wall}

@@ -46,3 +46,28 @@ def test_bda_moves_towards_solution():
 def test_bad_config_raises(bad, match):
     with pytest.raises(ValueError, match=match):
         toy.build(toy.config_with_defaults(**bad))
+
+
+def test_defaults_are_the_bda_papers_settings():
+    cfg = toy.config_with_defaults()
+    # BDA Sec. 5.1: s_l = 0.2, s_u = 0.7, K = 16, x0 = 0, y0 = (2, 2)
+    assert (cfg["method"], cfg["inner_lr"], cfg["inner_steps"]) == ("bda", 0.2, 16)
+    assert cfg["method_options"] == {"upper_lr": 0.7}
+    run = toy.build(cfg)
+    assert run.x0.tolist() == [0.0] and run.y0.tolist() == [2.0, 2.0]
+    # the default upper_lr belongs to the default method: methods without it do not get it
+    assert toy.config_with_defaults(method="rhg")["method_options"] == {}
+    assert toy.config_with_defaults(method="bigsam")["method_options"] == {"upper_lr": 0.7}
+
+
+def test_default_cli_run_reaches_the_bda_toy_solution(tmp_path):
+    """`bilevel run toy` with its defaults ends within 0.1 of x* = 1 (BDA Fig. 1; 1.35 without s_u = 0.7)."""
+    import json
+
+    from bilevel.cli import main
+
+    out = tmp_path / "toy"
+    assert main(["run", "toy", "--out", str(out), "--quiet", "--checkpoint-every", "0"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == "bda" and summary["outer_steps"] == 200
+    assert abs(summary["x_final"] - 1.0) < 0.1, summary["x_final"]

@@ -136,20 +136,24 @@ def _plot(path: pathlib.Path, title: str, runs: Sequence[Tuple[Setting, List[Dic
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(16, 4.2))
+    from bilevel.plots import figure_legend, line_style
+
+    fig = Figure(figsize=(16, 5.0), layout="constrained")
     FigureCanvasAgg(fig)
     metrics = [("F_gap", "|F - F*|"), ("f_gap", "|f - f*(x)|"), ("x_err", "||x - x*||^2 / ||x*||^2"),
                ("y_err", "||y - y*||^2 / ||y*||^2")]
     axes = fig.subplots(1, 4)
     for ax, (key, name) in zip(axes, metrics):
-        for s, rows in runs:
+        for i, (s, rows) in enumerate(runs):
             vals = [max(r[key], 1e-16) for r in rows]
-            ax.semilogy([r["step"] for r in rows], vals, label=s.label, ls="--" if s.method == "rhg" else "-")
+            style = line_style(i, len(rows), len(runs))
+            style["linestyle"] = "--" if s.method == "rhg" else "-"  # RHG dashed, BDA solid; markers per run
+            ax.semilogy([r["step"] for r in rows], vals, label=s.label, **style)
         ax.set_title(name)
         ax.set_xlabel("outer (UL) iteration")
-    axes[0].legend(fontsize=6)
-    fig.suptitle(title)
-    fig.tight_layout()
+        ax.grid(True, alpha=0.3)
+    figure_legend(fig, axes, ncol=3)
+    fig.suptitle(title, fontsize=12)
     fig.savefig(path, dpi=110)
 
 

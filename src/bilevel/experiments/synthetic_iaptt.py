@@ -3,7 +3,7 @@
 * **Toy without LLC (Eq. 10)**: ``min_{x in [1, 10]} x + x y`` s.t. ``y in argmin_{y in [-2, 2]} -sin(x y)``,
   unique solution ``(x*, y*) = (11 pi / 4, -2)``, ``F* = -11 pi / 4``. Fig. 1: final points / trajectories
   from the paper's three initializations ``(x0, y0) = (1, 2), (5, 1), (7, -1)`` for IAPTT-GM, IA-GM, RHG,
-  CG, Neumann (and BDA when registered). Fig. 2: running average of ``k_bar`` and time per outer step.
+  CG, Neumann (and BDA when registered). Fig. 2: running average of ``k_bar`` and the cumulative time of the outer steps.
   Table 1: time and autograd-tape memory of one hypergradient, as ratios to RHG.
 * **LLC problem (Eq. 13)**: ``min_x ||x - y2||^4 + ||y1 - e||^4`` s.t. ``(y1, y2) in argmin 1/2 ||y1||^2 - x'y1``,
   ``x in [-100, 100]^n``, solution ``x* = y1* = y2* = e``. Fig. 3 (left): ``||x - x*||`` and ``||y - y*||``
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import math
 import pathlib
@@ -232,6 +233,8 @@ def run(out_dir: pathlib.Path, quick: bool = False) -> Dict[str, Any]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from bilevel.plots import figure_legend, line_style
+
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
@@ -240,43 +243,58 @@ def run(out_dir: pathlib.Path, quick: bool = False) -> Dict[str, Any]:
     runs = toy_runs(T, methods)
 
     # ---- Fig. 1: x trajectories and relative UL error, final points
-    fig, axes = plt.subplots(2, len(INITS), figsize=(4.2 * len(INITS), 6.5), squeeze=False)
+    fig, axes = plt.subplots(2, len(INITS), figsize=(4.4 * len(INITS), 7.4), squeeze=False, layout="constrained")
     for j, (x0, y0) in enumerate(INITS):
-        for r in (r for r in runs if (r["x0"], r["y0"]) == (x0, y0)):
-            axes[0][j].plot([abs(v - X_STAR) / X_STAR for v in r["x_path"]], label=r["method"])
-            axes[1][j].plot([abs(v - F_STAR) / abs(F_STAR) for v in r["upper"]], label=r["method"])
+        for i, m in enumerate(methods):
+            for r in (r for r in runs if (r["x0"], r["y0"]) == (x0, y0) and r["method"] == m):
+                n = len(r["x_path"])
+                axes[0][j].plot([abs(v - X_STAR) / X_STAR for v in r["x_path"]], label=m,
+                                **line_style(i, n, len(methods)))
+                axes[1][j].plot([abs(v - F_STAR) / abs(F_STAR) for v in r["upper"]], label=m,
+                                **line_style(i, n, len(methods)))
         axes[0][j].set_title(f"(x0, y0) = ({x0:g}, {y0:g})")
         axes[0][j].set_ylabel("|x - x*| / |x*|")
         axes[1][j].set_ylabel("|F - F*| / |F*|")
         axes[1][j].set_xlabel("outer iteration")
         for ax in axes[:, j]:
             ax.set_yscale("symlog", linthresh=1e-3)
-    axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
+            ax.grid(True, alpha=0.3)
+    figure_legend(fig, list(axes.ravel()))
+    fig.suptitle(f"IAPTT-GM Fig. 1: toy Eq. 10 from three initializations (K={TOY['inner_steps']}, "
+                 f"x* = 11 pi/4)", fontsize=12)
     fig.savefig(out_dir / "iaptt_fig1_toy.png", dpi=110)
     plt.close(fig)
     _write_csv(out_dir / "iaptt_fig1_final.csv",
                [{k: r[k] for k in ("method", "x0", "y0", "x", "y", "z", "upper_final")} for r in runs])
 
-    # ---- Fig. 2: running mean of k_bar and seconds per outer step (IAPTT-GM vs IA-GM)
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    # ---- Fig. 2: running mean of k_bar and cumulative seconds (IAPTT-GM vs IA-GM)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), layout="constrained")
     mean_k_bar = {}
-    for r in runs:
-        if r["method"] == "iaptt":
-            kb = r["k_bar"]
-            avg = [sum(kb[: i + 1]) / (i + 1) for i in range(len(kb))]
-            mean_k_bar[f"{r['x0']:g},{r['y0']:g}"] = avg[-1]
-            axes[0].plot(avg, label=f"({r['x0']:g}, {r['y0']:g})")
-        if r["method"] in ("iaptt", "iagm"):
-            axes[1].plot(r["seconds"], lw=0.7, label=f"{r['method']} ({r['x0']:g}, {r['y0']:g})")
-    axes[0].axhline(TOY["inner_steps"], color="k", ls=":", label="K (IA-GM)")
+    for j, (x0, y0) in enumerate(INITS):  # colour: the initialization; solid: IAPTT-GM, dashed: IA-GM
+        for r in (r for r in runs if (r["x0"], r["y0"]) == (x0, y0)):
+            if r["method"] not in ("iaptt", "iagm"):
+                continue
+            style = line_style(j, len(r["seconds"]), len(INITS))
+            style["linestyle"] = "-" if r["method"] == "iaptt" else "--"
+            label = f"{'IAPTT-GM' if r['method'] == 'iaptt' else 'IA-GM'} from ({x0:g}, {y0:g})"
+            if r["method"] == "iaptt":
+                kb = r["k_bar"]
+                avg = [sum(kb[: i + 1]) / (i + 1) for i in range(len(kb))]
+                mean_k_bar[f"{x0:g},{y0:g}"] = avg[-1]
+                axes[0].plot(avg, label=label, **style)
+            # cumulative time (single steps take milliseconds and jitter by 2-3x on a shared machine), without
+            # the first step, which includes one-off warm-up costs of whichever run comes first
+            secs = r["seconds"][1:]
+            axes[1].plot(range(1, len(secs) + 1), list(itertools.accumulate(secs)), label=label, **style)
+    axes[0].axhline(TOY["inner_steps"], color="k", ls=":", label="K (IA-GM: k_bar = K)")
     axes[0].set_title("IAPTT-GM: running mean of k_bar")
     axes[0].set_xlabel("outer iteration")
-    axes[1].set_title("seconds per outer step")
+    axes[1].set_title("cumulative seconds of outer steps 2, 3, ...")
     axes[1].set_xlabel("outer iteration")
-    axes[0].legend(fontsize=8)
-    axes[1].legend(fontsize=6)
-    fig.tight_layout()
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+    figure_legend(fig, axes, ncol=4)
+    fig.suptitle("IAPTT-GM Fig. 2: truncation k_bar and cost per step on toy Eq. 10", fontsize=12)
     fig.savefig(out_dir / "iaptt_fig2_kbar.png", dpi=110)
     plt.close(fig)
     _write_csv(out_dir / "iaptt_fig2_kbar.csv",
@@ -295,17 +313,22 @@ def run(out_dir: pathlib.Path, quick: bool = False) -> Dict[str, Any]:
         llc = llc_runs(n=10, inner_steps=10, inner_lr=0.1, outer_steps=60, outer_lr=1e-3)
     else:
         llc = llc_runs(n=50, inner_steps=20, inner_lr=0.05, outer_steps=200, outer_lr=3e-4)
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    for m, c in llc.items():
-        axes[0].plot(c["y_err"], label=m)
-        axes[1].plot(c["x_err"], label=m)
-    axes[0].set_ylabel("||y - y*||")
-    axes[1].set_ylabel("||x - x*||")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), layout="constrained")
+    for i, (m, c) in enumerate(llc.items()):
+        axes[0].plot(c["y_err"], label=m, **line_style(i, len(c["y_err"]), len(llc)))
+        axes[1].plot(c["x_err"], label=m, **line_style(i, len(c["x_err"]), len(llc)))
+    axes[0].set_title("||y - y*||")
+    axes[1].set_title("||x - x*||")
     for ax in axes:
         ax.set_xlabel("outer iteration")
-        ax.set_yscale("log")
-        ax.legend()
-    fig.tight_layout()
+        lines = [v for line in ax.get_lines() for v in line.get_ydata()]
+        if lines and min(lines) > 0 and max(lines) > 20 * min(lines):  # log only over a wide range
+            ax.set_yscale("log")
+        ax.grid(True, alpha=0.3)
+    figure_legend(fig, axes)
+    steps = len(next(iter(llc.values()))["x_err"]) if llc else 0
+    fig.suptitle(f"IAPTT-GM Fig. 3: LLC problem Eq. 13 (n = {10 if quick else 50}, {steps} outer steps), "
+                 "IA-GM vs IA-GM(A)", fontsize=12)
     fig.savefig(out_dir / "iaptt_fig3_llc.png", dpi=110)
     plt.close(fig)
     _write_csv(out_dir / "iaptt_fig3_llc.csv",

@@ -37,7 +37,9 @@ class TaskRun:
     loop_options : dict
         Extra keyword arguments for :class:`bilevel.OuterLoop` that the task fixes (e.g. ``x_bounds``).
     state_dict, load_state_dict : callable, optional
-        Task-side state that must survive a resume beyond ``t`` (e.g. a sampler position), if any.
+        Task-side state that must survive a resume beyond ``t`` (e.g. a sampler position), if any. Plain
+        data only (tensors, lists, tuples, dicts, ints, floats, bools, strs, None): checkpoints are read with
+        ``torch.load(weights_only=True)`` and refuse anything else (:func:`bilevel.checkpoint.check_plain`).
     shard_objectives : callable, optional
         ``shard_objectives(t, rank, world_size) -> (upper, lower)``: this rank's share of step t's
         objectives for multi-process runs (see :mod:`bilevel.distributed`); the single-process objectives

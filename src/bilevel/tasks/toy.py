@@ -5,8 +5,10 @@
       min_{x in [-100, 100]} 1/2 (x - [y]_2)^2 + 1/2 ([y]_1 - 1)^2   s.t.  y in argmin_{y in R^2} 1/2 [y]_1^2 - x [y]_1
 
   solution x* = 1, y* = (1, 1), F* = 0; f*(x) = -x^2 / 2. Objectives from
-  :mod:`bilevel.experiments.synthetic_bda`. The paper's settings are s_l = 0.2 (``inner_lr``), s_u = 0.7
-  (``method_options={"upper_lr": 0.7}`` for ``bda``), K = 16, alpha_k = 0.5 / k (BDA's default).
+  :mod:`bilevel.experiments.synthetic_bda`. The defaults are the paper's settings (BDA Sec. 5.1): s_l = 0.2
+  (``inner_lr``), s_u = 0.7 (``method_options={"upper_lr": 0.7}``, dropped for methods without ``upper_lr``),
+  K = 16, alpha_k = 0.5 / k (BDA's default), x0 = 0, y0 = (2, 2); the outer optimizer is not stated in the paper
+  (our choice: projected SGD with step 0.5, 200 steps). ``bilevel run toy`` then ends at x = 1.083 (x* = 1).
 * ``problem="iaptt"`` -- IAPTT-GM's toy without lower-level convexity (Liu et al., NeurIPS 2021, Eq. 10)::
 
       min_{x in [1, 10]} x + x y   s.t.  y in argmin_{y in [-2, 2]} -sin(x y)
@@ -41,7 +43,8 @@ OPTIONS: Dict[str, Tuple[Any, type, str]] = {
                       "(default '2')"),
 }
 
-#: This task's defaults for the runner-owned keys (the BDA problem's settings, BDA Sec. 5.1).
+#: This task's defaults for the runner-owned keys (the BDA problem's settings, BDA Sec. 5.1: s_l = 0.2, s_u = 0.7,
+#: K = 16; the outer SGD is our choice). ``upper_lr`` applies to the methods that take it (bda, bigsam).
 COMMON_DEFAULTS: Dict[str, Any] = {
     "method": "bda",
     "inner_steps": 16,
@@ -50,7 +53,7 @@ COMMON_DEFAULTS: Dict[str, Any] = {
     "outer_lr": 0.5,
     "outer_optimizer": "sgd",
     "log_every": 20,
-    "method_options": {},
+    "method_options": {"upper_lr": 0.7},
 }
 
 _RUNNER_KEYS = ("method", "inner_steps", "inner_lr", "outer_steps", "outer_lr", "outer_optimizer", "seed",
@@ -143,5 +146,13 @@ def build(config: Mapping[str, Any]) -> TaskRun:
 
 def config_with_defaults(**overrides: Any) -> Dict[str, Any]:
     """A full config (:data:`OPTIONS`, :data:`COMMON_DEFAULTS`, ``seed=0``, ``dtype="float64"``) with
-    ``overrides`` applied (for scripts and tests)."""
-    return full_config("toy", OPTIONS, COMMON_DEFAULTS, overrides, dtype="float64")
+    ``overrides`` applied (for scripts and tests).
+
+    As in the runner, the default ``method_options`` keep only the options the chosen method takes (``upper_lr``
+    is dropped for ``rhg``); ``method_options`` given in ``overrides`` are used as they are.
+    """
+    cfg = full_config("toy", OPTIONS, COMMON_DEFAULTS, overrides, dtype="float64")
+    if "method_options" not in overrides:
+        allowed = _methods.get(cfg["method"]).options if cfg["method"] in _methods.METHODS else ()
+        cfg["method_options"] = {k: v for k, v in cfg["method_options"].items() if k in allowed}
+    return cfg
