@@ -25,6 +25,7 @@ import json
 import math
 import pathlib
 import time
+import weakref
 import warnings
 from typing import Any, Callable, Dict, List, Sequence, Tuple
 
@@ -128,27 +129,58 @@ def toy_runs(outer_steps: int, methods: Sequence[str]) -> List[Dict[str, Any]]:
     return [solve_toy(m, x0, y0, outer_steps) for m in methods for x0, y0 in INITS]
 
 
+class _Saved:
+    """What the autograd graph holds for one saved tensor while :func:`_tape_bytes` watches: owned by the graph
+    alone, so it is freed exactly when the graph lets the saved tensor go."""
+
+    __slots__ = ("tensor", "__weakref__")
+
+    def __init__(self, tensor: torch.Tensor):
+        self.tensor = tensor
+
+
 def _tape_bytes(fn: Callable[[], Any]) -> int:
-    """Bytes of the distinct storages saved for backward while ``fn`` runs (the autograd tape's memory)."""
-    seen: Dict[int, int] = {}
+    """Peak bytes of the distinct storages the autograd tape holds at once while ``fn`` runs.
 
-    def pack(t: torch.Tensor) -> torch.Tensor:
+    Every saved tensor is wrapped in a :class:`_Saved` owned by the graph; a storage counts from the first save
+    that references it until the last such wrapper is freed. This depends only on what the graph saves and
+    when it is released, not on the allocator reusing addresses.
+    """
+    refs: Dict[int, int] = {}
+    size: Dict[int, int] = {}
+    live = [0, 0]  # current, peak
+
+    def release(ptr: int) -> None:
+        refs[ptr] -= 1
+        if refs[ptr] == 0:
+            live[0] -= size.pop(ptr)
+            del refs[ptr]
+
+    def pack(t: torch.Tensor) -> _Saved:
         st = t.untyped_storage()
-        seen[st.data_ptr()] = max(seen.get(st.data_ptr(), 0), st.nbytes())
-        return t
+        ptr = st.data_ptr()
+        if ptr not in refs:
+            refs[ptr] = 0
+            size[ptr] = st.nbytes()
+            live[0] += size[ptr]
+            live[1] = max(live[1], live[0])
+        refs[ptr] += 1
+        saved = _Saved(t)
+        weakref.finalize(saved, release, ptr)
+        return saved
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda s: s.tensor):
         fn()
-    return sum(seen.values())
+    return live[1]
 
 
 def table1(methods: Sequence[str], dim: int, outer_steps: int, reps: int) -> List[Dict[str, Any]]:
     """Runtime and memory of a whole :func:`bilevel.solve` run on ``dim`` copies of the toy, ratios to RHG.
 
     Starts at ``(x0, y0) = (7, -1)`` with the toy settings. Time: median over ``reps`` runs
-    (``time.perf_counter``). Memory: bytes of the distinct storages saved for backward during the run
-    (autograd saved-tensor hooks; freed storages whose address is reused count once, so this tracks the
-    largest tape, the quantity that grows with K or k_bar). The machine is shared: compare ratios.
+    (``time.perf_counter``). Memory: the peak bytes of distinct storages the autograd tape holds at once
+    during the run (:func:`_tape_bytes`; the quantity that grows with K or k_bar), deterministic for a given
+    code path. The machine is shared: compare the time ratios of one run.
     """
     x = torch.full((dim,), 7.0, dtype=torch.float64)
     y0 = torch.full((dim,), -1.0, dtype=torch.float64)
