@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ import pytest
 import torch
 
 import bilevel
+from dist_testutils import env
 from bilevel import distributed as D
 from bilevel.api import OuterLoop
 
@@ -24,12 +24,6 @@ META_EXACT = [m for m in D.TASK_PARALLEL_EXACT if m in bilevel.METHODS]
 DATA_EXACT = sorted(m for m in bilevel.METHODS if m != "metasgd")
 
 
-def _env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE.parents[1] / "src"), env.get("PYTHONPATH", "")])
-    env["OMP_NUM_THREADS"] = "1"
-    env.pop("WORLD_SIZE", None)
-    return env
 
 
 def _launch(tmp: Path, mode: str, dtype: str, methods, nproc: int) -> dict:
@@ -39,7 +33,7 @@ def _launch(tmp: Path, mode: str, dtype: str, methods, nproc: int) -> dict:
         cmd = [sys.executable, *args]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return torch.load(out)
 
@@ -145,7 +139,7 @@ def test_cli_fewshot_nproc2_matches_one_process(tmp_path):
         out = tmp_path / f"n{n}"
         cmd = [sys.executable, "-m", "bilevel", "run", "fewshot", *TINY, "--out", str(out), "--nproc", str(n),
                "--checkpoint-every", "0"]
-        proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        proc = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=120, cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
         outs[n] = out
     s1, s2 = (json.loads((outs[n] / "summary.json").read_text()) for n in (1, 2))
@@ -186,7 +180,7 @@ def test_cli_hyperclean_data_parallel_nproc2_matches_one_process(tmp_path, metho
         out = tmp_path / f"n{n}"
         cmd = [sys.executable, "-m", "bilevel", "run", "hyperclean", *HC_TINY, *extra, "--method", method, "--out",
                str(out), "--nproc", str(n)]
-        proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        proc = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=120, cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
         outs[n] = out
     s1, s2 = (json.loads((outs[n] / "summary.json").read_text()) for n in (1, 2))

@@ -3,7 +3,6 @@ many processes (and only so), exactly."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,22 +12,17 @@ import torch
 import yaml
 
 import bilevel
+from dist_testutils import env
 from bilevel import distributed as D
 
 HERE = Path(__file__).resolve().parent
 WALL = ("time", "eval_time")
 
 
-def _env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE.parents[1] / "src"), env.get("PYTHONPATH", "")])
-    env["OMP_NUM_THREADS"] = "1"
-    env.pop("WORLD_SIZE", None)
-    return env
 
 
 def _bilevel(*args: str, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bilevel", *args], env=_env(), capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "bilevel", *args], env=env(), capture_output=True, text=True,
                           timeout=timeout, cwd=cwd)
 
 

@@ -8,13 +8,27 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List
 
-from bilevel import cli
+from cli_testutils import main  # noqa: F401  (re-exported for the tests of this folder)
 
 HERE = Path(__file__).resolve().parent
 
 #: wall-clock fields: differ between runs, left out of the bitwise comparisons
 WALL_LINE_KEYS = ("time", "eval_time")
 WALL_SUMMARY_KEYS = ("loop_seconds", "wall_seconds", "peak_rss_mb")
+
+
+def interrupted_toy_run(config: Dict[str, Any], run_dir: Path, steps: int) -> Path:
+    """A toy run stopped (as if killed) after ``steps`` outer steps, checkpoints every 5."""
+    from bilevel.runner import TaskRunner
+
+    r = TaskRunner("toy", config, run_dir, quiet=True, checkpoint_every=5)
+    r.setup()
+    for _ in range(steps):
+        r.step()
+        if r._checkpoint_due():
+            r.save_checkpoint()
+    r.close()
+    return run_dir
 
 
 def env() -> Dict[str, str]:
@@ -29,16 +43,6 @@ def bilevel_cmd(*args: str) -> List[str]:
 
 def run(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     return subprocess.run(bilevel_cmd(*args), capture_output=True, text=True, timeout=timeout, env=env())
-
-
-def main(argv, capsys):
-    """Run the CLI in-process; returns (exit code, stdout, stderr)."""
-    try:
-        code = cli.main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def lines(run_dir: Path) -> List[str]:

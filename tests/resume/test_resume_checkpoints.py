@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from bilevel import checkpoint as ckpt
-from bilevel.runner import TaskRunner, resume_run, run_task
+from bilevel.runner import resume_run, run_task
 
-from resume_test_helpers import comparable_lines, comparable_summary, main
+from resume_test_helpers import comparable_lines, comparable_summary, interrupted_toy_run, main
 
 TOY = {"dtype": "float64", "outer_steps": 30, "log_every": 4, "threads": 1, "method": "bda",
        "method_options": {"upper_lr": 0.7}}
@@ -39,15 +39,7 @@ def test_save_is_atomic_and_keeps_the_newest_two(tmp_path):
 
 
 def _interrupted(tmp_path, name, steps):
-    """A toy run stopped (as if killed) after ``steps`` outer steps, checkpoints every 5."""
-    r = TaskRunner("toy", TOY, tmp_path / name, quiet=True, checkpoint_every=5)
-    r.setup()
-    for _ in range(steps):
-        r.step()
-        if r._checkpoint_due():
-            r.save_checkpoint()
-    r.close()
-    return tmp_path / name
+    return interrupted_toy_run(TOY, tmp_path / name, steps)
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip"])

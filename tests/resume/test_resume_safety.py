@@ -16,9 +16,10 @@ import torch
 import yaml
 
 from bilevel import checkpoint as ckpt
-from bilevel.runner import TaskRunner, resume_run, run_task
+from bilevel.runner import resume_run, run_task
 
-from resume_test_helpers import bilevel_cmd, comparable_lines, comparable_summary, env, lines, main, run
+from resume_test_helpers import (bilevel_cmd, comparable_lines, comparable_summary, env, interrupted_toy_run, lines,
+                                 main, run)
 
 TOY = {"dtype": "float64", "outer_steps": 12, "log_every": 2, "threads": 1, "method": "bda",
        "method_options": {"upper_lr": 0.7}}
@@ -45,15 +46,7 @@ def _crafted_checkpoint(path, marker):
 
 
 def _interrupted(tmp_path, name, steps):
-    """A toy run stopped (as if killed) after ``steps`` outer steps, checkpoints every 5."""
-    r = TaskRunner("toy", TOY, tmp_path / name, quiet=True, checkpoint_every=5)
-    r.setup()
-    for _ in range(steps):
-        r.step()
-        if r._checkpoint_due():
-            r.save_checkpoint()
-    r.close()
-    return tmp_path / name
+    return interrupted_toy_run(TOY, tmp_path / name, steps)
 
 
 def test_crafted_checkpoint_is_refused_without_running_its_code(tmp_path, caplog):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bilevel import cli
+from cli_testutils import main
 
 HERE = Path(__file__).resolve().parent
 FAKE = ["--task-module", "runner_fake_task"]
@@ -20,16 +20,6 @@ def run(*args, timeout=240):
                PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
     return subprocess.run([sys.executable, "-m", "bilevel", *args], capture_output=True, text=True,
                           timeout=timeout, env=env)
-
-
-def main(argv, capsys):
-    """Run the CLI in-process; returns (exit code, stdout, stderr)."""
-    try:
-        code = cli.main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_run_writes_files_with_yaml_and_command_line_precedence(tmp_path, capsys):

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from bilevel import checkpoint as ckpt
-from bilevel import cli
 from bilevel import plots
 from bilevel import runner as runner_module
 from bilevel.guards import EXIT_DIVERGED, DivergenceError, GuardOptions, Guards, StopSignals
 from bilevel.runner import run_task
+from cli_testutils import main
 
 HERE = Path(__file__).resolve().parent
 FAKE = ["--task-module", "runner_fake_task"]
@@ -28,16 +28,6 @@ WALL_SUMMARY = ("loop_seconds", "wall_seconds", "peak_rss_mb")
 # the digits run of the issue, tiny
 DIGITS = ["run", "hyperclean", "--dataset", "digits", "--train-size", "50", "--val-size", "50", "--test-size", "50",
           "--inner-steps", "5", "--outer-steps", "4", "--log-every", "1", "--threads", "1", "--quiet"]
-
-
-def main(argv, capsys):
-    """Run the CLI in-process; returns (exit code, stdout, stderr)."""
-    try:
-        code = cli.main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def metric_lines(d):
