@@ -1,4 +1,7 @@
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 import torch
@@ -9,6 +12,15 @@ from quadratic_problems import make_quadratic
 # threads and with ATEN_CPU_CAPABILITY=avx2 and default (the tests must not depend on one machine's last bits)
 if os.environ.get("BILEVEL_TEST_THREADS"):
     torch.set_num_threads(int(os.environ["BILEVEL_TEST_THREADS"]))
+
+# torch.compile keeps compiled kernels in one on-disk cache per user (/tmp/torchinductor_<user>), whose key does not
+# tell apart kernels built under different ATEN_CPU_CAPABILITY settings: after a run under avx2, the default kernel
+# loaded from that cache returned inf or corrupted the heap ("corrupted size vs. prev_size"), with a fresh cache
+# every setting is right. The suite (and the CLI subprocesses it starts) compiles into a cache of its own.
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    _inductor_cache = tempfile.mkdtemp(prefix="bilevel-tests-inductor-")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = _inductor_cache
+    atexit.register(shutil.rmtree, _inductor_cache, ignore_errors=True)
 
 
 @pytest.fixture
