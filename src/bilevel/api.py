@@ -154,12 +154,13 @@ def _finish(problem: Problem, est, x: torch.Tensor, wrt_init: bool, y0: Optional
     return HypergradResult(xs.unflatten(est.grad_x), ys.unflatten(est.y), gy0, info)
 
 
-def _check_keywords(where: str, params: Sequence[str], meth: Any, options: Dict[str, Any]) -> None:
-    """A keyword that is neither a parameter of ``where`` nor an option of the method: say both, suggest a name."""
+def _check_keywords(fn: Callable[..., Any], meth: Any, options: Dict[str, Any]) -> None:
+    """A keyword that is neither a parameter of ``fn`` nor an option of the method: say both, suggest a name."""
     unknown = [k for k in options if k not in meth.options]
     if not unknown:
         return
-    own = [p for p in params if p != "options"]
+    where = "OuterLoop" if fn is OuterLoop.__init__ else fn.__name__
+    own = [p for p in inspect.signature(fn).parameters if p not in ("self", "options")]
     hints = []
     for key in unknown:
         close = difflib.get_close_matches(key, own + list(meth.options), n=1, cutoff=0.6)
@@ -170,10 +171,6 @@ def _check_keywords(where: str, params: Sequence[str], meth: Any, options: Dict[
     raise ValueError(f"unknown option(s) {names} for method {meth.name!r}; its options are: {allowed}. "
                      f"{'It is' if len(unknown) == 1 else 'They are'} not a parameter of {where}() either (its "
                      f"parameters: {', '.join(own)})" + (f"; did you mean {', '.join(hints)}?" if hints else ""))
-
-
-def _params(fn: Callable[..., Any]) -> List[str]:
-    return [p for p in inspect.signature(fn).parameters if p not in ("self", "options")]
 
 
 # ------------------------------------------------------------------------------------------ API
@@ -205,7 +202,7 @@ def hypergrad(upper: Objective, lower: Objective, x: Tree, y0: Tree, *, method: 
     -------
     HypergradResult
     """
-    _check_keywords("hypergrad", _params(hypergrad), _methods.get(method), options)
+    _check_keywords(hypergrad, _methods.get(method), options)
     meth, steps, lr, problem, xf, yf = _setup(upper, lower, x, y0, method, inner_steps, inner_lr, y_bounds)
     plan = meth.bind(problem, lr, steps, options)
     est = plan.estimate(xf, yf, steps, wrt_init=meth.learns_init)
@@ -237,7 +234,9 @@ class OuterLoop:
     :meth:`state_dict` / :meth:`load_state_dict` hold x, the inner initialization, the warm-start iterate,
     the step counter and the optimizer state.
 
-    Parameters are those of :func:`solve` (without the objectives and ``outer_steps``), plus
+    Every option is checked when the loop is built (the method is bound once, as the first step will), so a
+    bad option value fails before any step. Parameters are those of :func:`solve` (without the objectives and
+    ``outer_steps``), plus
 
     reduce_grads : callable, optional
         ``reduce_grads(grad_x, grad_y0) -> (grad_x, grad_y0)`` on the flat hypergradient (and the
@@ -255,7 +254,7 @@ class OuterLoop:
                  reduce_grads: Optional[Callable[[torch.Tensor, Optional[torch.Tensor]], tuple]] = None,
                  **options: Any):
         self.method = _methods.get(method)
-        _check_keywords("OuterLoop", _params(OuterLoop.__init__), self.method, options)
+        _check_keywords(OuterLoop.__init__, self.method, options)
         # optional hook on the flat (grad_x, grad_y0) before the step, e.g. an all-reduce across
         # ranks passed in by bilevel.distributed; returns the reduced pair (the core never imports it)
         if reduce_grads is not None and not callable(reduce_grads):
@@ -288,6 +287,10 @@ class OuterLoop:
             params.append({"params": [self._y_init], "lr": self.init_lr})
         self.optimizer = _optimizer(outer_optimizer, params, self.outer_lr, outer_kwargs)
         self.t = 0
+        try:  # bind once, as the first step will: a bad option value fails here, before any work or file
+            self._plan(_placeholder, _placeholder, 0)
+        except _NotEvaluated:  # a method that evaluates the objectives while binding: nothing more to check
+            pass
         self.solver_nonconverged_steps = 0  # outer steps whose linear solve stopped above its tolerance
 
     def _project(self, y: torch.Tensor) -> torch.Tensor:
@@ -409,7 +412,7 @@ def solve(upper: Objective, lower: Objective, x0: Tree, y0: Tree, *, method: str
     """
     if not callable(upper) or not callable(lower):
         raise ValueError("upper and lower must be callables f(x, y) returning scalar tensors")
-    _check_keywords("solve", _params(solve), _methods.get(method), options)
+    _check_keywords(solve, _methods.get(method), options)
     T = check_int("outer_steps", outer_steps, 0)
     loop = OuterLoop(x0, y0, method=method, outer_lr=outer_lr, outer_optimizer=outer_optimizer,
                      inner_steps=inner_steps, inner_lr=inner_lr, x_bounds=x_bounds, y_bounds=y_bounds,
@@ -424,6 +427,14 @@ def solve(upper: Objective, lower: Objective, x0: Tree, y0: Tree, *, method: str
             callback(t, record)
     final_upper, y_final = loop.evaluate(upper, lower)
     return SolveResult(loop.x, y_final, history, loop.y0, {"upper_final": final_upper})
+
+
+class _NotEvaluated(Exception):
+    """Raised by :func:`_placeholder`: the objectives of the option check in ``OuterLoop.__init__``."""
+
+
+def _placeholder(x: Any, y: Any) -> torch.Tensor:
+    raise _NotEvaluated
 
 
 def _plain(v: Any) -> bool:
@@ -481,7 +492,7 @@ def check_hypergrad(upper: Objective, lower: Objective, x: Tree, y0: Tree, *, me
     seed : int
         Seed of the random directions.
     """
-    _check_keywords("check_hypergrad", _params(check_hypergrad), _methods.get(method), options)
+    _check_keywords(check_hypergrad, _methods.get(method), options)
     meth, steps, lr, problem, xf, yf = _setup(upper, lower, x, y0, method, inner_steps, inner_lr, y_bounds)
     plan: Plan = meth.bind(problem, lr, steps, options)
     est = plan.estimate(xf, yf, steps, wrt_init=meth.learns_init)

@@ -158,19 +158,16 @@ def _writing(path: Any) -> Iterator[None]:
         raise
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write ``path`` through a temporary file renamed over it (readers never see half a file)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # a killed writer's leftover: see setup()
+@contextlib.contextmanager
+def _rng_untouched() -> Iterator[None]:
+    """Run the block without consuming the python, numpy or torch (CPU) random streams."""
+    states = random.getstate(), np.random.get_state()
     try:
-        with open(tmp, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+        with torch.random.fork_rng(devices=[]):
+            yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
 
 
 def _curves_title(task: str, config: Mapping[str, Any], steps: Any) -> str:
@@ -184,26 +181,6 @@ def _is_writer() -> bool:
     if dist is None or not dist.is_available() or not dist.is_initialized():
         return True
     return dist.get_rank() == 0
-
-
-class _NotEvaluated(Exception):
-    pass
-
-
-def _never_called(x: Any, y: Any) -> Any:
-    raise _NotEvaluated
-
-
-def _check_method_values(loop: OuterLoop) -> None:
-    """Bind the loop's method once, as its first step will (ValueError for a bad method-option value).
-
-    The objectives are placeholders: binding only checks the options; a method that evaluated them while
-    binding would stop at the placeholder, which is not an error.
-    """
-    try:
-        loop._plan(_never_called, _never_called, loop.t)
-    except _NotEvaluated:
-        pass
 
 
 # ------------------------------------------------------------------------------------------ the run
@@ -359,7 +336,6 @@ class TaskRunner:
                                       outer_optimizer=c["outer_optimizer"], inner_steps=c["inner_steps"],
                                       inner_lr=c["inner_lr"], init_lr=c["init_lr"], **dict(run.loop_options or {}),
                                       **{k: schedules.from_config(v) for k, v in c["method_options"].items()})
-        _check_method_values(self.loop)
         # nothing is written before the task, the loop and the method accepted the configuration; nothing is
         # deleted or overwritten before this process holds the directory's lock
         if not resume:
@@ -489,14 +465,9 @@ class TaskRunner:
             The line.
         """
         assert self.run is not None and self.loop is not None
-        states = random.getstate(), np.random.get_state()
         t_eval = time.perf_counter()
-        try:
-            with torch.random.fork_rng(devices=[]):
-                metrics = _metrics_dict(self.run.evaluate(self.loop), "evaluate()")
-        finally:
-            random.setstate(states[0])
-            np.random.set_state(states[1])
+        with _rng_untouched():
+            metrics = _metrics_dict(self.run.evaluate(self.loop), "evaluate()")
         self.eval_seconds += time.perf_counter() - t_eval
         line: Dict[str, Any] = {"step": 0}
         if isinstance(metrics.get("upper"), float):
@@ -513,13 +484,8 @@ class TaskRunner:
         In a task-parallel distributed run (a loop with ``data_parallel`` False) the values are summed over
         the ranks, like the ``upper`` / ``lower`` of the step records (every rank must call this together).
         """
-        states = random.getstate(), np.random.get_state()
-        try:
-            with torch.no_grad(), torch.random.fork_rng(devices=[]):
-                values = {name: float(fn(x, y)) for name, fn in objectives.items()}
-        finally:
-            random.setstate(states[0])
-            np.random.set_state(states[1])
+        with torch.no_grad(), _rng_untouched():
+            values = {name: float(fn(x, y)) for name, fn in objectives.items()}
         ctx = getattr(self.loop, "ctx", None)
         if ctx is not None and getattr(self.loop, "data_parallel", True) is False:
             from .distributed import reduce_record  # sums "upper" and "lower" over the ranks
@@ -563,7 +529,7 @@ class TaskRunner:
         with _writing(self.out / CURVES_FILE):
             plots.plot_curves(self.records, self.out / CURVES_FILE, title=_curves_title(self.task, c, self.t))
         with _writing(self.out / SUMMARY_FILE):
-            _atomic_write_text(self.out / SUMMARY_FILE, json.dumps(summary, indent=1) + "\n")
+            ckpt.atomic_write_bytes(self.out / SUMMARY_FILE, (json.dumps(summary, indent=1) + "\n").encode())
         return summary
 
     def close(self) -> None:

@@ -173,7 +173,12 @@ def test_a_full_disk_is_one_error_line_and_the_run_resumes(where, tmp_path, caps
         monkeypatch.setattr(plots, "plot_curves", _enospc)
         path = out / "curves.png"
     else:
-        monkeypatch.setattr(runner_module, "_atomic_write_text", _enospc)
+        real_write = ckpt.atomic_write_bytes
+
+        def full_for_summary(target, data):
+            return _enospc() if Path(target).name == "summary.json" else real_write(target, data)
+
+        monkeypatch.setattr(ckpt, "atomic_write_bytes", full_for_summary)
         path = out / "summary.json"
     argv = ["run", "hyperclean", *FAKE, "--dtype", "float64", "--checkpoint-every", "2", "--quiet", "--out", str(out)]
     code, _, err = main(argv, capsys)
