@@ -28,7 +28,7 @@ data:
 	fi
 
 demo: venv data
-	$(PY) -m bilevel.demo
+	$(PY) -m bilevel.app.demo
 
 test: venv data
 	$(PY) -m pytest -q

@@ -1,5 +1,5 @@
 """The in-process CLI runner shared by the tests of tests/runner and tests/resume (tests/ is on sys.path)."""
-from bilevel import cli
+from bilevel.app import cli
 
 
 def main(argv, capsys):

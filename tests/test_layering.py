@@ -2,9 +2,9 @@
 import subprocess
 import sys
 
-SHELL = ["bilevel.cli", "bilevel.runner", "bilevel.config", "bilevel.tasks", "bilevel.data", "bilevel.distributed",
-         "bilevel.checkpoint", "bilevel.guards", "bilevel.bench", "bilevel.plots", "bilevel.experiments",
-         "bilevel.demo"]
+SHELL = ["bilevel.app.cli", "bilevel.app.run.runner", "bilevel.app.config", "bilevel.app.tasks", "bilevel.app.data", "bilevel.parallel",
+         "bilevel.app.run.checkpoint", "bilevel.app.run.guards", "bilevel_benchmarks.bench", "bilevel.app.run.plots", "bilevel.app.experiments",
+         "bilevel.app.demo"]
 
 
 def test_import_bilevel_loads_no_shell_module():

@@ -1,4 +1,4 @@
 """``python -m bilevel`` is the ``bilevel`` command."""
-from .cli import main
+from .app.cli import main
 
 raise SystemExit(main())

@@ -241,7 +241,7 @@ class OuterLoop:
     reduce_grads : callable, optional
         ``reduce_grads(grad_x, grad_y0) -> (grad_x, grad_y0)`` on the flat hypergradient (and the
         flat initialization gradient of methods that learn it, else None) before the finiteness check, the
-        record's ``grad_norm`` and the optimizer step; e.g. :func:`bilevel.distributed.grad_reducer`.
+        record's ``grad_norm`` and the optimizer step; e.g. :func:`bilevel.parallel.grad_reducer`.
     init_lr : float, optional
         Step size of the learned initialization (methods with ``learns_init``: iaptt, iagm, iagm-a, ...),
         default ``outer_lr``; IAPTT-GM's alpha_z, which need not equal the step alpha_x of x.
@@ -256,7 +256,7 @@ class OuterLoop:
         self.method = _methods.get(method)
         _check_keywords(OuterLoop.__init__, self.method, options)
         # optional hook on the flat (grad_x, grad_y0) before the step, e.g. an all-reduce across
-        # ranks passed in by bilevel.distributed; returns the reduced pair (the core never imports it)
+        # ranks passed in by bilevel.parallel; returns the reduced pair (the core never imports it)
         if reduce_grads is not None and not callable(reduce_grads):
             raise ValueError(f"reduce_grads must be a callable (grad_x, grad_y0) -> (grad_x, grad_y0), got "
                              f"{reduce_grads!r}")

@@ -1,0 +1,265 @@
+"""Data hyper-cleaning: learn one weight per training sample so that a model trained on the noisy training
+set does well on a clean validation set.
+
+* upper variable ``x`` in R^n (n = ``train_size``), sample weight ``sigmoid(x_i)``, ``x0 = 0`` (weights 0.5);
+* lower variable ``y``: the parameters of the follower, a dict of tensors --
+  ``model="linear"`` (softmax regression, convex follower): ``{"weight": (C, D), "bias": (C,)}``, ``y0 = 0``;
+  ``model="mlp"`` (one hidden ReLU layer, i.e. two fully connected layers: the non-convex follower of IAPTT-GM
+  Table 3): ``{"w1": (H, D), "b1": (H,), "w2": (C, H), "b2": (C,)}``, ``y0`` seeded uniform
+  ``+-1/sqrt(fan_in)`` (PyTorch's ``nn.Linear`` default) weights and zero biases;
+* lower ``f(x, y) = 1/n sum_i sigmoid(x_i) CE(model(y, u_i), v_i) + l2 * sum ||W||^2`` (weight matrices only);
+* upper ``F(x, y) = 1/m sum_j CE(model(y, u_j), v_j)`` over the clean validation set;
+* ``warm_start``: every inner loop starts from the previous outer step's ``y_K`` (the hypergradient treats
+  that start as a constant), so the follower keeps training across outer steps.
+
+The papers write both losses as *sums*; ours are *means*, so a paper step size ``s_sum`` corresponds to
+``inner_lr = s_sum * n`` here (docs/tasks.md). Metrics: test accuracy of the method's ``y`` at the final x
+(:meth:`bilevel.OuterLoop.evaluate`) and precision / recall / F1 of flagging corrupted samples, a sample
+being flagged iff ``x_i <= 0`` (sigmoid weight <= 0.5; BVFIM's rule).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Mapping, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bilevel import methods as _methods
+from bilevel.api import OuterLoop
+from bilevel.app.data import hyperclean_split
+from bilevel.app.data.hyperclean import DEFAULT_SIZES
+from bilevel.app.tasks import metrics
+from bilevel.app.tasks.base import TaskRun, full_config
+
+MODELS = ("linear", "mlp")
+DATASETS = ("digits", "fashion-mnist", "mnist")
+
+#: Task options: name -> (default, type, help).
+OPTIONS: Dict[str, Tuple[Any, type, str]] = {
+    "dataset": ("digits", str, "digits | fashion-mnist | mnist"),
+    "model": ("linear", str, "follower: linear (softmax regression) | mlp (two fully connected layers)"),
+    "train_size": (None, int, "training samples (default: 500 for digits, 5000 otherwise)"),
+    "val_size": (None, int, "clean validation samples (default: 500 for digits, 5000 otherwise)"),
+    "test_size": (None, int, "test samples (default: 797 for digits, 10000 otherwise)"),
+    "noise": (0.5, float, "fraction rho of corrupted training labels, in [0, 1]"),
+    "l2": (0.0, float, "weight of the l2 penalty on the follower's weight matrices in the lower objective"),
+    "hidden": (100, int, "hidden width of the mlp follower"),
+    "data_root": (None, str, "directory searched first for the MNIST / Fashion-MNIST IDX files"),
+    "warm_start": (False, bool, "start each inner loop from the previous outer step's y_K instead of y0 "
+                                "(not for methods that learn y0: iaptt, iagm, iagm-a)"),
+}
+
+#: This task's defaults for the runner-owned keys.
+COMMON_DEFAULTS: Dict[str, Any] = {
+    "method": "rhg",
+    "inner_steps": 100,
+    "inner_lr": 0.3,
+    "outer_steps": 100,
+    "outer_lr": 0.3,
+    "outer_optimizer": "adam",
+    "log_every": 10,
+    "method_options": {},
+}
+
+_RUNNER_KEYS = ("method", "inner_steps", "inner_lr", "outer_steps", "outer_lr", "outer_optimizer", "seed",
+                "dtype", "method_options", "log_every")
+
+
+# ------------------------------------------------------------------------------------------ model
+def forward(model: str, y: Mapping[str, torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
+    """Logits of the follower.
+
+    Parameters
+    ----------
+    model : {"linear", "mlp"}
+    y : dict of Tensor
+        Parameters (see the module docstring).
+    inputs : Tensor
+        ``(n, D)`` inputs.
+
+    Returns
+    -------
+    Tensor
+        ``(n, C)`` logits.
+    """
+    if model == "linear":
+        return torch.addmm(y["bias"], inputs, y["weight"].t())
+    hidden = torch.relu(torch.addmm(y["b1"], inputs, y["w1"].t()))
+    return torch.addmm(y["b2"], hidden, y["w2"].t())
+
+
+def weighted_loss(x: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``1/n sum_i sigmoid(x_i) CE(logits_i, labels_i)`` (mean over samples, not over the weights)."""
+    ce = F.cross_entropy(logits, labels, reduction="none")
+    return (torch.sigmoid(x) * ce).mean()
+
+
+def init_params(model: str, dim: int, classes: int, hidden: int, dtype: torch.dtype,
+                generator: torch.Generator) -> Dict[str, torch.Tensor]:
+    """``y0``: zeros for the linear model; for the MLP, weights uniform in ``+-1/sqrt(fan_in)``, zero biases."""
+    if model == "linear":
+        return {"weight": torch.zeros(classes, dim, dtype=dtype), "bias": torch.zeros(classes, dtype=dtype)}
+
+    def uniform(rows: int, cols: int) -> torch.Tensor:
+        bound = 1.0 / math.sqrt(cols)
+        w = torch.rand(rows, cols, generator=generator, dtype=torch.float64) * 2 - 1
+        return (w * bound).to(dtype)
+
+    return {"w1": uniform(hidden, dim), "b1": torch.zeros(hidden, dtype=dtype),
+            "w2": uniform(classes, hidden), "b2": torch.zeros(classes, dtype=dtype)}
+
+
+def flag_corrupted(x: torch.Tensor) -> torch.Tensor:
+    """The cleaning decision: sample i is flagged as corrupted iff ``x_i <= 0`` (weight ``<= 0.5``)."""
+    return x.detach() <= 0
+
+
+# ------------------------------------------------------------------------------------------ build
+def _options(config: Mapping[str, Any]) -> Dict[str, Any]:
+    metrics.require(config, tuple(OPTIONS) + _RUNNER_KEYS, "hyperclean")
+    o: Dict[str, Any] = {}
+    o["dataset"] = metrics.check_choice("dataset", config["dataset"], DATASETS)
+    o["model"] = metrics.check_choice("model", config["model"], MODELS)
+    defaults = DEFAULT_SIZES[o["dataset"]]
+    for key, d in zip(("train_size", "val_size", "test_size"), defaults):
+        v = metrics.check_int(key, config[key], 1, allow_none=True)
+        o[key] = d if v is None else v
+    o["noise"] = metrics.check_real("noise", config["noise"], 0.0, 1.0)
+    o["l2"] = metrics.check_real("l2", config["l2"], 0.0)
+    o["hidden"] = metrics.check_int("hidden", config["hidden"], 1)
+    root = config["data_root"]
+    if root is not None and not isinstance(root, str):
+        raise ValueError(f"data_root must be a directory path (str) or None, got {root!r}")
+    o["data_root"] = root
+    o["seed"] = metrics.check_seed(config["seed"])
+    o["dtype"] = metrics.check_dtype(config["dtype"])
+    method = _methods.get(config["method"])  # unknown method -> ValueError listing the valid ones
+    if not isinstance(config["warm_start"], bool):
+        raise ValueError(f"warm_start must be true or false, got {config['warm_start']!r}")
+    if config["warm_start"] and method.learns_init:
+        raise ValueError(f"warm_start cannot be combined with {method.name!r}, which learns the inner "
+                         "initialization y0; use warm_start: false")
+    o["warm_start"] = config["warm_start"]
+    return o
+
+
+def build(config: Mapping[str, Any]) -> TaskRun:
+    """Build a hyper-cleaning run from a configuration.
+
+    Parameters
+    ----------
+    config : mapping
+        Every key of :data:`OPTIONS` plus the runner keys (``method``, ``inner_steps``, ``inner_lr``,
+        ``outer_steps``, ``outer_lr``, ``outer_optimizer``, ``seed``, ``dtype``, ``method_options``,
+        ``log_every``).
+
+    Returns
+    -------
+    TaskRun
+        ``x0`` zeros (n,), ``y0`` the follower's parameters, fixed objectives, and the metrics.
+
+    Raises
+    ------
+    ValueError
+        Unknown dataset / model / method, sizes that do not fit the dataset, out-of-range values.
+    """
+    o = _options(config)
+    split = hyperclean_split(o["dataset"], o["train_size"], o["val_size"], o["test_size"], noise=o["noise"],
+                             seed=o["seed"], root=o["data_root"])
+    dtype = o["dtype"]
+    X_tr = torch.as_tensor(split.X_train).to(dtype)
+    X_val = torch.as_tensor(split.X_val).to(dtype)
+    X_te = torch.as_tensor(split.X_test).to(dtype)
+    y_tr, y_val, y_te = (torch.as_tensor(a) for a in (split.y_train, split.y_val, split.y_test))
+    corrupted = torch.as_tensor(split.corrupted)
+    model, l2 = o["model"], o["l2"]
+    weights = ("weight",) if model == "linear" else ("w1", "w2")
+
+    def lower(x: torch.Tensor, y: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        loss = weighted_loss(x, forward(model, y, X_tr), y_tr)
+        if l2:
+            loss = loss + l2 * sum((y[k] ** 2).sum() for k in weights)
+        return loss
+
+    def upper(x: torch.Tensor, y: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return F.cross_entropy(forward(model, y, X_val), y_val)
+
+    gen = torch.Generator().manual_seed(int(np.random.SeedSequence([o["seed"], 1]).generate_state(1)[0]))
+    y0 = init_params(model, X_tr.shape[1], split.num_classes, o["hidden"], dtype, gen)
+    x0 = torch.zeros(X_tr.shape[0], dtype=dtype)
+
+    def cleaning(loop: OuterLoop) -> Dict[str, float]:
+        x = loop.x
+        out = metrics.precision_recall_f1(flag_corrupted(x), corrupted)
+        w = torch.sigmoid(x)
+        out["weight_mean_clean"] = float(w[~corrupted].mean()) if bool((~corrupted).any()) else float("nan")
+        out["weight_mean_corrupted"] = float(w[corrupted].mean()) if bool(corrupted.any()) else float("nan")
+        return out
+
+    def evaluate(loop: OuterLoop) -> Dict[str, float]:
+        value, y = loop.evaluate(upper, lower)
+        with torch.no_grad():
+            val_acc = metrics.accuracy(forward(model, y, X_val), y_val)
+        c = cleaning(loop)
+        return {"upper": value, "val_accuracy": val_acc, "f1": c["f1"], "precision": c["precision"],
+                "recall": c["recall"]}
+
+    def summarize(loop: OuterLoop) -> Dict[str, float]:
+        value, y = loop.evaluate(upper, lower)
+        with torch.no_grad():
+            out = {"test_accuracy": metrics.accuracy(forward(model, y, X_te), y_te),
+                   "val_accuracy": metrics.accuracy(forward(model, y, X_val), y_val),
+                   "train_accuracy_clean_labels": metrics.accuracy(forward(model, y, X_tr),
+                                                                   torch.as_tensor(split.y_train_clean)),
+                   "upper": value}
+        c = cleaning(loop)
+        out.update({k: c[k] for k in ("f1", "precision", "recall", "weight_mean_clean", "weight_mean_corrupted")})
+        out["n_flagged"] = c["tp"] + c["fp"]
+        out["n_corrupted"] = float(split.n_corrupted)
+        return out
+
+    n_tr, n_val = X_tr.shape[0], X_val.shape[0]
+
+    def shard_objectives(t: int, rank: int, world_size: int):
+        """Rank ``rank``'s mini-batch share: its contiguous block of training and validation samples.
+
+        lower_r = sum_{i in train block} sigmoid(x_i) CE_i / n_train (+ the l2 term on rank 0),
+        upper_r = sum_{j in val block} CE_j / n_val; summed over ranks they are ``lower`` and ``upper``.
+        """
+        if not 1 <= world_size <= min(n_tr, n_val):
+            raise ValueError(f"cannot split {n_tr} training / {n_val} validation samples over {world_size} "
+                             "processes")
+        a, b = _block(n_tr, rank, world_size)
+        c, d = _block(n_val, rank, world_size)
+        Xa, ya, Xc, yc = X_tr[a:b], y_tr[a:b], X_val[c:d], y_val[c:d]
+
+        def lower_r(x: torch.Tensor, y: Mapping[str, torch.Tensor]) -> torch.Tensor:
+            ce = F.cross_entropy(forward(model, y, Xa), ya, reduction="none")
+            loss = (torch.sigmoid(x[a:b]) * ce).sum() / n_tr
+            if l2 and rank == 0:
+                loss = loss + l2 * sum((y[k] ** 2).sum() for k in weights)
+            return loss
+
+        def upper_r(x: torch.Tensor, y: Mapping[str, torch.Tensor]) -> torch.Tensor:
+            return F.cross_entropy(forward(model, y, Xc), yc, reduction="sum") / n_val
+
+        return upper_r, lower_r
+
+    return TaskRun(x0=x0, y0=y0, objectives=lambda t: (upper, lower), evaluate=evaluate, summarize=summarize,
+                   shard_objectives=shard_objectives, shard_kind="data",
+                   loop_options={"warm_start": True} if o["warm_start"] else {})
+
+
+def _block(n: int, rank: int, world_size: int) -> tuple:
+    """Contiguous balanced block ``[lo, hi)`` of ``n`` items (the first ``n % world_size`` ranks get one more)."""
+    base, extra = divmod(n, world_size)
+    lo = rank * base + min(rank, extra)
+    return lo, lo + base + (1 if rank < extra else 0)
+
+
+def config_with_defaults(**overrides: Any) -> Dict[str, Any]:
+    """A full config: :data:`OPTIONS` and :data:`COMMON_DEFAULTS` defaults, ``seed=0``, ``dtype="float32"``,
+    updated with ``overrides`` (convenience for scripts and tests; the runner builds its own)."""
+    return full_config("hyperclean", OPTIONS, COMMON_DEFAULTS, overrides, dtype="float32")

@@ -1,0 +1,799 @@
+"""Several processes, one outer loop: task-parallel meta-batches and data-parallel objective sums.
+
+This is shell code on top of :class:`bilevel.OuterLoop`; the functional core never imports
+``torch.distributed``. Processes are started by ``torchrun`` (or ``bilevel run ... --nproc N``, which calls
+it); :func:`init` reads the torchrun environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``,
+``MASTER_PORT``) and is a no-op returning a single-process context when ``WORLD_SIZE`` is unset or 1.
+
+Two ways of splitting an objective that is a sum over shards (see docs/distributed.md):
+
+* **task parallel** (few-shot meta-batches, any problem whose lower level is a set of independent blocks):
+  every rank holds the *whole* x and y, its objectives only touch its own blocks of y (its tasks), e.g.
+  ``upper_r = sum_{j in shard r} F_j / B``. The per-rank hypergradients are partial sums with disjoint
+  supports in y, and :func:`grad_reducer` sums them (``OuterLoop(..., reduce_grads=grad_reducer())``) before
+  every rank applies the same optimizer step. Exact for methods whose estimator is additive over the
+  blocks; see :data:`TASK_PARALLEL_EXACT`.
+* **data parallel** (a lower variable shared by all shards, e.g. hyper-cleaning's follower): wrap each rank's
+  partial objective with :func:`data_parallel`. Values and gradients are summed across ranks *inside* the
+  objective (differentiably, to any order), so every rank computes the single-process trajectory; the loop
+  needs no ``reduce_grads``. Exact for every method (fhg included; checked in tests/distributed for all but
+  metasgd), at the price of one all-reduce per objective or gradient evaluation.
+
+A method that is not exact in the chosen mode is refused (ValueError), never run as a different algorithm.
+A multi-process run records its world size in ``run_options.yaml``; ``--resume`` needs as many processes
+(:func:`check_resume_world_size`).
+"""
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from bilevel.api import OuterLoop
+from bilevel.app.run.runner import TaskRunner
+
+Objective = Callable[[Any, Any], torch.Tensor]
+
+#: methods whose task-parallel hypergradient equals the single-process one (checked in tests/distributed).
+#: ``cg`` is included because its converged solution is the same; its iterates are not (global step sizes), so
+#: agreement is to the solver tolerance only. Not exact in task-parallel mode, hence refused by
+#: :class:`DistributedOuterLoop`: ``iaptt`` (k_bar = argmax over k of the *whole* upper objective), ``bvfim``
+#: (log barrier of the whole value-function gap), ``metasgd`` (not checked: its x mirrors y) and any method
+#: registered later; use :func:`data_parallel` for those.
+TASK_PARALLEL_EXACT: Tuple[str, ...] = ("rhg", "trhg", "fhg", "cg", "neumann", "bda", "bigsam", "iagm", "iagm-a",
+                                        "maml", "fomaml", "reptile")
+
+#: environment variable: seconds before a collective gives up (default 1800)
+TIMEOUT_ENV = "BILEVEL_DIST_TIMEOUT"
+
+
+# ------------------------------------------------------------------------------------------ context
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process sits in the job.
+
+    Attributes
+    ----------
+    rank : int
+        Global rank, 0 .. world_size - 1.
+    world_size : int
+        Number of processes (1: single process, no process group).
+    local_rank : int
+        Rank on this machine (selects the GPU with nccl).
+    backend : str or None
+        ``"gloo"`` or ``"nccl"``; None when single-process.
+    device : torch.device
+        Where collectives run (``cuda:local_rank`` with nccl, else cpu).
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: Optional[str] = None
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def enabled(self) -> bool:
+        """True when there is more than one process."""
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """True on rank 0, the only rank that writes files, logs and progress bars."""
+        return self.rank == 0
+
+
+_CURRENT = DistContext()
+_OWNED = False  # whether init() created the process group (then shutdown() destroys it)
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
+
+
+def init(backend: Optional[str] = None, timeout_seconds: Optional[float] = None) -> DistContext:
+    """Join the process group described by the torchrun environment variables.
+
+    Parameters
+    ----------
+    backend : str, optional
+        ``"gloo"`` or ``"nccl"``; default nccl when CUDA is available, else gloo.
+    timeout_seconds : float, optional
+        Collective timeout; default ``$BILEVEL_DIST_TIMEOUT`` or 1800.
+
+    Returns
+    -------
+    DistContext
+        Single-process context (no process group) when ``WORLD_SIZE`` is unset or 1.
+    """
+    global _CURRENT, _OWNED
+    world = _env_int("WORLD_SIZE", 1)
+    if world <= 1:
+        _CURRENT = DistContext()
+        return _CURRENT
+    import torch.distributed as dist
+
+    rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    device = torch.device("cpu")
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    if not dist.is_initialized():
+        seconds = timeout_seconds if timeout_seconds is not None else float(os.environ.get(TIMEOUT_ENV, 1800))
+        dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world,
+                                timeout=datetime.timedelta(seconds=seconds))
+        _OWNED = True
+        import atexit
+
+        atexit.register(shutdown)
+    _CURRENT = DistContext(rank, world, local_rank, backend, device)
+    return _CURRENT
+
+
+def context() -> DistContext:
+    """The context of the last :func:`init` (single-process before)."""
+    return _CURRENT
+
+
+def shutdown() -> None:
+    """Destroy the process group if :func:`init` created it (idempotent)."""
+    global _CURRENT, _OWNED
+    if _OWNED:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        _OWNED = False
+    _CURRENT = DistContext()
+
+
+def barrier(ctx: Optional[DistContext] = None) -> None:
+    """Wait for every rank (no-op single-process)."""
+    ctx = ctx or _CURRENT
+    if ctx.enabled:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def shard_range(n: int, rank: int, world_size: int) -> Tuple[int, int]:
+    """Contiguous, balanced shard ``[lo, hi)`` of ``n`` items for ``rank`` (the first ``n % world_size`` ranks
+    get one more).
+
+    Parameters
+    ----------
+    n : int
+        Items (tasks of the meta-batch, samples).
+    rank, world_size : int
+
+    Returns
+    -------
+    (int, int)
+
+    Raises
+    ------
+    ValueError
+        ``n < world_size`` (a rank would have nothing to compute).
+    """
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"bad rank {rank} of world size {world_size}")
+    if n < world_size:
+        raise ValueError(f"cannot split {n} item(s) over {world_size} processes: use at most {n} processes or a "
+                         "larger meta-batch")
+    base, extra = divmod(n, world_size)
+    lo = rank * base + min(rank, extra)
+    return lo, lo + base + (1 if rank < extra else 0)
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """Deterministic per-rank seed; ``rank_seed(s, 0) == s`` so rank 0 continues the single-process stream."""
+    if rank == 0:
+        return int(seed)
+    return int(np.random.SeedSequence([int(seed) % 2 ** 63, 0x5EED, int(rank)]).generate_state(1)[0])
+
+
+def seed_rank(seed: int, ctx: Optional[DistContext] = None) -> int:
+    """Seed ``random``, numpy and torch with :func:`rank_seed` of this rank; returns that seed."""
+    import random
+
+    ctx = ctx or _CURRENT
+    s = rank_seed(seed, ctx.rank)
+    random.seed(s)
+    np.random.seed(s % 2 ** 32)
+    torch.manual_seed(s)
+    return s
+
+
+def all_reduce_(tensor: torch.Tensor, op: str = "sum", ctx: Optional[DistContext] = None) -> torch.Tensor:
+    """In-place sum (``op="sum"``) or mean (``"mean"``) of ``tensor`` over the ranks; returns it.
+
+    With nccl the data go through ``ctx.device`` and come back to the tensor's device.
+    """
+    if op not in ("sum", "mean"):
+        raise ValueError(f"op must be 'sum' or 'mean', got {op!r}")
+    ctx = ctx or _CURRENT
+    if not ctx.enabled:
+        return tensor
+    import torch.distributed as dist
+
+    buf = tensor if tensor.device == ctx.device else tensor.to(ctx.device)
+    dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+    if op == "mean":
+        buf.div_(ctx.world_size)
+    if buf is not tensor:
+        tensor.copy_(buf)
+    return tensor
+
+
+def broadcast_(tensor: torch.Tensor, src: int = 0, ctx: Optional[DistContext] = None) -> torch.Tensor:
+    """In-place broadcast of ``tensor`` from rank ``src``; returns it."""
+    ctx = ctx or _CURRENT
+    if not ctx.enabled:
+        return tensor
+    import torch.distributed as dist
+
+    buf = tensor if tensor.device == ctx.device else tensor.to(ctx.device)
+    dist.broadcast(buf, src=src)
+    if buf is not tensor:
+        tensor.copy_(buf)
+    return tensor
+
+
+def grad_reducer(ctx: Optional[DistContext] = None, op: str = "sum"
+                 ) -> Callable[[torch.Tensor, Optional[torch.Tensor]], Tuple[torch.Tensor, Optional[torch.Tensor]]]:
+    """The ``reduce_grads`` hook of :class:`bilevel.OuterLoop`: one all-reduce of ``(grad_x, grad_y0)``.
+
+    Parameters
+    ----------
+    ctx : DistContext, optional
+        Default: the current context.
+    op : str
+        ``"sum"`` when each rank's objectives are its share of the single-process objective (e.g.
+        ``sum over its tasks / total meta-batch``); ``"mean"`` when each rank's objectives are the mean over
+        its own equally sized shard.
+
+    Returns
+    -------
+    callable
+        ``reduce(grad_x, grad_y0) -> (grad_x, grad_y0)``; new tensors, ``grad_y0`` None stays None.
+    """
+    if op not in ("sum", "mean"):
+        raise ValueError(f"op must be 'sum' or 'mean', got {op!r}")
+
+    def reduce(grad_x: torch.Tensor, grad_y0: Optional[torch.Tensor]):
+        c = ctx or _CURRENT
+        if not c.enabled:
+            return grad_x, grad_y0
+        parts = [grad_x.detach().reshape(-1)]
+        if grad_y0 is not None:
+            parts.append(grad_y0.detach().reshape(-1).to(grad_x.dtype))
+        flat = torch.cat(parts)  # one collective for both
+        all_reduce_(flat, op, c)
+        gx = flat[:grad_x.numel()].view_as(grad_x).clone()
+        gy = None if grad_y0 is None else flat[grad_x.numel():].view_as(grad_y0).to(grad_y0.dtype).clone()
+        return gx, gy
+
+    return reduce
+
+
+#: record keys reduced as a sum of the ranks' values (partial objectives)
+SUM_KEYS = ("upper", "lower")
+#: record keys never reduced (``grad_norm`` is already taken from the reduced gradient)
+KEEP_KEYS = ("step", "grad_norm")
+
+
+def reduce_record(record: Mapping[str, Any], ctx: Optional[DistContext] = None) -> Dict[str, Any]:
+    """All-reduce the numeric entries of an :meth:`OuterLoop.step` record for logging.
+
+    ``upper`` and ``lower`` (per-rank partial objectives) are summed; entries whose name contains ``norm``
+    (e.g. ``lower_grad_norm_last``, norms of gradients with disjoint supports) are combined as
+    ``sqrt(sum of squares)``; every other number (``k_bar``, ``solver_residual``, ...) becomes the mean over
+    ranks. ``step``, ``grad_norm``, bools and non-numbers are left as they are. One collective in all.
+
+    Parameters
+    ----------
+    record : mapping
+    ctx : DistContext, optional
+
+    Returns
+    -------
+    dict
+        A new record (the input is not modified).
+    """
+    ctx = ctx or _CURRENT
+    out = dict(record)
+    if not ctx.enabled:
+        return out
+    keys = [k for k, v in record.items() if k not in KEEP_KEYS and isinstance(v, (int, float))
+            and not isinstance(v, bool)]
+    if not keys:
+        return out
+    vals = []
+    for k in keys:
+        v = float(record[k])
+        vals.append(v if k in SUM_KEYS else (v * v if "norm" in k else v / ctx.world_size))
+    t = torch.tensor(vals, dtype=torch.float64)
+    all_reduce_(t, "sum", ctx)
+    for k, v in zip(keys, t.tolist()):
+        out[k] = math.sqrt(v) if (k not in SUM_KEYS and "norm" in k) else v
+    return out
+
+
+# ------------------------------------------------------------------------------------------ loop
+class DistributedOuterLoop(OuterLoop):
+    """:class:`bilevel.OuterLoop` whose steps sum the ranks' hypergradients (task-parallel mode).
+
+    Same parameters as :class:`bilevel.OuterLoop`, plus ``ctx`` (default: current context) and ``op``
+    (``"sum"`` or ``"mean"``, see :func:`grad_reducer`). At construction x and the inner initialization are
+    broadcast from rank 0, so every rank starts from the same point; each rank then applies the same
+    reduced step. :meth:`step` returns the record reduced by :func:`reduce_record`. :meth:`evaluate` is
+    local (it gives the rank's partial value for sharded objectives; use :meth:`evaluate_reduced`).
+    """
+
+    def __init__(self, x0: Any, y0: Any, *, ctx: Optional[DistContext] = None, op: str = "sum",
+                 data_parallel: bool = False, **kwargs: Any):
+        if "reduce_grads" in kwargs:
+            raise ValueError("DistributedOuterLoop sets reduce_grads itself")
+        self.ctx = ctx or _CURRENT
+        method = kwargs.get("method")
+        if self.ctx.enabled and not data_parallel and method not in TASK_PARALLEL_EXACT:
+            raise ValueError(f"method {method!r} is not exact when the meta-batch is split over processes (task "
+                             f"parallel: each process would apply it to its own tasks, a different algorithm); "
+                             f"run it on one process, or split a data-parallel objective instead "
+                             f"(bilevel.parallel.data_parallel). Task-parallel methods: "
+                             f"{', '.join(TASK_PARALLEL_EXACT)} (docs/distributed.md)")
+        # data-parallel objectives (see data_parallel) already give every rank the global hypergradient and
+        # global objective values: nothing is reduced at the step
+        self.data_parallel = data_parallel
+        super().__init__(x0, y0, reduce_grads=None if data_parallel else grad_reducer(self.ctx, op), **kwargs)
+        with torch.no_grad():
+            broadcast_(self._x, 0, self.ctx)
+            broadcast_(self._y_init, 0, self.ctx)
+        if self._start is not self._y_init:
+            self._start = self._y_init
+        self._last_y = self._y_init
+
+    def step(self, upper: Objective, lower: Objective) -> Dict[str, Any]:
+        """One outer step on this rank's objectives; the record's objectives are the all-reduced ones."""
+        record = super().step(upper, lower)
+        return record if self.data_parallel else reduce_record(record, self.ctx)
+
+    def evaluate_reduced(self, upper: Objective, lower: Objective) -> Tuple[float, Any]:
+        """``(F, y)`` with F summed over the ranks (sharded objectives); y is this rank's iterate."""
+        value, y = self.evaluate(upper, lower)
+        t = torch.tensor([value], dtype=torch.float64)
+        all_reduce_(t, "sum", self.ctx)
+        return float(t[0]), y
+
+
+# ------------------------------------------------------------------------------------------ data parallel
+class _SumAcross(torch.autograd.Function):
+    """Forward: sum over ranks (local partial -> replicated). Backward: identity in value, as a
+    :class:`_Replicate` node (whose own backward sums again). Forward-mode: sum.
+
+    The two functions are each other's adjoint, at every order: a derivative of a backward pass (e.g. the
+    double-vjp of fhg's tangent propagation, third order in the objective) sums across ranks where it must.
+    """
+
+    @staticmethod
+    def forward(t: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return all_reduce_(t.detach().clone(), "sum")
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: Any, output: Any) -> None:
+        pass
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        # the adjoint of a sum over ranks is the replication of the (replicated) cotangent: identity in value,
+        # but a _Replicate node, so that a derivative of this backward pass (third-order terms, e.g. fhg's
+        # double-vjp) sums across ranks again
+        return _Replicate.apply(grad)
+
+    @staticmethod
+    def jvp(ctx: Any, tangent: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return all_reduce_(tangent.clone(), "sum")
+
+
+class _Replicate(torch.autograd.Function):
+    """Forward: identity (a replicated input used in local work). Backward: sum over ranks (a
+    :class:`_SumAcross` node, differentiable again). Forward-mode: identity."""
+
+    @staticmethod
+    def forward(t: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return t.view_as(t)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: Any, output: Any) -> None:
+        pass
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return _SumAcross.apply(grad)
+
+    @staticmethod
+    def jvp(ctx: Any, tangent: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return tangent
+
+
+def _replicate(tree: Any) -> Any:
+    if isinstance(tree, torch.Tensor):
+        return _Replicate.apply(tree) if (tree.requires_grad or _has_tangent(tree)) else tree
+    if isinstance(tree, Mapping):
+        return {k: _replicate(v) for k, v in tree.items()}
+    return tree
+
+
+def _has_tangent(t: torch.Tensor) -> bool:
+    import torch.autograd.forward_ad as fwAD
+
+    try:
+        return fwAD.unpack_dual(t).tangent is not None
+    except RuntimeError:  # no forward-AD level active
+        return False
+
+
+def data_parallel(local: Objective, ctx: Optional[DistContext] = None) -> Objective:
+    """Turn this rank's partial objective into the replicated global sum ``sum_r local_r(x, y)``.
+
+    Every rank calls the returned objective with the same (replicated) x and y; its value, its gradients
+    (first and higher order, e.g. the Hessian-vector products of reverse-mode hypergradients) are those of
+    the sum over all ranks' shards. All ranks must therefore evaluate and differentiate their objectives in
+    the same order (true of every method: the ranks run the same deterministic algorithm). Use with a plain
+    :class:`bilevel.OuterLoop` (no ``reduce_grads``): the hypergradient is already global on every rank.
+
+    Parameters
+    ----------
+    local : callable
+        ``local(x, y)``: this rank's share, e.g. the loss summed over its samples divided by the total number
+        of samples (for a mean). A term that is not sharded must be added by one rank only (or divided by the
+        world size).
+    ctx : DistContext, optional
+        Default: current context; single-process: ``local`` is returned unchanged.
+
+    Returns
+    -------
+    callable
+        ``objective(x, y) -> Tensor`` (scalar, identical on all ranks).
+    """
+    c = ctx or _CURRENT
+    if not c.enabled:
+        return local
+
+    def objective(x: Any, y: Any) -> torch.Tensor:
+        return _SumAcross.apply(local(_replicate(x), _replicate(y)))
+
+    return objective
+
+
+# ------------------------------------------------------------------------------------------ task sharding
+def shard_objectives(run: Any, ctx: DistContext) -> Callable[[int], Tuple[Objective, Objective]]:
+    """This rank's ``objectives(t)`` for a task run.
+
+    Uses ``run.shard_objectives(t, rank, world_size)`` (see :class:`bilevel.app.tasks.TaskRun`).
+
+    Raises
+    ------
+    ValueError
+        The task cannot be split (e.g. hyperclean, toy).
+    """
+    own = getattr(run, "shard_objectives", None)
+    if not callable(own):
+        raise ValueError("this task cannot be split over processes (supported: fewshot, hyperclean); run it "
+                         "with one process, see docs/distributed.md")
+    if getattr(run, "shard_kind", "tasks") == "data":
+        def objectives(t: int) -> Tuple[Objective, Objective]:
+            upper, lower = own(t, ctx.rank, ctx.world_size)
+            return data_parallel(upper, ctx), data_parallel(lower, ctx)
+
+        return objectives
+    return lambda t: own(t, ctx.rank, ctx.world_size)
+
+
+class DistributedTaskRunner(TaskRunner):
+    """:class:`bilevel.app.run.runner.TaskRunner` for one rank of a multi-process run.
+
+    The task is built with the configured seed on every rank (same x0, y0, data; x0 and y0 are also
+    broadcast from rank 0), then each rank is re-seeded with :func:`rank_seed`; the ranks other than 0 are
+    re-seeded again before every outer step t (:func:`step_seed`), so their random state is a function of
+    (seed, rank, t) and a resume needs only rank 0's, which the checkpoint holds. Rank r runs its shard of
+    every meta-batch (:func:`shard_objectives`) in a :class:`DistributedOuterLoop`. Rank 0 alone locks and
+    writes the run directory, evaluates, shows the progress bar and summarizes; the other ranks write into a
+    private scratch directory that is deleted at the end and return an empty summary. ``run_options.yaml``
+    records the world size. On a resume (:func:`bilevel.app.run.runner.resume_run` under torchrun) rank 0 picks the
+    checkpoint and broadcasts its state to the other ranks (:meth:`restore_latest`).
+
+    Parameters
+    ----------
+    task, config, out_dir
+        As for :class:`TaskRunner`.
+    ctx : DistContext, optional
+        Default: current context.
+    **kwargs
+        ``quiet``, ``overwrite``, ``task_module``, ``module``.
+    """
+
+    def __init__(self, task: str, config: Optional[Mapping[str, Any]], out_dir: Any, *,
+                 ctx: Optional[DistContext] = None, **kwargs: Any):
+        self.ctx = ctx or _CURRENT
+        if not self.ctx.is_main:
+            kwargs["quiet"] = True
+        super().__init__(task, config, out_dir, **kwargs)
+        self.real_out = self.out
+        self._scratch: Optional[str] = None
+        if not self.ctx.is_main:
+            self._scratch = tempfile.mkdtemp(prefix=f"bilevel-rank{self.ctx.rank}-")
+            self.out = Path(self._scratch)
+        self.loop_factory = self._make_loop  # used by TaskRunner.setup
+        self._full_run: Any = None
+
+    def _make_loop(self, x0: Any, y0: Any, **kwargs: Any) -> DistributedOuterLoop:
+        kind = getattr(self.run, "shard_kind", "tasks")
+        return DistributedOuterLoop(x0, y0, ctx=self.ctx, data_parallel=kind == "data", **kwargs)
+
+    def setup(self, resume: bool = False) -> None:
+        """Build on every rank (files on rank 0 only), shard the objectives, re-seed per rank.
+
+        An error on any rank (e.g. rank 0's output directory in use) is raised on every rank.
+        """
+        error: Optional[BaseException] = None
+        try:
+            if not self.ctx.is_main and not resume:
+                self._check_out_dir_of(self.real_out)
+            super().setup(resume)
+            assert self.run is not None
+            objectives = shard_objectives(self.run, self.ctx)
+        except (ValueError, OSError) as err:
+            error = err
+        flag = torch.tensor([0.0 if error is None else 1.0])
+        all_reduce_(flag, "sum", self.ctx)
+        if error is not None:
+            self._cleanup()
+            raise error
+        if float(flag[0]) > 0:
+            self._cleanup()
+            raise ValueError("set-up failed on another process (see its message)")
+        self._full_run = self.run
+        evaluate = self.run.evaluate if self.ctx.is_main else (lambda loop: {})
+        self.run = replace(self.run, objectives=objectives, evaluate=evaluate)
+        seed_rank(self.config["seed"], self.ctx)
+
+    def run_options(self) -> Dict[str, Any]:
+        """:meth:`TaskRunner.run_options` with this job's ``world_size``."""
+        return {**super().run_options(), "world_size": self.ctx.world_size}
+
+    def step(self) -> Dict[str, Any]:
+        """Re-seed the ranks other than 0 for outer step ``t`` (:func:`step_seed`), then take the step."""
+        if not self.ctx.is_main:
+            seed_rank(step_seed(self.config["seed"], self.t), self.ctx)
+        return super().step()
+
+    def restore_latest(self) -> Optional[Path]:
+        """After ``setup(resume=True)``: rank 0 loads the newest good checkpoint (as :class:`TaskRunner`) and
+        broadcasts the loop, task and guard state to the other ranks, which load it too.
+
+        Returns
+        -------
+        Path or None
+            The checkpoint loaded (on every rank), or None when the run starts over from step 0.
+        """
+        if not self.ctx.enabled:
+            return super().restore_latest()
+        import torch.distributed as dist
+
+        error: Optional[BaseException] = None
+        payload: Dict[str, Any] = {}
+        if self.ctx.is_main:
+            try:
+                path = super().restore_latest()
+                assert self.run is not None and self.loop is not None
+                payload = {"path": None if path is None else str(path), "t": self.t,
+                           "loop": self.loop.state_dict(), "guards": self.guards.state_dict(),
+                           "task": self.run.state_dict() if self.run.state_dict else None}
+            except (ValueError, OSError) as err:
+                error = err
+                payload = {"error": f"{type(err).__name__}: {err}"}
+        box = [payload]
+        dist.broadcast_object_list(box, src=0, device=self.ctx.device if self.ctx.backend == "nccl" else None)
+        payload = box[0]
+        if error is not None:
+            raise error
+        if "error" in payload:
+            raise ValueError(f"resuming failed on rank 0: {payload['error']}")
+        if not self.ctx.is_main and payload["path"] is not None:
+            assert self.run is not None and self.loop is not None
+            self.loop.load_state_dict(payload["loop"])
+            if payload["task"] is not None and self.run.load_state_dict is not None:
+                self.run.load_state_dict(payload["task"])
+            self.guards.load_state_dict(payload["guards"])
+            self.t = int(payload["t"])
+        path = None if payload["path"] is None else Path(payload["path"])
+        self.last_checkpoint = path if self.ctx.is_main else None
+        return path
+
+    def _check_out_dir_of(self, out: Path) -> None:
+        saved, self.out = self.out, out
+        try:
+            self._check_out_dir()
+        finally:
+            self.out = saved
+
+    def finish(self) -> Dict[str, Any]:
+        """Rank 0: summarize on the full objectives and write the files; other ranks: ``{}``."""
+        if self._full_run is not None:
+            self.run = self._full_run
+        if not self.ctx.is_main:
+            self.close()
+            self._cleanup()
+            return {}
+        return super().finish()
+
+    def _cleanup(self) -> None:
+        if self._scratch is not None:
+            self.close()
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
+
+
+def step_seed(seed: int, t: int) -> int:
+    """Seed of outer step ``t`` for :func:`seed_rank` on the ranks other than 0 (a function of seed and t; the
+    rank is mixed in by :func:`rank_seed`)."""
+    return int(np.random.SeedSequence([int(seed) % 2 ** 63, 0x57E9, int(t)]).generate_state(1)[0])
+
+
+def recorded_world_size(run_dir: Any, options: Optional[Mapping[str, Any]] = None) -> int:
+    """The number of processes the run in ``run_dir`` was made with (``world_size`` of run_options.yaml; 1 when
+    absent, as in runs of bilevel before it was recorded).
+
+    Parameters
+    ----------
+    run_dir : str or Path
+    options : mapping, optional
+        The contents of run_options.yaml, when already read.
+    """
+    if options is None:
+        from bilevel.app import config as cfg
+        from bilevel.app.run.runner import RUN_OPTIONS_FILE
+
+        path = Path(run_dir) / RUN_OPTIONS_FILE
+        options = cfg.load_yaml(path) if path.is_file() else {}
+    value = options.get("world_size", 1)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{Path(run_dir)}/run_options.yaml: bad world_size {value!r} (expected an integer >= 1)")
+    return value
+
+
+def check_resume_world_size(run_dir: Any, world_size: int, options: Optional[Mapping[str, Any]] = None) -> None:
+    """Refuse to resume a run with another number of processes than it was made with.
+
+    Parameters
+    ----------
+    run_dir : str or Path
+    world_size : int
+        Processes of the resume (``WORLD_SIZE`` under torchrun, the ``--nproc`` value, else 1).
+    options : mapping, optional
+        The contents of run_options.yaml, when already read.
+
+    Raises
+    ------
+    ValueError
+        Saying how to resume it (``bilevel run --resume DIR --nproc N``).
+    """
+    recorded = recorded_world_size(run_dir, options)
+    if recorded != int(world_size):
+        if recorded > 1:
+            how = (f"`bilevel run --resume {run_dir} --nproc {recorded}` (or torchrun --nproc_per_node={recorded} "
+                   f"... -m bilevel run --resume {run_dir})")
+        else:
+            how = f"`bilevel run --resume {run_dir}` (one process: no --nproc, no torchrun)"
+        raise ValueError(f"cannot resume {str(run_dir)!r} on {world_size} process(es): the run was made on "
+                         f"{recorded} (world_size in run_options.yaml) and its checkpoints, sharding and per-rank "
+                         f"seeds belong to that number; resume it with {how}")
+
+
+def task_runner(task: str, config: Optional[Mapping[str, Any]], out_dir: Any, **kwargs: Any) -> TaskRunner:
+    """A :class:`DistributedTaskRunner` under torchrun (``WORLD_SIZE`` > 1, after :func:`init`), else a plain
+    :class:`TaskRunner` (what ``bilevel run`` uses).
+
+    Parameters
+    ----------
+    task, config, out_dir, **kwargs
+        As for :class:`TaskRunner`.
+
+    Returns
+    -------
+    TaskRunner
+    """
+    ctx = init()
+    if ctx.enabled:
+        return DistributedTaskRunner(task, config, out_dir, ctx=ctx, **kwargs)
+    return TaskRunner(task, config, out_dir, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------ launcher
+def strip_nproc(argv: Sequence[str]) -> Tuple[List[str], Optional[int]]:
+    """Remove ``--nproc N`` / ``--nproc=N`` from a command line.
+
+    Returns
+    -------
+    (list of str, int or None)
+        The remaining arguments and N (None when absent).
+    """
+    out: List[str] = []
+    n: Optional[str] = None
+    i = 0
+    args = list(argv)
+    while i < len(args):
+        a = args[i]
+        if a == "--":
+            out.extend(args[i:])
+            break
+        if a == "--nproc":
+            if i + 1 >= len(args):
+                raise ValueError("--nproc needs a value")
+            n, i = args[i + 1], i + 2
+            continue
+        if a.startswith("--nproc="):
+            n, i = a.split("=", 1)[1], i + 1
+            continue
+        out.append(a)
+        i += 1
+    if n is None:
+        return out, None
+    try:
+        return out, int(n)
+    except ValueError:
+        raise ValueError(f"--nproc must be an integer, got {n!r}") from None
+
+
+def torchrun_command(argv: Sequence[str], nproc: int) -> List[str]:
+    """``python -m torch.distributed.run --standalone --nproc_per_node N -m bilevel ARGV``."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={int(nproc)}",
+            "-m", "bilevel", *argv]
+
+
+def launch(argv: Sequence[str], nproc: int, env: Optional[Mapping[str, str]] = None) -> int:
+    """Run ``bilevel ARGV`` on ``nproc`` local processes through torchrun (standalone rendezvous on loopback).
+
+    Parameters
+    ----------
+    argv : sequence of str
+        The ``bilevel`` arguments without ``--nproc``.
+    nproc : int
+        Processes (>= 1).
+    env : mapping, optional
+        Environment (default: this process's).
+
+    Returns
+    -------
+    int
+        torchrun's exit status.
+    """
+    if nproc < 1:
+        raise ValueError(f"--nproc must be >= 1, got {nproc}")
+    return subprocess.call(torchrun_command(argv, nproc), env=dict(env) if env is not None else None)
+
+
+__all__ = ["DistContext", "init", "context", "shutdown", "barrier", "shard_range", "rank_seed", "seed_rank",
+           "all_reduce_", "broadcast_", "grad_reducer", "reduce_record", "DistributedOuterLoop", "data_parallel",
+           "shard_objectives", "DistributedTaskRunner", "task_runner", "strip_nproc", "torchrun_command", "launch",
+           "step_seed", "recorded_world_size", "check_resume_world_size", "TASK_PARALLEL_EXACT"]
