@@ -11,6 +11,8 @@ from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
+from ._validate import check_float, check_int
+
 MatVec = Callable[[torch.Tensor], torch.Tensor]
 SolveInfo = Dict[str, object]
 
@@ -34,7 +36,7 @@ def cg(matvec: MatVec, b: torch.Tensor, *, steps: int = 100, tol: Optional[float
     b : Tensor
         Right-hand side (1-D).
     steps : int
-        Maximum number of iterations (one Hessian-vector product each).
+        Maximum number of iterations (one Hessian-vector product each), >= 1.
     tol : float, optional
         Stop when ``||b - H v|| <= tol * ||b||``. Default :func:`default_tol`: ``1000 * eps(dtype)`` (2.2e-13 in
         float64, 1.2e-4 in float32), floored at 1e-2 for float16 / bfloat16, whose ``1000 * eps`` (0.98 / 7.8)
@@ -49,6 +51,8 @@ def cg(matvec: MatVec, b: torch.Tensor, *, steps: int = 100, tol: Optional[float
     info : dict
         ``iterations``, ``residual`` (relative), ``converged``.
     """
+    steps = check_int("steps", steps, 1)
+    tol = check_float("tol", tol, nonnegative=True, allow_none=True)
     if b.dtype in _HALF:  # iterate in float32: half-precision recurrences lose the residual to rounding
         v, info = cg(lambda u: matvec(u.to(b.dtype)).to(torch.float32), b.to(torch.float32), steps=steps,
                      tol=default_tol(b.dtype) if tol is None else tol,
@@ -102,6 +106,19 @@ def neumann(matvec: MatVec, b: torch.Tensor, *, terms: int, lr: float,
     without its last term, free of charge. With ``tol`` set, a residual above it warns (``RuntimeWarning``) and
     reports ``converged`` False: the truncated series is then a biased solve.
 
+    Parameters
+    ----------
+    matvec : callable
+        ``v -> H v`` with H symmetric positive definite.
+    b : Tensor
+        Right-hand side (1-D).
+    terms : int
+        J, the number of terms, >= 1.
+    lr : float
+        eta, > 0.
+    tol : float, optional
+        Largest acceptable ``residual``, >= 0 (default: no check).
+
     Returns
     -------
     v : Tensor
@@ -109,6 +126,9 @@ def neumann(matvec: MatVec, b: torch.Tensor, *, terms: int, lr: float,
         ``iterations`` (J - 1), ``residual``, ``last_term`` (``eta ||p_{J-1}||``) and, with ``tol``,
         ``converged``.
     """
+    terms = check_int("terms", terms, 1)
+    lr = check_float("lr", lr, positive=True)
+    tol = check_float("tol", tol, nonnegative=True, allow_none=True)
     p = b
     acc = b.clone()
     for _ in range(terms - 1):

@@ -22,13 +22,21 @@ from typing import Any, Callable, Dict
 import torch
 from torch import nn
 
+from ._validate import check_bool
+
+
+def _check_module(module: Any) -> nn.Module:
+    """``module`` itself if it is an ``nn.Module``; a ValueError naming its type otherwise."""
+    if not isinstance(module, nn.Module):
+        raise ValueError(f"expected an nn.Module, got {type(module).__name__}")
+    return module
+
 
 def parameters(module: nn.Module, *, requires_grad_only: bool = True) -> Dict[str, torch.Tensor]:
     """Detached copies of the module's parameters as a dict ``name -> tensor`` (a valid ``y0`` or ``x0``)."""
-    if not isinstance(module, nn.Module):
-        raise ValueError(f"expected an nn.Module, got {type(module).__name__}")
-    params = {n: p.detach().clone() for n, p in module.named_parameters()
-              if p.requires_grad or not requires_grad_only}
+    _check_module(module)
+    everything = not check_bool("requires_grad_only", requires_grad_only)
+    params = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad or everything}
     if not params:
         raise ValueError("the module has no trainable parameters")
     return params
@@ -36,8 +44,7 @@ def parameters(module: nn.Module, *, requires_grad_only: bool = True) -> Dict[st
 
 def functional(module: nn.Module) -> Callable[..., Any]:
     """``f(params, *args, **kwargs)`` calling ``module`` with ``params`` substituted for its parameters."""
-    if not isinstance(module, nn.Module):
-        raise ValueError(f"expected an nn.Module, got {type(module).__name__}")
+    _check_module(module)
 
     def call(params: Dict[str, torch.Tensor], *args: Any, **kwargs: Any) -> Any:
         return torch.func.functional_call(module, params, args, kwargs)
@@ -47,7 +54,7 @@ def functional(module: nn.Module) -> Callable[..., Any]:
 
 def load(module: nn.Module, params: Dict[str, torch.Tensor]) -> nn.Module:
     """Copy ``params`` (e.g. ``res.y``) into the module's parameters in place and return the module."""
-    state = dict(module.named_parameters())
+    state = dict(_check_module(module).named_parameters())
     missing = sorted(set(params) - set(state))
     if missing:
         raise ValueError(f"the module has no parameters named {missing}; it has {sorted(state)}")

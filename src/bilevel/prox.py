@@ -18,36 +18,17 @@ them exactly away from the kinks (almost everywhere), which is what the unrolled
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional, Union
 
 import torch
 
+from ._validate import check_float, check_real_param
+
 Tree = Union[torch.Tensor, Mapping[str, torch.Tensor]]
 Param = Union[float, torch.Tensor, Mapping[str, Any], None]
 
 __all__ = ["l1", "box"]
-
-
-def _check_param(name: str, value: Any, *, nonnegative: bool = False, allow_none: bool = False) -> Any:
-    if value is None:
-        if allow_none:
-            return None
-        raise ValueError(f"{name} must be a number, a tensor or a dict of them, got None")
-    if isinstance(value, Mapping):
-        return {k: _check_param(f"{name}[{k!r}]", v, nonnegative=nonnegative, allow_none=allow_none)
-                for k, v in value.items()}
-    if isinstance(value, bool) or not isinstance(value, (int, float, torch.Tensor)):
-        raise ValueError(f"{name} must be a number, a tensor or a dict of them, got {type(value).__name__}")
-    t = torch.as_tensor(value, dtype=torch.float64).detach()
-    if not bool(torch.isfinite(t).all()) and not allow_none:
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    if bool(torch.isnan(t).any()):
-        raise ValueError(f"{name} must not be nan, got {value!r}")
-    if nonnegative and bool((t < 0).any()):
-        raise ValueError(f"{name} must be >= 0, got {value!r}")
-    return float(value) if isinstance(value, (int, float)) else value
 
 
 def _leaf_param(p: Any, key: Optional[str], name: str, like: torch.Tensor) -> Any:
@@ -70,19 +51,12 @@ def _apply(v: Tree, fn: Callable[[torch.Tensor, Optional[str]], torch.Tensor]) -
     return fn(v, None)
 
 
-def _check_step(step: Any) -> float:
-    s = float(step)
-    if not (s >= 0 and math.isfinite(s)):
-        raise ValueError(f"the prox step must be a finite number >= 0, got {step!r}")
-    return s
-
-
 @dataclass(frozen=True)
 class _L1:
     lam: Any
 
     def __call__(self, v: Tree, step: float) -> Tree:
-        s = _check_step(step)
+        s = check_float("the prox step", step, nonnegative=True)
 
         def leaf(t: torch.Tensor, key: Optional[str]) -> torch.Tensor:
             thr = _leaf_param(self.lam, key, "lam", t) * s
@@ -99,7 +73,7 @@ class _Box:
     hi: Any
 
     def __call__(self, v: Tree, step: float) -> Tree:
-        _check_step(step)
+        check_float("the prox step", step, nonnegative=True)
 
         def leaf(t: torch.Tensor, key: Optional[str]) -> torch.Tensor:
             lo = _leaf_param(self.lo, key, "lo", t)
@@ -131,7 +105,7 @@ def l1(lam: Param) -> Callable[[Tree, float], Tree]:
     callable
         ``prox(v, step)`` on a tensor or a dict of tensors.
     """
-    return _L1(_check_param("lam", lam, nonnegative=True))
+    return _L1(check_real_param("lam", lam, nonnegative=True))
 
 
 def box(lo: Param = None, hi: Param = None) -> Callable[[Tree, float], Tree]:
@@ -150,8 +124,8 @@ def box(lo: Param = None, hi: Param = None) -> Callable[[Tree, float], Tree]:
     callable
         ``prox(v, step)`` on a tensor or a dict of tensors.
     """
-    lo_c = _check_param("lo", lo, allow_none=True)
-    hi_c = _check_param("hi", hi, allow_none=True)
+    lo_c = check_real_param("lo", lo, finite=False, allow_none=True)
+    hi_c = check_real_param("hi", hi, finite=False, allow_none=True)
     if isinstance(lo_c, float) and isinstance(hi_c, float) and lo_c > hi_c:
         raise ValueError(f"box: lo = {lo_c} exceeds hi = {hi_c}")
     return _Box(lo_c, hi_c)

@@ -25,28 +25,12 @@ value 2.0 is rejected by ``"bda"``.
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from typing import Any
 
+from ._validate import check_float, check_interval, check_step_index
+
 __all__ = ["constant", "inverse", "power", "geometric", "bda_theory", "Schedule", "from_config"]
-
-
-def _number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a real number, got {value!r}")
-    v = float(value)
-    if not math.isfinite(v):
-        raise ValueError(f"{name} must be finite, got {v}")
-    return v
-
-
-def _step(k: Any) -> int:
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
-        raise ValueError(f"a schedule is called with the 1-based inner step number k (an int >= 1), got {k!r}")
-    if k < 1:
-        raise ValueError(f"a schedule is called with the 1-based inner step number k >= 1, got k = {k}")
-    return int(k)
 
 
 class Schedule:
@@ -61,7 +45,7 @@ class _Constant(Schedule):
     c: float
 
     def __call__(self, k: int) -> float:
-        _step(k)
+        check_step_index(k)
         return self.c
 
 
@@ -71,7 +55,7 @@ class _Power(Schedule):
     p: float
 
     def __call__(self, k: int) -> float:
-        return self.c * float(_step(k)) ** (-self.p)
+        return self.c * float(check_step_index(k)) ** (-self.p)
 
 
 @dataclass(frozen=True)
@@ -80,7 +64,7 @@ class _Geometric(Schedule):
     q: float
 
     def __call__(self, k: int) -> float:
-        return self.c * self.q ** _step(k)
+        return self.c * self.q ** check_step_index(k)
 
 
 @dataclass(frozen=True)
@@ -90,7 +74,7 @@ class _BDATheory(Schedule):
     eps: float
 
     def __call__(self, k: int) -> float:
-        return min(2.0 * self.gamma / (_step(k) * (1.0 - self.beta)), 1.0 - self.eps)
+        return min(2.0 * self.gamma / (check_step_index(k) * (1.0 - self.beta)), 1.0 - self.eps)
 
 
 def constant(c: float) -> Schedule:
@@ -105,7 +89,7 @@ def constant(c: float) -> Schedule:
     -------
     Schedule
     """
-    return _Constant(_number("c", c))
+    return _Constant(check_float("c", c))
 
 
 def inverse(c: float) -> Schedule:
@@ -120,7 +104,7 @@ def inverse(c: float) -> Schedule:
     -------
     Schedule
     """
-    return _Power(_number("c", c), 1.0)
+    return _Power(check_float("c", c), 1.0)
 
 
 def power(p: float, c: float = 1.0) -> Schedule:
@@ -137,10 +121,8 @@ def power(p: float, c: float = 1.0) -> Schedule:
     -------
     Schedule
     """
-    pv = _number("p", p)
-    if pv < 0:
-        raise ValueError(f"p must be >= 0 (a decaying schedule k^-p), got {pv}")
-    return _Power(_number("c", c), pv)
+    pv = check_float("p", p, nonnegative=True)
+    return _Power(check_float("c", c), pv)
 
 
 def geometric(c: float, q: float) -> Schedule:
@@ -157,10 +139,8 @@ def geometric(c: float, q: float) -> Schedule:
     -------
     Schedule
     """
-    qv = _number("q", q)
-    if not 0.0 < qv <= 1.0:
-        raise ValueError(f"q must be in (0, 1], got {qv}")
-    return _Geometric(_number("c", c), qv)
+    qv = check_interval("q", q, 0.0, 1.0, open_low=True)
+    return _Geometric(check_float("c", c), qv)
 
 
 def bda_theory(gamma: float, s_u: float, sigma: float, L_F: float, eps: float) -> Schedule:
@@ -192,19 +172,13 @@ def bda_theory(gamma: float, s_u: float, sigma: float, L_F: float, eps: float) -
         If a parameter is out of range, or ``1 - 2 s_u sigma L_F / (sigma + L_F)`` is not in [0, 1)
         (then beta is undefined or 1; reduce s_u to at most ``(sigma + L_F) / (2 sigma L_F)``).
     """
-    g = _number("gamma", gamma)
-    su = _number("s_u", s_u)
-    sg = _number("sigma", sigma)
-    lf = _number("L_F", L_F)
-    e = _number("eps", eps)
-    if not 0.0 < g <= 1.0:
-        raise ValueError(f"gamma must be in (0, 1], got {g}")
-    if su <= 0 or sg <= 0 or lf <= 0:
-        raise ValueError(f"s_u, sigma and L_F must be > 0, got s_u={su}, sigma={sg}, L_F={lf}")
+    g = check_interval("gamma", gamma, 0.0, 1.0, open_low=True)
+    su = check_float("s_u", s_u, positive=True)
+    sg = check_float("sigma", sigma, positive=True)
+    lf = check_float("L_F", L_F, positive=True)
+    e = check_interval("eps", eps, 0.0, 1.0, open_low=True, open_high=True)
     if lf < sg:
         raise ValueError(f"L_F (smoothness) must be >= sigma (strong convexity), got L_F={lf} < sigma={sg}")
-    if not 0.0 < e < 1.0:
-        raise ValueError(f"eps must be in (0, 1), got {e}")
     arg = 1.0 - 2.0 * su * sg * lf / (sg + lf)
     if not 0.0 <= arg < 1.0:
         raise ValueError(

@@ -27,12 +27,11 @@ grad_y F, separately, from one call of the autograd engine), i.e. about twice a 
 """
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Any, Callable, Optional, Tuple, Union
 
 import torch
 
+from .._validate import check_callable, check_float, check_fraction, check_int
 from ..problem import Problem, requires_grad_leaf
 from .base import Dynamics
 from .gd import Prox, gd
@@ -47,18 +46,9 @@ def alpha_value(alpha: Alpha, j: int, name: str = "alpha") -> float:
 
     Raises ValueError unless the value is a real number in [0, 1] (checked when it is produced).
     """
-    value = alpha(j) if callable(alpha) else alpha
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        what = f"{name}({j})" if callable(alpha) else name
-        raise ValueError(f"{what} must be a real number in [0, 1], got {value!r}")
-    v = float(value)
-    if not (math.isfinite(v) and 0.0 <= v <= 1.0):
-        what = f"{name}({j})" if callable(alpha) else name
-        raise ValueError(f"{what} = {v} is outside [0, 1]; the aggregation weight of every inner step must lie "
-                         "in [0, 1]")
-    return v
+    if callable(alpha):
+        return check_fraction(f"{name}({j})", alpha(j))
+    return check_fraction(name, alpha)
 
 
 def _grads_y(problem: Problem, x: torch.Tensor, y: torch.Tensor, create_graph: bool
@@ -112,16 +102,12 @@ def aggregation(problem: Problem, lower_lr: float, upper_lr: float, alpha: Alpha
     if weights not in ("upper", "lower"):
         raise ValueError(f"weights must be 'upper' (alpha weights the upper step, BDA) or 'lower' (alpha weights "
                          f"the lower step, BiG-SAM as in Li-Gu-Huang), got {weights!r}")
-    for name, lr in (("lower_lr", lower_lr), ("upper_lr", upper_lr)):
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
-            raise ValueError(f"{name} must be a finite number > 0, got {lr!r}")
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-        raise ValueError(f"every must be an integer >= 1, got {every!r}")
+    s_l = check_float("lower_lr", lower_lr, positive=True)
+    s_u = check_float("upper_lr", upper_lr, positive=True)
+    every = check_int("every", every, 1)
     if not callable(alpha):
         alpha = alpha_value(alpha, 1)
-    if prox is not None and not callable(prox):
-        raise ValueError(f"prox must be a callable prox(v, step) or None, got {type(prox).__name__}")
-    s_l, s_u = float(lower_lr), float(upper_lr)
+    prox = check_callable("prox", prox, "prox(v, step)", allow_none=True)
     plain = gd(problem, s_l, prox)
 
     def init(x, y0):

@@ -25,6 +25,7 @@ from typing import List, Optional
 
 import torch
 
+from .._validate import check_interval, check_step_index
 from ..problem import Problem, grad_y
 from .base import Dynamics, State
 from .gd import Prox
@@ -56,8 +57,7 @@ def fista_momentum(k: int) -> float:
         The extrapolation coefficient in ``u_k = y_k + beta_k (y_k - y_{k-1})``; it increases from 0
         towards 1 (``beta_k ~ 1 - 3/k``).
     """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-        raise ValueError(f"the step index k must be an integer >= 0, got {k!r}")
+    k = check_step_index(k, first=0)
     if k == 0:
         return 0.0
     return (_t(k - 1) - 1.0) / _t(k)
@@ -84,10 +84,7 @@ def nesterov(problem: Problem, lr: float, prox: Optional[Prox] = None,
     Dynamics
         State ``(y_k, y_{k-1})``; ``step`` returns the lower-level gradient at the extrapolated ``u_k``.
     """
-    if momentum is not None:
-        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 <= momentum < 1.0:
-            raise ValueError(f"momentum must be None (FISTA schedule) or a number in [0, 1), got {momentum!r}")
-        momentum = float(momentum)
+    momentum = check_interval("momentum", momentum, 0.0, 1.0, open_high=True, allow_none=True)
 
     def beta(k: int) -> float:
         if momentum is None:

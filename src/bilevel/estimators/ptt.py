@@ -24,6 +24,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
+from .._validate import check_bool, check_checkpoint, check_int
 from ..dynamics.base import Dynamics, State, run
 from ..problem import Problem
 from . import reverse
@@ -54,8 +55,7 @@ def select(problem: Problem, dyn: Dynamics, x: torch.Tensor, y0: torch.Tensor, s
     y : Tensor
         ``y_kbar`` (flat, detached).
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"pessimistic trajectory truncation needs inner_steps >= 1, got {steps!r}")
+    steps = check_int("inner_steps", steps, 1, who="pessimistic trajectory truncation")
     x = x.detach()
     values = []
     best: Dict[str, torch.Tensor] = {}
@@ -105,7 +105,8 @@ def estimate(problem: Problem, dyn: Dynamics, x: torch.Tensor, y0: torch.Tensor,
         ``y`` is ``y_kbar``; ``info["k_bar"]`` the 1-based selected step, ``info["upper"]`` =
         ``F(x, y_kbar)``, plus ``lower_grad_norm_first`` / ``lower_grad_norm_last`` of the full trajectory.
     """
-    if single_pass:
+    checkpoint = check_checkpoint(checkpoint)
+    if check_bool("single_pass", single_pass):
         if checkpoint is not None:
             raise ValueError("single_pass and checkpoint cannot be combined: checkpointing needs the two-pass "
                              "selection (set single_pass=False)")
@@ -120,8 +121,7 @@ def estimate(problem: Problem, dyn: Dynamics, x: torch.Tensor, y0: torch.Tensor,
 
 def _single_pass(problem: Problem, dyn: Dynamics, x: torch.Tensor, y0: torch.Tensor, steps: int,
                  wrt_init: bool) -> Estimate:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"pessimistic trajectory truncation needs inner_steps >= 1, got {steps!r}")
+    steps = check_int("inner_steps", steps, 1, who="pessimistic trajectory truncation")
     info: dict = {}
     values, iterates = [], []
 

@@ -21,6 +21,7 @@ from typing import Optional, Tuple
 
 import torch
 
+from .._validate import check_checkpoint
 from ..dynamics.base import Dynamics, State, run
 from ..problem import Problem
 from .base import Estimate, check_finite, grads_or_zeros
@@ -79,6 +80,7 @@ def estimate(problem: Problem, dyn: Dynamics, x: torch.Tensor, y0: torch.Tensor,
     earlier steps being constants: this is how truncation reuses this estimator. ``checkpoint=S`` stores
     only every S-th state and recomputes segments during the backward pass.
     """
+    checkpoint = check_checkpoint(checkpoint)
     info: dict = {}
     with torch.enable_grad():
         x = x.detach().requires_grad_()

@@ -14,6 +14,7 @@ from typing import Optional
 
 import torch
 
+from .._validate import check_int
 from ..dynamics.base import Dynamics, run
 from ..problem import Problem
 from .base import Estimate
@@ -22,7 +23,8 @@ from . import reverse
 
 def estimate(problem: Problem, dyn: Dynamics, x: torch.Tensor, y0: torch.Tensor, steps: int, *,
              truncate: int, wrt_init: bool = False, checkpoint: Optional[int] = None) -> Estimate:
-    """Back-propagate through the last ``truncate`` of ``steps`` inner steps."""
+    """Back-propagate through the last ``truncate`` (``0 <= truncate <= steps``) of ``steps`` inner steps."""
+    truncate = check_int("truncate", truncate, 0, steps)
     if wrt_init and truncate < steps:
         raise ValueError("a truncated unroll cannot differentiate the initialization (truncate < inner_steps)")
     x = x.detach()

@@ -26,9 +26,9 @@ from typing import Any, Callable, Mapping, Optional
 
 import torch
 
-from .. import prox as _prox  # noqa: F401  (makes bilevel.prox available after `import bilevel`)
 from .. import schedules
 from .._tree import Spec
+from .._validate import check_callable
 from ..dynamics.aggregation import Alpha, aggregation, alpha_value
 from ..estimators import reverse
 from ..problem import Problem
@@ -36,16 +36,10 @@ from .registry import Method, Plan, check_checkpoint, check_float, check_int, re
 
 
 def _alpha_option(alpha: Any, default: Alpha) -> Alpha:
+    """The ``alpha`` option: ``default`` for None, a schedule as given, else a number checked to lie in [0, 1]."""
     if alpha is None:
         return default
-    if callable(alpha):
-        return alpha
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, torch.Tensor)):
-        raise ValueError(f"alpha must be a number in [0, 1] or a callable k -> alpha_k (k = 1..K), got {alpha!r}")
-    if isinstance(alpha, torch.Tensor) and alpha.numel() != 1:
-        raise ValueError(f"alpha must be a number in [0, 1] or a callable k -> alpha_k (k = 1..K), got a tensor "
-                         f"of shape {tuple(alpha.shape)}")
-    return alpha_value(alpha, 1)
+    return alpha if callable(alpha) else alpha_value(alpha, 1)
 
 
 def _upper_lr(upper_lr: Any, inner_lr: float) -> float:
@@ -54,11 +48,8 @@ def _upper_lr(upper_lr: Any, inner_lr: float) -> float:
 
 def _flat_prox(user_prox: Any, spec: Spec) -> Optional[Callable[[torch.Tensor, float], torch.Tensor]]:
     """Wrap ``prox(v, step)`` on the user's structure (tensor or dict) into a differentiable map on flat vectors."""
-    if user_prox is None:
+    if check_callable("lower_prox", user_prox, "prox(v, step) (e.g. bilevel.prox.l1(0.1))", allow_none=True) is None:
         return None
-    if not callable(user_prox):
-        raise ValueError(f"lower_prox must be a callable prox(v, step) (e.g. bilevel.prox.l1(0.1)) or None, got "
-                         f"{type(user_prox).__name__}")
 
     def prox(flat: torch.Tensor, step: float) -> torch.Tensor:
         out = user_prox(spec.unflatten(flat), step)

@@ -10,6 +10,7 @@ import functools
 from typing import Optional
 
 from .. import linear_solve
+from .._validate import check_bool
 from ..dynamics import gd
 from ..estimators import forward, implicit, reverse, truncated
 from ..problem import Problem
@@ -17,9 +18,8 @@ from .registry import Method, Plan, check_checkpoint, check_float, check_int, re
 
 
 def _compile_step(value, needs: str = "") -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"compile_step must be True or False, got {value!r}")
-    if value and needs:
+    """The ``compile_step`` option; ``needs`` (non-empty) says why there is nothing to compile."""
+    if check_bool("compile_step", value) and needs:
         raise ValueError(f"compile_step=True has nothing to compile here: {needs}")
     return value
 
@@ -48,7 +48,7 @@ def _trhg(problem: Problem, inner_lr: float, inner_steps: int, *, truncate: Opti
 def _cg(problem: Problem, inner_lr: float, inner_steps: int, *, cg_steps: int = 100,
         cg_tol: Optional[float] = None, compile_step: bool = False) -> Plan:
     steps = check_int("cg_steps", cg_steps, 1)
-    tol = None if cg_tol is None else check_float("cg_tol", cg_tol, nonnegative=True)
+    tol = check_float("cg_tol", cg_tol, nonnegative=True, allow_none=True)
     solve = functools.partial(linear_solve.cg, steps=steps, tol=tol)
     return unrolled(implicit.estimate, problem, gd(problem, inner_lr, compile_step=_compile_step(compile_step)),
                     solve=solve)
@@ -59,7 +59,7 @@ def _neumann(problem: Problem, inner_lr: float, inner_steps: int, *, neumann_ter
              compile_step: bool = False) -> Plan:
     terms = check_int("neumann_terms", neumann_terms, 1)
     lr = inner_lr if neumann_lr is None else check_float("neumann_lr", neumann_lr, positive=True)
-    tol = None if neumann_tol is None else check_float("neumann_tol", neumann_tol, positive=True)
+    tol = check_float("neumann_tol", neumann_tol, positive=True, allow_none=True)
     solve = functools.partial(linear_solve.neumann, terms=terms, lr=lr, tol=tol)
     return unrolled(implicit.estimate, problem, gd(problem, inner_lr, compile_step=_compile_step(compile_step)),
                     solve=solve)

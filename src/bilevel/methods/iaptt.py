@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 from typing import Optional
 
+from .._validate import check_bool
 from ..dynamics import gd, nesterov
 from ..estimators import ptt, reverse
 from ..problem import Problem
@@ -28,11 +29,9 @@ from .registry import Method, Plan, check_checkpoint, register, unrolled
 
 def _iaptt(problem: Problem, inner_lr: float, inner_steps: int, *, checkpoint: Optional[int] = None,
            single_pass: bool = False) -> Plan:
-    if not isinstance(single_pass, bool):
-        raise ValueError(f"single_pass must be True or False, got {single_pass!r}")
     dyn = gd(problem, inner_lr)
     est = functools.partial(ptt.estimate, problem, dyn, checkpoint=check_checkpoint(checkpoint),
-                            single_pass=single_pass)
+                            single_pass=check_bool("single_pass", single_pass))
     return Plan(lambda x, y0, steps, wrt_init=False: est(x, y0, steps, wrt_init=wrt_init),
                 functools.partial(ptt.value, problem, dyn))
 

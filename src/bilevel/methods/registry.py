@@ -14,8 +14,12 @@ from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Tuple
 
 import torch
 
+from .._validate import check_checkpoint, check_float, check_int  # re-exported: the presets' option checks
 from ..estimators import Estimate, reverse
 from ..problem import Problem
+
+__all__ = ["METHODS", "Method", "Plan", "check_checkpoint", "check_float", "check_int", "get", "register",
+           "unrolled"]
 
 
 class Plan(NamedTuple):
@@ -99,35 +103,6 @@ def get(name: str) -> Method:
     if not isinstance(name, str) or name not in METHODS:
         raise ValueError(f"unknown method {name!r}; valid methods are: {', '.join(sorted(METHODS))}")
     return METHODS[name]
-
-
-# ---------------------------------------------------------------- option checks shared by presets
-def check_int(name: str, value: Any, low: int, high: Optional[int] = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if value < low or (high is not None and value > high):
-        rng = f">= {low}" if high is None else f"between {low} and {high}"
-        raise ValueError(f"{name} must be {rng}, got {value}")
-    return value
-
-
-def check_float(name: str, value: Any, *, positive: bool = False, nonnegative: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) and not (
-            isinstance(value, torch.Tensor) and value.numel() == 1):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    v = float(value)
-    if v != v or v in (float("inf"), float("-inf")):
-        raise ValueError(f"{name} must be finite, got {v}")
-    if positive and v <= 0:
-        raise ValueError(f"{name} must be > 0, got {v}")
-    if nonnegative and v < 0:
-        raise ValueError(f"{name} must be >= 0, got {v}")
-    return v
-
-
-def check_checkpoint(checkpoint: Any) -> Optional[int]:
-    """The ``checkpoint`` memory-mode option of reverse-mode methods: None or a segment length >= 1."""
-    return None if checkpoint is None else check_int("checkpoint", checkpoint, 1)
 
 
 def unrolled(estimator: Callable[..., Estimate], problem: Problem, dyn, **kw) -> Plan:
