@@ -1,4 +1,4 @@
-"""Implicit differentiation of any inner solver: the :func:`custom_root` decorator.
+"""Implicit differentiation of any inner solver: the primitive :func:`root_vjp` and the :func:`custom_root` decorator.
 
 Given an optimality condition T(x, y) = 0 that the solver's output satisfies (for a minimizer of f(x, .),
 T = grad_y f), the decorated solver becomes differentiable in x without differentiating its iterations:
@@ -25,13 +25,38 @@ Example::
 from __future__ import annotations
 
 import functools
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import torch
 
 from . import linear_solve
 from ._tree import Tree, flatten
-from .estimators.implicit import root_vjp
+from .problem import grads_or_zeros
+
+#: ``solve(matvec, b) -> (v, info)``: a linear solver of :mod:`bilevel.linear_solve` or your own
+Solver = Callable[..., Tuple[torch.Tensor, dict]]
+
+
+def root_vjp(optimality: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor,
+             y: torch.Tensor, cotangent: torch.Tensor, solve: Solver) -> Tuple[torch.Tensor, dict]:
+    """Vector-Jacobian product of the implicit map x -> y(x) defined by ``optimality(x, y(x)) = 0``.
+
+    Returns ``-(dT/dx)^T v`` with ``(dT/dy)^T v = cotangent``, i.e. ``cotangent^T dy/dx``, and the
+    solver's info. Assumes dT/dy symmetric (true for T = grad_y f), so ``matvec`` is a vector-Jacobian
+    product of T in y.
+    """
+    with torch.enable_grad():
+        x = x.detach().requires_grad_()
+        y = y.detach().requires_grad_()
+        t = optimality(x, y)
+
+        def matvec(v: torch.Tensor) -> torch.Tensor:
+            (hv,) = grads_or_zeros(t, (y,), grad_outputs=v, retain_graph=True)
+            return hv
+
+        v, info = solve(matvec, cotangent)
+        (cross,) = grads_or_zeros(t, (x,), grad_outputs=v)
+    return -cross, info
 
 
 class _Root(torch.autograd.Function):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional, Tuple
+from typing import Any, Callable, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -236,3 +236,9 @@ def value_and_grads(fn: FlatFn, x: torch.Tensor, y: torch.Tensor) -> Tuple[torch
     gx = torch.zeros_like(x) if gx is None else gx
     gy = torch.zeros_like(y) if gy is None else gy
     return val.detach(), gx, gy
+
+
+def grads_or_zeros(out: torch.Tensor, inputs: Sequence[torch.Tensor], **kw) -> Tuple[torch.Tensor, ...]:
+    """``torch.autograd.grad`` with zeros for inputs ``out`` does not depend on."""
+    gs = torch.autograd.grad(out, inputs, allow_unused=True, **kw)
+    return tuple(torch.zeros_like(i) if g is None else g for g, i in zip(gs, inputs))

@@ -315,6 +315,14 @@ def test_metasgd_rejects_x_without_the_structure_of_y(x, match):
     assert err.match(match)
 
 
+def test_first_order_estimators_live_in_estimators_and_are_re_exported():
+    from bilevel.estimators import first_order
+    from bilevel.methods import meta
+    assert meta.first_order_estimate is first_order.first_order_estimate
+    assert meta.reptile_estimate is first_order.reptile_estimate
+    assert {"first_order_estimate", "reptile_estimate"} <= set(meta.__all__)
+
+
 # ------------------------------------------------------------------------------------------ solve
 def test_solve_maml_few_shot_toy_reaches_the_closed_form_optimum():
     """Linear-regression tasks w_j = c + 0.5 eps_j, 3-shot supports in R^5 (underdetermined: the initialization

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional
 
 import torch
 
 from ..errors import NonFiniteError
 from ..dynamics.base import nonfinite_kind
+from ..problem import grads_or_zeros  # noqa: F401 (estimators import it from here)
 
 
 @dataclass
@@ -37,9 +38,3 @@ def check_finite(t: torch.Tensor, what: str) -> torch.Tensor:
     if kind is not None:
         raise NonFiniteError(f"{kind} in {what}")
     return t
-
-
-def grads_or_zeros(out: torch.Tensor, inputs: Sequence[torch.Tensor], **kw) -> Tuple[torch.Tensor, ...]:
-    """``torch.autograd.grad`` with zeros for inputs ``out`` does not depend on."""
-    gs = torch.autograd.grad(out, inputs, allow_unused=True, **kw)
-    return tuple(torch.zeros_like(i) if g is None else g for g, i in zip(gs, inputs))

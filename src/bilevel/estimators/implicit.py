@@ -6,43 +6,18 @@ At a root of the optimality condition T(x, y) = grad_y f(x, y) = 0 the implicit 
     d phi / dx = grad_x F - (d2f/dxdy) v,      (d2f/dy2) v = grad_y F,
 
 evaluated at y = y_K. v comes from a swappable linear solver ``solve(matvec, b)`` using Hessian-vector
-products only. :func:`root_vjp` is that rule for any optimality function. Cost: K plain inner steps (no
-tape: memory independent of K), one taped gradient of f at y_K, and one Hessian-vector product per
-solver iteration plus one mixed product.
+products only; :func:`bilevel.implicit_diff.root_vjp` is that rule for any optimality function, and this
+estimator applies it to T = grad_y f. Cost: K plain inner steps (no tape: memory independent of K), one taped
+gradient of f at y_K, and one Hessian-vector product per solver iteration plus one mixed product.
 """
 from __future__ import annotations
-
-from typing import Callable, Tuple
 
 import torch
 
 from ..dynamics.base import Dynamics, run
+from ..implicit_diff import Solver, root_vjp  # noqa: F401 (root_vjp: also importable from here)
 from ..problem import Problem, grad_y
 from .base import Estimate, check_finite, grads_or_zeros
-
-Solver = Callable[..., Tuple[torch.Tensor, dict]]
-
-
-def root_vjp(optimality: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor,
-             y: torch.Tensor, cotangent: torch.Tensor, solve: Solver) -> Tuple[torch.Tensor, dict]:
-    """Vector-Jacobian product of the implicit map x -> y(x) defined by ``optimality(x, y(x)) = 0``.
-
-    Returns ``-(dT/dx)^T v`` with ``(dT/dy)^T v = cotangent``, i.e. ``cotangent^T dy/dx``, and the
-    solver's info. Assumes dT/dy symmetric (true for T = grad_y f), so ``matvec`` is a vector-Jacobian
-    product of T in y.
-    """
-    with torch.enable_grad():
-        x = x.detach().requires_grad_()
-        y = y.detach().requires_grad_()
-        t = optimality(x, y)
-
-        def matvec(v: torch.Tensor) -> torch.Tensor:
-            (hv,) = grads_or_zeros(t, (y,), grad_outputs=v, retain_graph=True)
-            return hv
-
-        v, info = solve(matvec, cotangent)
-        (cross,) = grads_or_zeros(t, (x,), grad_outputs=v)
-    return -cross, info
 
 
 def estimate(problem: Problem, dyn: Dynamics, x: torch.Tensor, y0: torch.Tensor, steps: int, *,

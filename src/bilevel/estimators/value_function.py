@@ -19,6 +19,9 @@ backtracking (halving) any y step that would leave the barrier's domain. The for
 the final (z, y). This is the gradient of the barrier-penalized objective :func:`penalized_objective` with
 respect to x at *fixed* (y, z) -- it never differentiates through either loop.
 
+The y-loop's dynamics is :func:`bilevel.dynamics.barrier_gd` (re-exported here). The step counts, step sizes,
+weights and backtracking rule travel together in one frozen :class:`BVFIMSettings`, validated at construction.
+
 Cost per call: ``z_steps`` gradients of f, ``y_steps`` gradients of F + f (one joint backward pass each)
 plus one f evaluation per trial point (1 + the number of backtracks), and three first-order gradients
 for the formula. No Hessian-vector product and no tape across steps: memory independent of the step counts.
@@ -26,23 +29,74 @@ for the formula. No Hessian-vector product and no tape across steps: memory inde
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Dict, NamedTuple, Tuple
 
 import torch
 
-from ..dynamics.base import Dynamics, State, nonfinite_kind, run
+from .._validate import check_bool, check_float, check_int
+from ..dynamics.barrier import _sqnorm, barrier_gd
+from ..dynamics.base import run
 from ..dynamics.gd import gd
-from ..errors import NonFiniteError
-from ..problem import Problem, grad_y, value_and_grads
+from ..problem import Problem, value_and_grads
 from .base import Estimate, check_finite
 
-__all__ = ["Loops", "regularized_lower", "barrier_gd", "inner_loops", "estimate", "value", "penalized_objective",
-           "hypergradient_at"]
+__all__ = ["BVFIMSettings", "Loops", "regularized_lower", "barrier_gd", "inner_loops", "estimate", "value",
+           "penalized_objective", "hypergradient_at"]
 
 
-def _sqnorm(y: torch.Tensor) -> torch.Tensor:
-    return (y * y).sum()
+@dataclasses.dataclass(frozen=True)
+class BVFIMSettings:
+    """Everything that fixes one BVFIM estimate besides (problem, x, y0), validated once at construction.
+
+    Attributes
+    ----------
+    z_steps : int
+        Gradient steps of the z-loop on ``f + mu1/2 ||y||^2`` (>= 1).
+    y_steps : int
+        Backtracking barrier steps of the y-loop (>= 0; 0 gives y = z).
+    z_lr : float
+        Step of the z-loop (finite, > 0).
+    y_lr : float
+        Initial step of every y step (finite, > 0).
+    mu1, theta : float
+        Tikhonov weights of the z- and y-objectives (finite, >= 0).
+    mu2 : float
+        Relaxation of the value-function constraint (finite, > 0).
+    tau : float
+        Barrier weight (finite, > 0).
+    max_backtracks : int
+        Maximal halvings of a y step (>= 0; default 50).
+    armijo : bool
+        Halve a y step also until the barrier objective decreases sufficiently (default True; see
+        :func:`bilevel.dynamics.barrier.barrier_gd`).
+
+    Raises
+    ------
+    ValueError
+        Naming the first field out of range (the checks of :mod:`bilevel._validate`). The float fields are
+        stored as Python floats.
+    """
+
+    z_steps: int
+    y_steps: int
+    z_lr: float
+    y_lr: float
+    mu1: float
+    mu2: float
+    theta: float
+    tau: float
+    max_backtracks: int = 50
+    armijo: bool = True
+
+    def __post_init__(self) -> None:
+        check_int("z_steps", self.z_steps, 1)
+        check_int("y_steps", self.y_steps, 0)
+        for name in ("z_lr", "y_lr", "mu1", "mu2", "theta", "tau"):
+            nonnegative = name in ("mu1", "theta")  # the Tikhonov weights may be 0, the others not
+            v = check_float(name, getattr(self, name), positive=not nonnegative, nonnegative=nonnegative)
+            object.__setattr__(self, name, v)  # frozen: store the validated float once, here
+        check_int("max_backtracks", self.max_backtracks, 0)
+        check_bool("armijo", self.armijo)
 
 
 def regularized_lower(problem: Problem, mu1: float) -> Problem:
@@ -68,79 +122,6 @@ def regularized_lower(problem: Problem, mu1: float) -> Problem:
     return dataclasses.replace(problem, lower=reg)
 
 
-def barrier_gd(problem: Problem, lr: float, f_z: torch.Tensor, margin: torch.Tensor, theta: float, tau: float,
-               max_backtracks: int = 50, armijo: bool = True) -> Dynamics:
-    """Projected gradient descent with backtracking on the y-loop's barrier objective.
-
-    The objective is ``B(y) = F(x, y) + theta/2 ||y||^2 - tau ln(gap(y))`` with
-    ``gap(y) = (f(x, z) - f(x, y)) + margin`` and ``margin = mu1/2 ||z||^2 + mu2`` (written this way so that
-    ``gap(z) = margin`` exactly, without cancellation). A step is ``y+ = P(y - s grad B(y))``; while
-    ``gap(y+)`` is not a positive finite number, s is halved (a *backtrack*). After ``max_backtracks``
-    halvings the iterate stays where it is. The log is only ever evaluated at accepted (feasible) points.
-
-    Parameters
-    ----------
-    problem : Problem
-        Supplies F (``upper``), f (``lower``) and the projection P.
-    lr : float
-        Initial step s of every step.
-    f_z, margin : Tensor
-        ``f(x, z)`` and ``mu1/2 ||z||^2 + mu2`` (scalars, constants for this x).
-    theta, tau : float
-        Tikhonov weight and barrier weight.
-    max_backtracks : int
-        Maximal number of halvings per step.
-    armijo : bool
-        Also require sufficient decrease, ``B(y+) <= B(y) - 1/2 g'(y - y+)`` (projected Armijo rule); costs one
-        more F and f evaluation per trial point. Default True; False halves only to stay inside the domain
-        (cheaper per trial point, but the y-loop then bounces on the barrier and is chaotic: a 1e-13
-        change of x0 moves the LLC test problem's result by 0.13 RMS).
-
-    Returns
-    -------
-    Dynamics
-        State ``(y, backtracks)``, ``backtracks`` a 0-d integer tensor counting every halving so far. The step
-        raises ValueError when asked for a graph (the step is not differentiable: BVFIM never differentiates
-        through its loops) and NonFiniteError when the barrier gradient is not finite.
-    """
-    upper, lower = problem.upper, problem.lower
-
-    def objective(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        gap = (f_z - lower(x, y)) + margin
-        return upper(x, y) + 0.5 * theta * _sqnorm(y) - tau * torch.log(gap)
-
-    def init(x: torch.Tensor, y0: torch.Tensor) -> State:
-        return (y0, torch.zeros((), dtype=torch.long, device=y0.device))
-
-    def step(k: int, x: torch.Tensor, state: State, create_graph: bool) -> Tuple[State, torch.Tensor]:
-        if create_graph:
-            raise ValueError("the BVFIM y-loop (backtracking barrier descent) cannot be differentiated; run it "
-                             "with create_graph=False")
-        y, count = state
-        g = grad_y(objective, x, y, False)
-        kind = nonfinite_kind(g)
-        if kind is not None:
-            raise NonFiniteError(f"{kind} in the gradient of the BVFIM barrier objective at y-step {k + 1} "
-                                 "(the gap f*_mu - f(x, y) may have collapsed; increase mu2 or reduce y_lr)")
-        s = lr
-        new = y
-        b0 = objective(x, y) if armijo else None
-        halvings = 0
-        with torch.no_grad():
-            for _ in range(max_backtracks + 1):
-                cand = problem.project(y - s * g)
-                gap = (f_z - lower(x, cand)) + margin
-                if bool(torch.isfinite(gap)) and bool(gap > 0):
-                    if not armijo or bool(objective(x, cand) <= b0 - 0.5 * (g * (y - cand)).sum()):
-                        new = cand
-                        break
-                s *= 0.5
-                halvings += 1
-        return (new, count + halvings), g
-
-    return Dynamics(init, step)
-
-
 class Loops(NamedTuple):
     """The result of the z-loop and the y-loop at one x (all detached).
 
@@ -163,22 +144,7 @@ class Loops(NamedTuple):
     info: Dict[str, object]
 
 
-def _check_options(z_steps: int, y_steps: int, z_lr: float, y_lr: float, mu1: float, mu2: float, theta: float,
-                   tau: float, max_backtracks: int) -> None:
-    for name, v, low in (("z_steps", z_steps, 1), ("y_steps", y_steps, 0), ("max_backtracks", max_backtracks, 0)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
-    for name, v in (("z_lr", z_lr), ("y_lr", y_lr), ("mu2", mu2), ("tau", tau)):
-        if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-            raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
-    for name, v in (("mu1", mu1), ("theta", theta)):
-        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-            raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
-
-
-def inner_loops(problem: Problem, x: torch.Tensor, y0: torch.Tensor, *, z_steps: int, y_steps: int, z_lr: float,
-                y_lr: float, mu1: float, mu2: float, theta: float, tau: float, max_backtracks: int = 50,
-                armijo: bool = True) -> Loops:
+def inner_loops(problem: Problem, x: torch.Tensor, y0: torch.Tensor, settings: BVFIMSettings) -> Loops:
     """Run the z-loop from ``y0`` and the y-loop from its result, graph-free.
 
     Parameters
@@ -187,16 +153,8 @@ def inner_loops(problem: Problem, x: torch.Tensor, y0: torch.Tensor, *, z_steps:
         The bilevel problem (flat).
     x, y0 : Tensor
         Upper variable and the z-loop's initialization (constants).
-    z_steps, y_steps : int
-        Step counts (z_steps >= 1, y_steps >= 0).
-    z_lr, y_lr : float
-        Step sizes (> 0); y_lr is the initial step of each backtracking y step.
-    mu1, mu2, theta, tau : float
-        Regularization weights (mu1, theta >= 0; mu2, tau > 0).
-    max_backtracks : int
-        Maximal number of halvings per y step.
-    armijo : bool
-        Also halve until the barrier objective decreases sufficiently (see :func:`barrier_gd`).
+    settings : BVFIMSettings
+        Step counts, step sizes, weights and backtracking rule of both loops.
 
     Returns
     -------
@@ -205,31 +163,33 @@ def inner_loops(problem: Problem, x: torch.Tensor, y0: torch.Tensor, *, z_steps:
     Raises
     ------
     ValueError
-        If an option is out of range or the y-loop's start is not strictly feasible
+        If ``settings`` is not a :class:`BVFIMSettings` or the y-loop's start is not strictly feasible
         (``mu1/2 ||z||^2 + mu2`` not a positive finite number, e.g. mu2 underflowed).
     NonFiniteError
         If an iterate, f(x, z) or the barrier gradient becomes nan/inf.
     """
-    _check_options(z_steps, y_steps, z_lr, y_lr, mu1, mu2, theta, tau, max_backtracks)
+    if not isinstance(settings, BVFIMSettings):
+        raise ValueError(f"settings must be a BVFIMSettings, got {type(settings).__name__}")
     x = x.detach()
     info: Dict[str, object] = {}
-    zprob = regularized_lower(problem, mu1)
-    zdyn = gd(zprob, z_lr)
+    zprob = regularized_lower(problem, settings.mu1)
+    zdyn = gd(zprob, settings.z_lr)
     zinfo: Dict[str, object] = {}
-    z = run(zdyn, x, zdyn.init(x, y0.detach()), 0, z_steps, create_graph=False, info=zinfo)[0].detach()
+    z = run(zdyn, x, zdyn.init(x, y0.detach()), 0, settings.z_steps, create_graph=False, info=zinfo)[0].detach()
     with torch.no_grad():
-        f_z = check_finite(problem.lower(x, z), f"f(x, z) after {z_steps} z-steps").detach()
-        margin = 0.5 * mu1 * _sqnorm(z) + mu2
+        f_z = check_finite(problem.lower(x, z), f"f(x, z) after {settings.z_steps} z-steps").detach()
+        margin = 0.5 * settings.mu1 * _sqnorm(z) + settings.mu2
     if not (bool(torch.isfinite(margin)) and bool(margin > 0)):
         raise ValueError(f"infeasible start of the BVFIM y-loop: f*_mu - f(x, z) = mu1/2 ||z||^2 + mu2 = "
-                         f"{float(margin)} must be a positive finite number (mu2 = {mu2}); use a larger mu2 "
+                         f"{float(margin)} must be a positive finite number (mu2 = {settings.mu2}); use a larger mu2 "
                          "(or fewer outer steps / a decay closer to 1 so that mu2 does not underflow)")
     info["lower_grad_norm_first"] = zinfo.get("lower_grad_norm_first")
     info["lower_grad_norm_last"] = zinfo.get("lower_grad_norm_last")
-    ydyn = barrier_gd(problem, y_lr, f_z, margin, theta, tau, max_backtracks, armijo)
+    ydyn = barrier_gd(problem, settings.y_lr, f_z, margin, settings.theta, settings.tau, settings.max_backtracks,
+                      settings.armijo)
     yinfo: Dict[str, object] = {}
-    y, backtracks = run(ydyn, x, ydyn.init(x, z), 0, y_steps, create_graph=False, info=yinfo)
-    if y_steps > 0:
+    y, backtracks = run(ydyn, x, ydyn.init(x, z), 0, settings.y_steps, create_graph=False, info=yinfo)
+    if settings.y_steps > 0:
         info["y_grad_norm_first"] = yinfo["lower_grad_norm_first"]
         info["y_grad_norm_last"] = yinfo["lower_grad_norm_last"]
     info["backtracks"] = int(backtracks)
@@ -275,9 +235,8 @@ def hypergradient_at(problem: Problem, x: torch.Tensor, y: torch.Tensor, z: torc
     return grad, {"upper": F_y, "y_lower": f_y, "gap": gap}
 
 
-def estimate(problem: Problem, x: torch.Tensor, y0: torch.Tensor, *, z_steps: int, y_steps: int, z_lr: float,
-             y_lr: float, mu1: float, mu2: float, theta: float, tau: float, max_backtracks: int = 50,
-             armijo: bool = True, wrt_init: bool = False) -> Estimate:
+def estimate(problem: Problem, x: torch.Tensor, y0: torch.Tensor, settings: BVFIMSettings, *,
+             wrt_init: bool = False) -> Estimate:
     """BVFIM hypergradient at x (Proposition 1 at the loops' final iterates).
 
     Parameters
@@ -285,7 +244,7 @@ def estimate(problem: Problem, x: torch.Tensor, y0: torch.Tensor, *, z_steps: in
     problem : Problem
     x, y0 : Tensor
         Flat upper variable and z-loop initialization.
-    z_steps, y_steps, z_lr, y_lr, mu1, mu2, theta, tau, max_backtracks
+    settings : BVFIMSettings
         See :func:`inner_loops`.
     wrt_init : bool
         Must be False (BVFIM does not differentiate its initialization).
@@ -301,22 +260,21 @@ def estimate(problem: Problem, x: torch.Tensor, y0: torch.Tensor, *, z_steps: in
     """
     if wrt_init:
         raise ValueError("bvfim does not differentiate the initialization (wrt_init must be False)")
-    loops = inner_loops(problem, x, y0, z_steps=z_steps, y_steps=y_steps, z_lr=z_lr, y_lr=y_lr, mu1=mu1, mu2=mu2,
-                        theta=theta, tau=tau, max_backtracks=max_backtracks, armijo=armijo)
+    loops = inner_loops(problem, x, y0, settings)
     x = x.detach()
-    grad, parts = hypergradient_at(problem, x, loops.y, loops.z, loops.f_z, loops.margin, tau)
+    grad, parts = hypergradient_at(problem, x, loops.y, loops.z, loops.f_z, loops.margin, settings.tau)
     check_finite(parts["upper"], "the upper objective at the y-loop's iterate (reduce y_lr or pass armijo=True)")
     info = dict(loops.info)
     info.update(
         upper=parts["upper"], gap=parts["gap"], z_lower=loops.f_z, f_star_mu=loops.f_z + loops.margin,
-        penalized=parts["upper"] + 0.5 * theta * _sqnorm(loops.y) - tau * torch.log(parts["gap"]),
-        mu1=float(mu1), mu2=float(mu2), theta=float(theta), tau=float(tau), z_steps=z_steps, y_steps=y_steps)
+        penalized=parts["upper"] + 0.5 * settings.theta * _sqnorm(loops.y) - settings.tau * torch.log(parts["gap"]),
+        mu1=settings.mu1, mu2=settings.mu2, theta=settings.theta, tau=settings.tau, z_steps=settings.z_steps,
+        y_steps=settings.y_steps)
     return Estimate(grad, None, loops.y, info)
 
 
-def value(problem: Problem, x: torch.Tensor, y0: torch.Tensor, *, z_steps: int, y_steps: int, z_lr: float,
-          y_lr: float, mu1: float, mu2: float, theta: float, tau: float, max_backtracks: int = 50,
-          armijo: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+def value(problem: Problem, x: torch.Tensor, y0: torch.Tensor,
+          settings: BVFIMSettings) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(F(x, y), y)`` at the y-loop's final iterate y (no tape).
 
     This is the upper objective the method is driving down, *not* a function whose gradient
@@ -324,8 +282,7 @@ def value(problem: Problem, x: torch.Tensor, y0: torch.Tensor, *, z_steps: int, 
     (exactly, at fixed (y, z): see :func:`penalized_objective`), so finite differences of this value measure
     the bias of BVFIM with respect to F(x, y(x)), which vanishes only as mu1, mu2, theta, tau -> 0.
     """
-    loops = inner_loops(problem, x, y0, z_steps=z_steps, y_steps=y_steps, z_lr=z_lr, y_lr=y_lr, mu1=mu1, mu2=mu2,
-                        theta=theta, tau=tau, max_backtracks=max_backtracks, armijo=armijo)
+    loops = inner_loops(problem, x, y0, settings)
     with torch.no_grad():
         return problem.upper(x.detach(), loops.y), loops.y
 

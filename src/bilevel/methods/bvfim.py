@@ -12,16 +12,21 @@ At each outer step (supplement, Proposition 1)::
 and :func:`bilevel.solve` divides mu1, mu2, theta and tau by ``decay**t`` at outer step t (the paper:
 (mu1, theta, tau) = (1, 1, 1) / 1.01^k). Cost per hyper-iteration: z_steps + y_steps first-order
 gradient evaluations (+ one f evaluation per y trial point and three gradients for the formula); no
-Hessian-vector products; memory independent of the step counts. Estimator:
-:mod:`bilevel.estimators.value_function`; documentation: ``docs/methods/bvfim.md``.
+Hessian-vector products; memory independent of the step counts. Binding builds one
+:class:`bilevel.estimators.value_function.BVFIMSettings` (which validates every option); only the step counts
+follow the per-call budget. Estimator: :mod:`bilevel.estimators.value_function`; documentation:
+``docs/methods/bvfim.md``.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Dict, Optional
 
+from .._validate import check_float, check_int
 from ..estimators import value_function
+from ..estimators.value_function import BVFIMSettings
 from ..problem import Problem
-from .registry import Method, Plan, check_float, check_int, register
+from .registry import Method, Plan, register
 
 __all__ = ["DEFAULTS", "default_steps", "schedule"]
 
@@ -47,12 +52,6 @@ def default_steps(inner_steps: int) -> tuple:
     tuple of int
     """
     return max(1, inner_steps // 2), max(1, inner_steps // 4)
-
-
-def _check_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
-    return value
 
 
 def _check_decay(value: Any) -> float:
@@ -136,25 +135,27 @@ def _bvfim(problem: Problem, inner_lr: float, inner_steps: int, *, z_steps: Opti
     -------
     Plan
     """
-    zs = None if z_steps is None else check_int("z_steps", z_steps, 1)
-    ys = None if y_steps is None else check_int("y_steps", y_steps, 0)
-    kw = dict(
-        z_lr=inner_lr,
-        y_lr=inner_lr if y_lr is None else check_float("y_lr", y_lr, positive=True),
-        mu1=check_float("mu1", mu1, nonnegative=True), mu2=check_float("mu2", mu2, positive=True),
-        theta=check_float("theta", theta, nonnegative=True), tau=check_float("tau", tau, positive=True),
-        max_backtracks=check_int("max_backtracks", max_backtracks, 0), armijo=_check_bool("armijo", armijo))
+    def step_counts(steps: int) -> Dict[str, int]:
+        dz, dy = default_steps(check_int("inner_steps", steps, 1))
+        return {"z_steps": dz if z_steps is None else z_steps, "y_steps": dy if y_steps is None else y_steps}
+
+    settings = BVFIMSettings(**step_counts(inner_steps), z_lr=inner_lr, y_lr=inner_lr if y_lr is None else y_lr,
+                             mu1=mu1, mu2=mu2, theta=theta, tau=tau, max_backtracks=max_backtracks, armijo=armijo)
     _check_decay(decay)
 
-    def steps_for(steps: int) -> Dict[str, int]:
-        dz, dy = default_steps(check_int("inner_steps", steps, 1))
-        return {"z_steps": dz if zs is None else zs, "y_steps": dy if ys is None else ys}
+    def settings_for(steps: int) -> BVFIMSettings:
+        # the step counts are the only per-call part; the bound budget (what hypergrad / solve pass) or explicit
+        # z_steps and y_steps reuse the settings validated above
+        counts = step_counts(steps)
+        if (counts["z_steps"], counts["y_steps"]) == (settings.z_steps, settings.y_steps):
+            return settings
+        return dataclasses.replace(settings, **counts)
 
     def estimate(x, y0, steps, wrt_init=False):
-        return value_function.estimate(problem, x, y0, wrt_init=wrt_init, **steps_for(steps), **kw)
+        return value_function.estimate(problem, x, y0, settings_for(steps), wrt_init=wrt_init)
 
     def value(x, y0, steps):
-        return value_function.value(problem, x, y0, **steps_for(steps), **kw)
+        return value_function.value(problem, x, y0, settings_for(steps))
 
     return Plan(estimate, value)
 

@@ -44,94 +44,29 @@ gradient w.r.t. theta -- the sum over tasks of the per-task gradients (the exact
 ``reptile`` -- so an outer optimizer that starts from equal rows keeps them equal and updates theta exactly
 as if it were a single tensor.
 
-Documentation: ``docs/methods/maml.md``, ``fomaml.md``, ``reptile.md``, ``metasgd.md``.
+The first-order estimators of ``fomaml`` and ``reptile`` live in :mod:`bilevel.estimators.first_order` (re-exported
+here); the plans of all four are :func:`bilevel.methods.registry.unrolled` compositions. Documentation:
+``docs/methods/maml.md``, ``fomaml.md``, ``reptile.md``, ``metasgd.md``.
 """
 from __future__ import annotations
 
-import functools
 from typing import Any, List, Optional
 
 import torch
 
 from .._tree import Spec
+from .._validate import check_bool, check_checkpoint
 from ..dynamics import gd
-from ..dynamics.base import Dynamics, run
 from ..dynamics.metasgd import metasgd
 from ..estimators import Estimate, reverse
-from ..estimators.base import check_finite
-from ..problem import Problem, value_and_grads
-from .registry import Method, Plan, check_checkpoint, register, unrolled
+from ..estimators.first_order import first_order_estimate, reptile_estimate
+from ..problem import Problem
+from .registry import Method, Plan, register, unrolled
 
 __all__ = ["first_order_estimate", "reptile_estimate", "shared_init_plan"]
 
 #: rows of a shared initialization may differ by this much relative to their scale (optimizer round-off)
 _ROW_TOL = 1e-3
-
-
-# ------------------------------------------------------------------------------------------ estimators
-def first_order_estimate(problem: Problem, dyn: Dynamics, x: torch.Tensor, y0: torch.Tensor, steps: int, *,
-                         wrt_init: bool = False) -> Estimate:
-    """First-order MAML: the gradients of F at y_K with y_K held fixed (no backpropagation through the unroll).
-
-    Parameters
-    ----------
-    problem : Problem
-    dyn : Dynamics
-        The inner dynamics, run without a tape.
-    x, y0 : Tensor
-        Flat upper variable and initialization (constants).
-    steps : int
-        K >= 1 inner steps.
-    wrt_init : bool
-        Return ``grad_y F(x, y_K)`` as the initialization's gradient.
-
-    Returns
-    -------
-    Estimate
-        ``grad_x = grad_x F(x, y_K)``, ``grad_y0 = grad_y F(x, y_K)`` (or None). Cost: K graph-free steps,
-        one evaluation and one gradient of F.
-    """
-    info: dict = {}
-    x = x.detach()
-    state = run(dyn, x, dyn.init(x, y0.detach()), 0, steps, create_graph=False, info=info)
-    y = state[0].detach()
-    upper, gx, gy = value_and_grads(problem.upper, x, y)
-    check_finite(upper, f"the upper objective after {steps} inner steps")
-    info["upper"] = upper
-    return Estimate(gx, gy if wrt_init else None, y, info)
-
-
-def reptile_estimate(problem: Problem, dyn: Dynamics, x: torch.Tensor, y0: torch.Tensor, steps: int, *,
-                     lr: float, normalize: bool, wrt_init: bool = False) -> Estimate:
-    """Reptile: the initialization's update direction ``(y_0 - y_K) / (K lr)`` (or ``y_0 - y_K``).
-
-    Parameters
-    ----------
-    problem : Problem
-    dyn : Dynamics
-        The inner dynamics, run without a tape.
-    x, y0 : Tensor
-        Flat upper variable and initialization (constants).
-    steps : int
-        K >= 1 inner steps.
-    lr : float
-        The inner step size s used for the normalization.
-    normalize : bool
-        Divide the displacement by ``K * lr`` (the mean inner gradient for plain gradient descent).
-    wrt_init : bool
-        Return the direction as ``grad_y0``.
-
-    Returns
-    -------
-    Estimate
-        ``grad_y0`` as above, ``grad_x = grad_x F(x, y_K)`` (first order; F is used for x and the
-        diagnostics only). Cost: K graph-free steps, one evaluation and one gradient of F.
-    """
-    est = first_order_estimate(problem, dyn, x, y0, steps, wrt_init=False)
-    if wrt_init:
-        direction = y0.detach() - est.y
-        est.grad_y0 = direction / (steps * lr) if normalize else direction
-    return est
 
 
 # ------------------------------------------------------------------------------------------ shared init
@@ -201,22 +136,10 @@ def shared_init_plan(plan: Plan, spec: Spec, reduce: str) -> Plan:
 
 
 # ------------------------------------------------------------------------------------------ presets
-def _check_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
-    return value
-
-
 def _finish(plan: Plan, problem: Problem, shared_init: Any, reduce: str = "sum") -> Plan:
-    if _check_bool("shared_init", shared_init):
+    if check_bool("shared_init", shared_init):
         return shared_init_plan(plan, problem.y_spec, reduce)
     return plan
-
-
-def _graph_free(estimator, problem: Problem, dyn: Dynamics, **kw) -> Plan:
-    est = functools.partial(estimator, problem, dyn, **kw)
-    return Plan(lambda x, y0, steps, wrt_init=False: est(x, y0, steps, wrt_init=wrt_init),
-                functools.partial(reverse.value, problem, dyn))
 
 
 def _maml(problem: Problem, inner_lr: float, inner_steps: int, *, shared_init: bool = False,
@@ -226,13 +149,13 @@ def _maml(problem: Problem, inner_lr: float, inner_steps: int, *, shared_init: b
 
 
 def _fomaml(problem: Problem, inner_lr: float, inner_steps: int, *, shared_init: bool = False) -> Plan:
-    return _finish(_graph_free(first_order_estimate, problem, gd(problem, inner_lr)), problem, shared_init)
+    return _finish(unrolled(first_order_estimate, problem, gd(problem, inner_lr)), problem, shared_init)
 
 
 def _reptile(problem: Problem, inner_lr: float, inner_steps: int, *, normalize: bool = True,
              shared_init: bool = False) -> Plan:
-    plan = _graph_free(reptile_estimate, problem, gd(problem, inner_lr), lr=inner_lr,
-                       normalize=_check_bool("normalize", normalize))
+    plan = unrolled(reptile_estimate, problem, gd(problem, inner_lr), lr=inner_lr,
+                    normalize=check_bool("normalize", normalize))
     return _finish(plan, problem, shared_init, reduce="mean")
 
 
