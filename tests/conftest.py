@@ -6,7 +6,7 @@ import tempfile
 import pytest
 import torch
 
-from quadratic_problems import make_quadratic
+from bilevel.problems import make_quadratic
 
 # BILEVEL_TEST_THREADS=N runs the suite with torch.set_num_threads(N); `make test-matrix` runs it with 1 and 2
 # threads and with ATEN_CPU_CAPABILITY=avx2 and default (the tests must not depend on one machine's last bits)

@@ -5,6 +5,7 @@ import torch
 
 import bilevel
 from bilevel import prox, schedules
+from bilevel.problems import bda_counterexample
 
 D = torch.float64
 
@@ -249,12 +250,7 @@ def test_bda_is_registered_with_its_options():
 
 
 # ------------------------------------------------------------------ BDA counter-example (Eq. 5)
-def F5(x, y):
-    return 0.5 * (x[0] - y[1]) ** 2 + 0.5 * (y[0] - 1) ** 2
-
-
-def f5(x, y):
-    return 0.5 * y[0] ** 2 - x[0] * y[0]
+F5, f5 = bda_counterexample.upper, bda_counterexample.lower
 
 
 def solve5(method, y0, K=16, T=40, **opts):

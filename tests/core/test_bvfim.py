@@ -1,6 +1,7 @@
 """BVFIM ("bvfim"): Proposition 1's formula, first-order-only guarantee, barrier feasibility, schedule, errors,
 and the paper problems (BDA counterexample, IAPTT-GM LLC problem) at fast sizes. Tolerances are measured
 values with a margin (see docs/methods/bvfim.md)."""
+import dataclasses
 import math
 
 import pytest
@@ -9,11 +10,11 @@ import torch
 import bilevel
 from bilevel._tree import flatten
 from bilevel.estimators import value_function
+from bilevel.estimators.value_function import BVFIMSettings
 from bilevel.methods import bvfim as bvfim_method
 from bilevel.problem import Problem
-from quadratic_problems import ift_closed_form, make_quadratic
-
-
+from bilevel.problems import bda_counterexample as bda5
+from bilevel.problems import ift_closed_form, llc_problem, make_quadratic
 
 
 def rel(a, b):
@@ -54,7 +55,7 @@ def test_gradient_of_penalized_objective_at_fixed_y_z(seed):
     r = bilevel.hypergrad(q["upper"], q["lower"], q["x"], q["y0"], method="bvfim", inner_steps=10,
                           inner_lr=q["lr"], **kw)
     p, xf, yf = flat_problem(q)
-    loops = value_function.inner_loops(p, xf, yf, z_lr=q["lr"], y_lr=q["lr"], **kw)
+    loops = value_function.inner_loops(p, xf, yf, BVFIMSettings(z_lr=q["lr"], y_lr=q["lr"], **kw))
     assert torch.equal(loops.y, r.y)
     xl = xf.clone().requires_grad_()
     obj = value_function.penalized_objective(p, xl, loops.y, loops.z, **W)
@@ -172,7 +173,7 @@ def test_y_loop_stays_strictly_feasible_and_counts_backtracks(armijo):
     r = bilevel.hypergrad(upper, q["lower"], q["x"], q["y0"], method="bvfim", inner_steps=10, inner_lr=q["lr"], **kw)
     assert r.info["backtracks"] > 0 and r.info["gap"] > 0
     p, xf, yf = flat_problem(q)
-    loops = value_function.inner_loops(p, xf, yf, z_lr=q["lr"], **kw)
+    loops = value_function.inner_loops(p, xf, yf, BVFIMSettings(z_lr=q["lr"], **kw))
     gaps = [float((loops.f_z - q["lower"](q["x"], y)) + loops.margin) for y in seen]
     assert min(gaps) > 0
 
@@ -182,7 +183,8 @@ def test_y_steps_zero_gives_y_equal_z_and_gap_margin():
     r = bilevel.hypergrad(q["upper"], q["lower"], q["x"], q["y0"], method="bvfim", inner_steps=10, inner_lr=q["lr"],
                           z_steps=10, y_steps=0, **W)
     p, xf, yf = flat_problem(q)
-    loops = value_function.inner_loops(p, xf, yf, z_steps=10, y_steps=0, z_lr=q["lr"], y_lr=q["lr"], **W)
+    loops = value_function.inner_loops(p, xf, yf, BVFIMSettings(z_steps=10, y_steps=0, z_lr=q["lr"], y_lr=q["lr"],
+                                                                 **W))
     assert torch.equal(loops.z, r.y)
     assert math.isclose(r.info["gap"], float(loops.margin), rel_tol=1e-12)
     assert r.info["gap"] >= W["mu2"]
@@ -216,6 +218,48 @@ def test_invalid_options_raise_value_error(opts, match):
                           **opts)
 
 
+def test_settings_validate_once_and_are_frozen():
+    """BVFIMSettings checks every field at construction (same ranges as the method's options) and is immutable."""
+    ok = dict(z_steps=3, y_steps=0, z_lr=0.1, y_lr=0.1, mu1=0.0, mu2=0.3, theta=0.0, tau=0.7)
+    s = BVFIMSettings(**ok)
+    assert (s.max_backtracks, s.armijo) == (50, True) and isinstance(s.mu1, float)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.tau = 1.0
+    for field, bad in (("z_steps", 0), ("y_steps", -1), ("y_steps", 2.0), ("z_lr", 0.0), ("y_lr", float("inf")),
+                       ("mu1", -1.0), ("mu2", 0.0), ("theta", float("nan")), ("tau", -0.5), ("mu2", True)):
+        with pytest.raises(ValueError, match=field):
+            BVFIMSettings(**{**ok, field: bad})
+    with pytest.raises(ValueError, match="max_backtracks"):
+        BVFIMSettings(**ok, max_backtracks=-1)
+    with pytest.raises(ValueError, match="armijo"):
+        BVFIMSettings(**ok, armijo=1)
+    with pytest.raises(ValueError, match="z_steps"):  # replace() validates the new value too
+        dataclasses.replace(s, z_steps=0)
+    q = make_quadratic(2, 3, 0)
+    p, xf, yf = flat_problem(q)
+    with pytest.raises(ValueError, match="BVFIMSettings"):
+        value_function.inner_loops(p, xf, yf, ok)
+
+
+def test_barrier_gd_lives_in_dynamics_and_is_re_exported():
+    from bilevel.dynamics.barrier import barrier_gd
+    assert bilevel.dynamics.barrier_gd is barrier_gd is value_function.barrier_gd
+    assert "barrier_gd" in value_function.__all__
+
+
+def test_step_counts_follow_the_per_call_budget():
+    """The plan takes the step counts from the budget of each call (the other settings are bound once)."""
+    q = make_quadratic(2, 3, 1)
+    p, xf, yf = flat_problem(q)
+    plan = bilevel.METHODS["bvfim"].bind(p, q["lr"], 8, dict(W))
+    for steps in (8, 12):
+        est = plan.estimate(xf, yf, steps)
+        assert (est.info["z_steps"], est.info["y_steps"]) == bvfim_method.default_steps(steps)
+        z, y = bvfim_method.default_steps(steps)
+        direct = value_function.estimate(p, xf, yf, BVFIMSettings(z, y, q["lr"], q["lr"], **W))
+        assert torch.equal(est.grad_x, direct.grad_x)
+
+
 def test_nonfinite_and_infeasible_start_raise():
     q = make_quadratic(2, 3, 0)
     bad = q["y0"].clone()
@@ -235,20 +279,9 @@ def test_nonfinite_and_infeasible_start_raise():
 
 
 # ----------------------------------------------------------------------------- paper problems
-def bda_counterexample():
-    """BDA Eq. (5): F = 1/2 (x - y2)^2 + 1/2 (y1 - 1)^2, f = 1/2 y1^2 - x y1; x* = 1, y* = (1, 1)."""
-    def upper(x, y):
-        return 0.5 * (x[0] - y[1]) ** 2 + 0.5 * (y[0] - 1.0) ** 2
-
-    def lower(x, y):
-        return 0.5 * y[0] ** 2 - x[0] * y[0]
-
-    return upper, lower
-
-
 def test_bda_counterexample_converges_first_order():
     """Measured: |x - 1| = 1.1e-3, ||y - (1, 1)|| = 1.4e-3 (300 outer steps; rhg stays at x ~ 0.5)."""
-    upper, lower = bda_counterexample()
+    upper, lower = bda5.upper, bda5.lower
     d = torch.float64
     out = bilevel.solve(upper, lower, torch.tensor([5.0], dtype=d), torch.zeros(2, dtype=d), method="bvfim",
                         outer_steps=300, outer_lr=0.1, inner_steps=40, inner_lr=0.5, x_bounds=(-100, 100),
@@ -256,19 +289,6 @@ def test_bda_counterexample_converges_first_order():
     assert abs(float(out.x[0]) - 1.0) < 1e-2
     assert float(torch.linalg.vector_norm(out.y - 1.0)) < 1e-2
     assert all(h["gap"] > 0 for h in out.history)
-
-
-def llc_problem(n):
-    """IAPTT-GM Eq. (13): F = ||x - y2||^4 + ||y1 - e||^4, f = 1/2 ||y1||^2 - x'y1; x* = y1* = y2* = e."""
-    e = torch.ones(n, dtype=torch.float64)
-
-    def upper(x, y):
-        return ((x - y["y2"]) ** 2).sum() ** 2 + ((y["y1"] - e) ** 2).sum() ** 2
-
-    def lower(x, y):
-        return 0.5 * (y["y1"] ** 2).sum() - x @ y["y1"]
-
-    return upper, lower
 
 
 def test_llc_problem_converges_near_optimum():
@@ -279,7 +299,7 @@ def test_llc_problem_converges_near_optimum():
     start; F from 10.3 to 2.3e-4). The fixed-step y-loop (armijo=False) is chaotic here: a 1e-13 change of x0
     moved its x error between 0.05 and 0.18, so that variant is only checked to make progress."""
     n = 10
-    upper, lower = llc_problem(n)
+    upper, lower = llc_problem(n, "dict")
     z = torch.zeros(n, dtype=torch.float64)
     out = bilevel.solve(upper, lower, z, {"y1": z, "y2": z}, method="bvfim", outer_steps=300, outer_lr=0.05,
                         inner_steps=40, inner_lr=0.5, x_bounds=(-100, 100), z_steps=10, y_steps=10, y_lr=0.5 / n,

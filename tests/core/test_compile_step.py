@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import bilevel
-from quadratic_problems import make_quadratic
+from bilevel.problems import make_quadratic
 
 CASES = [("trhg", {"truncate": 5}), ("cg", {"cg_steps": 30}), ("neumann", {}), ("rhg", {"checkpoint": 4})]
 

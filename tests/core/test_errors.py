@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import bilevel
-from quadratic_problems import make_quadratic
+from bilevel.problems import make_quadratic
 
 
 @pytest.fixture

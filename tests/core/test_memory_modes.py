@@ -4,7 +4,7 @@ import torch
 
 import bilevel
 from bilevel.estimators import reverse
-from quadratic_problems import make_quadratic
+from bilevel.problems import make_quadratic
 
 REVERSE_METHODS = ["rhg", "trhg", "bda", "bigsam", "iaptt", "iagm", "iagm-a"]
 

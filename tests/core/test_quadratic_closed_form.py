@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import bilevel
-from quadratic_problems import ift_closed_form, make_quadratic
+from bilevel.problems import ift_closed_form, make_quadratic
 
 CASES = [(3, 4, 0), (5, 2, 1), (1, 6, 2), (8, 8, 3)]
 

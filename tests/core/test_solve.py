@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import bilevel
-from quadratic_problems import make_quadratic
+from bilevel.problems import make_quadratic
 
 
 def phi_star(q):

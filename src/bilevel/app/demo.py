@@ -6,7 +6,8 @@ short data hyper-cleaning comparison on the embedded digits data.
 
 The exact hypergradient is grad phi(x) = lam x + B'H^{-1}(y*(x) - a). The demo prints each method's
 estimate, its error against the closed form and its wall time, then solves the outer problem with CG and
-compares the result with the closed-form minimizer of phi. Last, RHG, BDA and IAPTT-GM clean the labels of
+compares the result with the closed-form minimizer of phi (the problem:
+:func:`bilevel.problems.make_simple_quadratic`). Last, RHG, BDA and IAPTT-GM clean the labels of
 scikit-learn's digits (50% corrupted) through ``bilevel.app.run.runner`` and a Markdown table compares them.
 """
 from __future__ import annotations
@@ -17,30 +18,13 @@ import time
 import torch
 
 from bilevel import METHODS, hypergrad, solve
+from bilevel.problems import make_simple_quadratic
 
 
 def make_problem(n_x: int = 5, n_y: int = 20, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    A = torch.randn(n_y, n_y, generator=g, dtype=torch.float64)
-    H = A @ A.T / n_y + 0.5 * torch.eye(n_y, dtype=torch.float64)
-    B = torch.randn(n_y, n_x, generator=g, dtype=torch.float64)
-    a = torch.randn(n_y, generator=g, dtype=torch.float64)
-    lam = 0.1
-
-    def lower(x, y):
-        return 0.5 * y @ H @ y - y @ (B @ x)
-
-    def upper(x, y):
-        return 0.5 * ((y - a) ** 2).sum() + 0.5 * lam * (x ** 2).sum()
-
-    def exact_grad(x):
-        ys = torch.linalg.solve(H, B @ x)
-        return lam * x + B.T @ torch.linalg.solve(H, ys - a)
-
-    S = torch.linalg.solve(H, B)
-    x_star = torch.linalg.solve(S.T @ S + lam * torch.eye(n_x, dtype=torch.float64), S.T @ a)
-    lr = float(1.0 / torch.linalg.eigvalsh(H).max())
-    return upper, lower, exact_grad, x_star, lr
+    """The demo's quadratic: :func:`bilevel.problems.make_simple_quadratic`, ``(upper, lower, exact_grad, x_star,
+    lr)``."""
+    return make_simple_quadratic(n_x, n_y, seed)
 
 
 def main(argv=None) -> int:

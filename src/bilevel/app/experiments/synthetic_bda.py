@@ -23,6 +23,9 @@ Outputs in ``out_dir``: ``fig1_initializations.png``, ``fig2_inner_steps.png``, 
 metrics of the paper against outer iterations: |F - F*|, |f - f*(x)|, ||x - x*||^2/||x*||^2,
 ||y - y*||^2/||y*||^2), ``traces.csv`` (every outer step of every run), ``summary.csv`` and ``summary.json``.
 
+The objectives and the solution come from :mod:`bilevel.problems.bda_counterexample` (re-exported here as
+``upper``, ``lower``, ``X_STAR``, ``Y_STAR``, ``X_BOUNDS``).
+
 Run ``python -m bilevel.app.experiments.synthetic_bda --out DIR [--quick]``.
 """
 from __future__ import annotations
@@ -39,23 +42,12 @@ import torch
 
 import bilevel
 from bilevel import schedules
+from bilevel.problems.bda_counterexample import X_BOUNDS, X_STAR, Y_STAR, lower, upper
 
 DTYPE = torch.float64
 S_U, S_L = 0.7, 0.2
-X_STAR, Y_STAR = 1.0, (1.0, 1.0)
-X_BOUNDS = (-100.0, 100.0)
 OUTER_LR = 0.5
 OUTER_STEPS, OUTER_STEPS_QUICK = 200, 20
-
-
-def upper(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """F(x, y) = 1/2 (x - y_2)^2 + 1/2 (y_1 - 1)^2 (x has one entry, y two)."""
-    return 0.5 * (x[0] - y[1]) ** 2 + 0.5 * (y[0] - 1.0) ** 2
-
-
-def lower(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """f(x, y) = 1/2 y_1^2 - x y_1."""
-    return 0.5 * y[0] ** 2 - x[0] * y[0]
 
 
 @dataclass(frozen=True)

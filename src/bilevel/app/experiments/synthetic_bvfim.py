@@ -22,32 +22,22 @@ from typing import Callable, Dict, List, Tuple
 import torch
 
 import bilevel
+from bilevel.problems import bda_counterexample as _bda
+from bilevel.problems.llc import llc_problem as _llc_problem
 
 __all__ = ["bda_counterexample", "llc_problem", "run", "main"]
 
 
 def bda_counterexample() -> Tuple[Callable, Callable]:
-    """``(F, f)`` of BDA Eq. (5) on ``x`` of shape (1,) and ``y`` of shape (2,)."""
-    def upper(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return 0.5 * (x[0] - y[1]) ** 2 + 0.5 * (y[0] - 1.0) ** 2
-
-    def lower(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return 0.5 * y[0] ** 2 - x[0] * y[0]
-
-    return upper, lower
+    """``(F, f)`` of BDA Eq. (5) on ``x`` of shape (1,) and ``y`` of shape (2,)
+    (from :mod:`bilevel.problems.bda_counterexample`)."""
+    return _bda.upper, _bda.lower
 
 
 def llc_problem(n: int) -> Tuple[Callable, Callable]:
-    """``(F, f)`` of IAPTT-GM Eq. (13) on ``x`` of shape (n,) and ``y = {"y1": (n,), "y2": (n,)}``."""
-    e = torch.ones(n, dtype=torch.float64)
-
-    def upper(x: torch.Tensor, y: Dict[str, torch.Tensor]) -> torch.Tensor:
-        return ((x - y["y2"]) ** 2).sum() ** 2 + ((y["y1"] - e) ** 2).sum() ** 2
-
-    def lower(x: torch.Tensor, y: Dict[str, torch.Tensor]) -> torch.Tensor:
-        return 0.5 * (y["y1"] ** 2).sum() - x @ y["y1"]
-
-    return upper, lower
+    """``(F, f)`` of IAPTT-GM Eq. (13) on ``x`` of shape (n,) and ``y = {"y1": (n,), "y2": (n,)}``
+    (:func:`bilevel.problems.llc_problem` with ``layout="dict"``)."""
+    return _llc_problem(n, "dict")
 
 
 def _rms(t: torch.Tensor) -> float:

@@ -14,6 +14,9 @@ toy: K = 20, inner step 0.002, Adam (lr 0.3) on (x, z), T = 300 outer steps (qui
 LLC: n = 50, K = 20, inner step 0.05, SGD (lr 3e-4), T = 200, x0 = 0, z0 = 0 (quick: n = 10, K = 10,
 inner step 0.1, SGD lr 1e-3, T = 60).
 
+The problems are defined in :mod:`bilevel.problems.iaptt_toy` (re-exported here as ``toy_upper``,
+``toy_lower``, ``X_STAR``, ``Y_STAR``, ``F_STAR``, ``INITS``) and :mod:`bilevel.problems.llc`.
+
 Run ``python -m bilevel.app.experiments.synthetic_iaptt --out DIR [--quick]``; writes PNG and CSV files.
 """
 from __future__ import annotations
@@ -22,7 +25,6 @@ import argparse
 import csv
 import itertools
 import json
-import math
 import pathlib
 import time
 import weakref
@@ -32,38 +34,18 @@ from typing import Any, Callable, Dict, List, Sequence, Tuple
 import torch
 
 import bilevel
+from bilevel.problems.iaptt_toy import F_STAR, INITS, X_STAR, Y_STAR
+from bilevel.problems.iaptt_toy import lower as toy_lower, upper as toy_upper
+from bilevel.problems.llc import llc_problem as _llc_problem
 
-X_STAR = 11 * math.pi / 4
-Y_STAR = -2.0
-F_STAR = -11 * math.pi / 4
-INITS: Tuple[Tuple[float, float], ...] = ((1.0, 2.0), (5.0, 1.0), (7.0, -1.0))
 TOY = dict(inner_steps=20, inner_lr=0.002, outer_lr=0.3, outer_optimizer="adam")
 
 
 # ------------------------------------------------------------------------------------------ problems
-def toy_upper(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``F(x, y) = sum(x + x y)`` (Eq. 10; a sum of independent copies when x, y are vectors)."""
-    return (x + x * y).sum()
-
-
-def toy_lower(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``f(x, y) = -sum(sin(x y))`` (Eq. 10)."""
-    return -torch.sin(x * y).sum()
-
-
 def llc_problem(n: int) -> Tuple[Callable, Callable]:
-    """Eq. 13 with ``y = (y1, y2)`` stacked in one vector of length 2n: ``(upper, lower)``."""
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    e = torch.ones(n, dtype=torch.float64)
-
-    def upper(x, y):
-        return ((x - y[n:]) ** 2).sum() ** 2 + ((y[:n] - e) ** 2).sum() ** 2
-
-    def lower(x, y):
-        return 0.5 * (y[:n] ** 2).sum() - x @ y[:n]
-
-    return upper, lower
+    """Eq. 13 with ``y = (y1, y2)`` stacked in one vector of length 2n: ``(upper, lower)``
+    (:func:`bilevel.problems.llc_problem` with ``layout="stacked"``)."""
+    return _llc_problem(n, "stacked")
 
 
 def toy_methods(quick: bool) -> List[str]:

@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Mapping, Sequence
 
 from bilevel.app.experiments import synthetic_bda, synthetic_bvfim, synthetic_iaptt
 from bilevel.app.reproduce.common import Context, fmt_stat, markdown_table, paper_rows, paper_value, row, select, stat
+from bilevel.problems import iaptt_toy
 
 NAME = "synthetic"
 TITLE = "Synthetic problems with known solutions (BDA Figs. 1-3, IAPTT-GM Figs. 1-3 and Table 1, BVFIM)"
@@ -34,7 +35,7 @@ def run(ctx: Context) -> List[Dict[str, Any]]:
         for init, (x, y) in zip(INITS, finals):
             rows.append(row(NAME, "IAPTT-GM Eq. 10", f"(x0, y0) = {init}", LABELS[method], 0, "x_final", x))
             rows.append(row(NAME, "IAPTT-GM Eq. 10", f"(x0, y0) = {init}", LABELS[method], 0, "abs_err_x",
-                            abs(x - synthetic_iaptt.X_STAR)))
+                            abs(x - iaptt_toy.X_STAR)))
     for method, r in iaptt["llc_final"].items():
         for metric in ("x_err", "y_err", "upper"):
             rows.append(row(NAME, "IAPTT-GM Eq. 13 (LLC)", "n = 10" if quick else "n = 50", LABELS[method], 0,
@@ -68,9 +69,9 @@ def report(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> str:
                if select(rows, dataset="IAPTT-GM Eq. 10", method=m)]
     body = [[m] + [f"{select(rows, dataset='IAPTT-GM Eq. 10', method=m, setting=f'(x0, y0) = {i}', metric='x_final')[0]:.3f}"
                    for i in INITS] for m in methods]
-    parts.append(f"IAPTT-GM toy (x* = 11 pi / 4 = {synthetic_iaptt.X_STAR:.4f}), final x from three initializations:\n\n"
+    parts.append(f"IAPTT-GM toy (x* = 11 pi / 4 = {iaptt_toy.X_STAR:.4f}), final x from three initializations:\n\n"
                  + markdown_table(["method"] + [f"(x0, y0) = {i}" for i in INITS], body))
-    ok = all(abs(v - synthetic_iaptt.X_STAR) < 0.15 for v in select(rows, dataset="IAPTT-GM Eq. 10", method="IAPTT-GM",
+    ok = all(abs(v - iaptt_toy.X_STAR) < 0.15 for v in select(rows, dataset="IAPTT-GM Eq. 10", method="IAPTT-GM",
                                                                     metric="x_final"))
     parts.append(f"IAPTT-GM's claim (only IAPTT-GM reaches x* from every initialization): IAPTT-GM "
                  f"**{'reaches' if ok else 'does not reach'}** x* within 0.15 from all three.")

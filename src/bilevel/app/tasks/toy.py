@@ -5,7 +5,7 @@
       min_{x in [-100, 100]} 1/2 (x - [y]_2)^2 + 1/2 ([y]_1 - 1)^2   s.t.  y in argmin_{y in R^2} 1/2 [y]_1^2 - x [y]_1
 
   solution x* = 1, y* = (1, 1), F* = 0; f*(x) = -x^2 / 2. Objectives from
-  :mod:`bilevel.app.experiments.synthetic_bda`. The defaults are the paper's settings (BDA Sec. 5.1): s_l = 0.2
+  :mod:`bilevel.problems.bda_counterexample`. The defaults are the paper's settings (BDA Sec. 5.1): s_l = 0.2
   (``inner_lr``), s_u = 0.7 (``method_options={"upper_lr": 0.7}``, dropped for methods without ``upper_lr``),
   K = 16, alpha_k = 0.5 / k (BDA's default), x0 = 0, y0 = (2, 2); the outer optimizer is not stated in the paper
   (our choice: projected SGD with step 0.5, 200 steps). ``bilevel run toy`` then ends at x = 1.083 (x* = 1).
@@ -14,8 +14,9 @@
       min_{x in [1, 10]} x + x y   s.t.  y in argmin_{y in [-2, 2]} -sin(x y)
 
   unique solution (x*, y*) = (11 pi / 4, -2), F* = -11 pi / 4; f*(x) = -1. Objectives from
-  :mod:`bilevel.app.experiments.synthetic_iaptt`; settings there (our choice): K = 20, inner_lr = 0.002, Adam with
-  lr 0.3 -- pass them explicitly, :data:`COMMON_DEFAULTS` are those of the BDA problem.
+  :mod:`bilevel.problems.iaptt_toy`; settings in :mod:`bilevel.app.experiments.synthetic_iaptt` (our choice):
+  K = 20, inner_lr = 0.002, Adam with lr 0.3 -- pass them explicitly, :data:`COMMON_DEFAULTS` are those of the
+  BDA problem.
 
 The objectives are fixed (``objectives(t)`` ignores t); the task fixes ``x_bounds`` (and ``y_bounds`` for
 ``iaptt``) through ``loop_options``.
@@ -29,9 +30,9 @@ import torch
 
 from bilevel import methods as _methods
 from bilevel.api import OuterLoop
-from bilevel.app.experiments import synthetic_bda, synthetic_iaptt
 from bilevel.app.tasks import metrics
 from bilevel.app.tasks.base import TaskRun, full_config
+from bilevel.problems import bda_counterexample as _bda, iaptt_toy as _iaptt
 
 PROBLEMS = ("bda", "iaptt")
 
@@ -61,12 +62,11 @@ _RUNNER_KEYS = ("method", "inner_steps", "inner_lr", "outer_steps", "outer_lr", 
 
 # problem -> (upper, lower, x*, y*, F*, f*(x), default x0, default y0, x bounds, y bounds)
 _PROBLEMS: Dict[str, Dict[str, Any]] = {
-    "bda": dict(upper=synthetic_bda.upper, lower=synthetic_bda.lower, x_star=synthetic_bda.X_STAR,
-                y_star=synthetic_bda.Y_STAR, F_star=0.0, f_star=lambda x: -0.5 * x * x, x0=0.0, y0=(2.0, 2.0),
-                x_bounds=synthetic_bda.X_BOUNDS, y_bounds=None),
-    "iaptt": dict(upper=synthetic_iaptt.toy_upper, lower=synthetic_iaptt.toy_lower, x_star=synthetic_iaptt.X_STAR,
-                  y_star=(synthetic_iaptt.Y_STAR,), F_star=synthetic_iaptt.F_STAR, f_star=lambda x: -1.0,
-                  x0=1.0, y0=(2.0,), x_bounds=(1.0, 10.0), y_bounds=(-2.0, 2.0)),
+    "bda": dict(upper=_bda.upper, lower=_bda.lower, x_star=_bda.X_STAR, y_star=_bda.Y_STAR, F_star=_bda.F_STAR,
+                f_star=_bda.lower_value, x0=_bda.X0, y0=_bda.Y0, x_bounds=_bda.X_BOUNDS, y_bounds=None),
+    "iaptt": dict(upper=_iaptt.upper, lower=_iaptt.lower, x_star=_iaptt.X_STAR, y_star=(_iaptt.Y_STAR,),
+                  F_star=_iaptt.F_STAR, f_star=_iaptt.lower_value, x0=_iaptt.INITS[0][0], y0=(_iaptt.INITS[0][1],),
+                  x_bounds=_iaptt.X_BOUNDS, y_bounds=_iaptt.Y_BOUNDS),
 }
 
 
