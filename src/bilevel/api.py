@@ -15,7 +15,8 @@ from . import methods as _methods
 from ._tree import Tree, as_box, flatten
 from .dynamics.base import nonfinite_kind
 from .errors import NonFiniteError
-from .methods import Plan, check_float, check_int
+from ._validate import check_bool, check_float, check_int
+from .methods import Method, Plan
 from .problem import Problem
 
 Objective = Callable[[Tree, Tree], torch.Tensor]
@@ -80,6 +81,16 @@ def _check_common(inner_steps: Any, inner_lr: Any) -> tuple:
     return check_int("inner_steps", inner_steps, 1), check_float("inner_lr", inner_lr, positive=True)
 
 
+def _method(method: Any) -> Method:
+    """A :class:`bilevel.Method` object as given, or the registered method of that name."""
+    if isinstance(method, Method):
+        return method
+    if not isinstance(method, str):
+        raise ValueError(f"method must be the name of a registered method ({', '.join(sorted(_methods.METHODS))}) "
+                         f"or a bilevel.Method object, got {method!r}")
+    return _methods.get(method)
+
+
 def _flatten_input(value: Tree, name: str) -> tuple:
     flat, spec = flatten(value, name)
     kind = nonfinite_kind(flat)
@@ -94,9 +105,9 @@ def _to_float(v: Any) -> Any:
     return v
 
 
-def _setup(upper: Objective, lower: Objective, x: Tree, y0: Tree, method: str, inner_steps: Any,
+def _setup(upper: Objective, lower: Objective, x: Tree, y0: Tree, method: Union[str, Method], inner_steps: Any,
            inner_lr: Any, y_bounds: Any):
-    meth = _methods.get(method)
+    meth = _method(method)
     steps, lr = _check_common(inner_steps, inner_lr)
     if not callable(upper) or not callable(lower):
         raise ValueError("upper and lower must be callables f(x, y) returning scalar tensors")
@@ -174,7 +185,7 @@ def _check_keywords(fn: Callable[..., Any], meth: Any, options: Dict[str, Any]) 
 
 
 # ------------------------------------------------------------------------------------------ API
-def hypergrad(upper: Objective, lower: Objective, x: Tree, y0: Tree, *, method: str, inner_steps: int,
+def hypergrad(upper: Objective, lower: Objective, x: Tree, y0: Tree, *, method: Union[str, Method], inner_steps: int,
               inner_lr: float, y_bounds: Any = None, **options: Any) -> HypergradResult:
     """Hypergradient of phi(x) = F(x, y*(x)) by the given method.
 
@@ -187,8 +198,9 @@ def hypergrad(upper: Objective, lower: Objective, x: Tree, y0: Tree, *, method: 
         Upper-level variable (never modified).
     y0 : Tensor or dict of Tensor
         Initialization of the inner loop (never modified).
-    method : str
-        One of :data:`bilevel.METHODS` (e.g. ``"rhg"``, ``"fhg"``, ``"trhg"``, ``"cg"``, ``"neumann"``).
+    method : str or Method
+        One of :data:`bilevel.METHODS` (e.g. ``"rhg"``, ``"fhg"``, ``"trhg"``, ``"cg"``, ``"neumann"``), or a
+        :class:`bilevel.Method` object: a composition of your own needs no registration (docs/extending.md).
     inner_steps : int
         K >= 1 inner iterations.
     inner_lr : float
@@ -202,7 +214,7 @@ def hypergrad(upper: Objective, lower: Objective, x: Tree, y0: Tree, *, method: 
     -------
     HypergradResult
     """
-    _check_keywords(hypergrad, _methods.get(method), options)
+    _check_keywords(hypergrad, _method(method), options)
     meth, steps, lr, problem, xf, yf = _setup(upper, lower, x, y0, method, inner_steps, inner_lr, y_bounds)
     plan = meth.bind(problem, lr, steps, options)
     est = plan.estimate(xf, yf, steps, wrt_init=meth.learns_init)
@@ -247,13 +259,13 @@ class OuterLoop:
         default ``outer_lr``; IAPTT-GM's alpha_z, which need not equal the step alpha_x of x.
     """
 
-    def __init__(self, x0: Tree, y0: Tree, *, method: str, outer_lr: float,
+    def __init__(self, x0: Tree, y0: Tree, *, method: Union[str, Method], outer_lr: float,
                  outer_optimizer: Union[str, Type[torch.optim.Optimizer]] = "adam", inner_steps: int,
                  inner_lr: float, x_bounds: Any = None, y_bounds: Any = None, warm_start: bool = False,
                  outer_kwargs: Optional[Dict[str, Any]] = None, init_lr: Optional[float] = None,
                  reduce_grads: Optional[Callable[[torch.Tensor, Optional[torch.Tensor]], tuple]] = None,
                  **options: Any):
-        self.method = _methods.get(method)
+        self.method = _method(method)
         _check_keywords(OuterLoop.__init__, self.method, options)
         # optional hook on the flat (grad_x, grad_y0) before the step, e.g. an all-reduce across
         # ranks passed in by bilevel.parallel; returns the reduced pair (the core never imports it)
@@ -263,8 +275,7 @@ class OuterLoop:
         self.reduce_grads = reduce_grads
         self.inner_steps, self.inner_lr = _check_common(inner_steps, inner_lr)
         self.outer_lr = check_float("outer_lr", outer_lr, positive=True)
-        if not isinstance(warm_start, bool):
-            raise ValueError(f"warm_start must be True or False, got {warm_start!r}")
+        check_bool("warm_start", warm_start)
         if warm_start and self.method.learns_init:
             raise ValueError(f"warm_start=True cannot be used with method {self.method.name!r}: it learns the inner "
                              "initialization, and every inner loop starts from that learned y0 (warm starting "
@@ -292,6 +303,20 @@ class OuterLoop:
         except _NotEvaluated:  # a method that evaluates the objectives while binding: nothing more to check
             pass
         self.solver_nonconverged_steps = 0  # outer steps whose linear solve stopped above its tolerance
+
+    def synchronize(self, fn: Callable[[torch.Tensor], Any]) -> None:
+        """Apply ``fn(tensor)`` in place, without a tape, to the state that every process must share.
+
+        That is x, the inner initialization and (with ``warm_start``) the iterate the next inner loop starts
+        from; e.g. ``loop.synchronize(lambda t: torch.distributed.broadcast(t, 0))`` makes every rank start from
+        rank 0's point (:class:`bilevel.parallel.DistributedOuterLoop` does this when it is built). The
+        optimizer state is not touched.
+        """
+        with torch.no_grad():
+            fn(self._x)
+            fn(self._y_init)
+            if self._start is not self._y_init:
+                fn(self._start)
 
     def _project(self, y: torch.Tensor) -> torch.Tensor:
         return y if self._project_y is None else self._project_y(y)
@@ -379,7 +404,7 @@ class OuterLoop:
         self._start = self._y_init if not self.warm_start else state["start"].clone()
 
 
-def solve(upper: Objective, lower: Objective, x0: Tree, y0: Tree, *, method: str, outer_steps: int,
+def solve(upper: Objective, lower: Objective, x0: Tree, y0: Tree, *, method: Union[str, Method], outer_steps: int,
           outer_lr: float, outer_optimizer: Union[str, Type[torch.optim.Optimizer]] = "adam",
           inner_steps: int, inner_lr: float, x_bounds: Any = None, y_bounds: Any = None,
           warm_start: bool = False, outer_kwargs: Optional[Dict[str, Any]] = None,
@@ -412,7 +437,7 @@ def solve(upper: Objective, lower: Objective, x0: Tree, y0: Tree, *, method: str
     """
     if not callable(upper) or not callable(lower):
         raise ValueError("upper and lower must be callables f(x, y) returning scalar tensors")
-    _check_keywords(solve, _methods.get(method), options)
+    _check_keywords(solve, _method(method), options)
     T = check_int("outer_steps", outer_steps, 0)
     loop = OuterLoop(x0, y0, method=method, outer_lr=outer_lr, outer_optimizer=outer_optimizer,
                      inner_steps=inner_steps, inner_lr=inner_lr, x_bounds=x_bounds, y_bounds=y_bounds,
@@ -470,9 +495,9 @@ class HypergradCheck:
                 f"max_rel_error={self.max_rel_error:.3g})")
 
 
-def check_hypergrad(upper: Objective, lower: Objective, x: Tree, y0: Tree, *, method: str, inner_steps: int,
-                    inner_lr: float, y_bounds: Any = None, eps: Optional[float] = None, rtol: float = 1e-5,
-                    atol: float = 1e-8, directions: Optional[int] = None, seed: int = 0,
+def check_hypergrad(upper: Objective, lower: Objective, x: Tree, y0: Tree, *, method: Union[str, Method],
+                    inner_steps: int, inner_lr: float, y_bounds: Any = None, eps: Optional[float] = None,
+                    rtol: float = 1e-5, atol: float = 1e-8, directions: Optional[int] = None, seed: int = 0,
                     **options: Any) -> HypergradCheck:
     """Compare a method's hypergradient with central finite differences of the unrolled objective.
 
@@ -492,7 +517,7 @@ def check_hypergrad(upper: Objective, lower: Objective, x: Tree, y0: Tree, *, me
     seed : int
         Seed of the random directions.
     """
-    _check_keywords(check_hypergrad, _methods.get(method), options)
+    _check_keywords(check_hypergrad, _method(method), options)
     meth, steps, lr, problem, xf, yf = _setup(upper, lower, x, y0, method, inner_steps, inner_lr, y_bounds)
     plan: Plan = meth.bind(problem, lr, steps, options)
     est = plan.estimate(xf, yf, steps, wrt_init=meth.learns_init)

@@ -1,9 +1,11 @@
 """Several processes, one outer loop: task-parallel meta-batches and data-parallel objective sums.
 
-This is shell code on top of :class:`bilevel.OuterLoop`; the functional core never imports
-``torch.distributed``. Processes are started by ``torchrun`` (or ``bilevel run ... --nproc N``, which calls
-it); :func:`init` reads the torchrun environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``,
-``MASTER_PORT``) and is a no-op returning a single-process context when ``WORLD_SIZE`` is unset or 1.
+A layer on top of :class:`bilevel.OuterLoop`, which only offers the ``reduce_grads`` hook and
+:meth:`~bilevel.OuterLoop.synchronize`; like the rest of the core it imports torch, numpy and the standard
+library only (``torch.distributed`` on demand), and ``import bilevel`` does not load it. Processes are started by
+``torchrun`` (or ``bilevel run ... --nproc N``, which calls it); :func:`init` reads the torchrun environment
+(``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) and is a no-op returning a
+single-process context when ``WORLD_SIZE`` is unset or 1.
 
 Two ways of splitting an objective that is a sum over shards (see docs/distributed.md):
 
@@ -20,27 +22,24 @@ Two ways of splitting an objective that is a sum over shards (see docs/distribut
   metasgd), at the price of one all-reduce per objective or gradient evaluation.
 
 A method that is not exact in the chosen mode is refused (ValueError), never run as a different algorithm.
-A multi-process run records its world size in ``run_options.yaml``; ``--resume`` needs as many processes
-(:func:`check_resume_world_size`).
+Costs: one all-reduce of ``(grad_x, grad_y0)`` and one of the record per task-parallel step; one all-reduce
+per objective or gradient evaluation in data-parallel mode.
+
+Running a task on several processes (:class:`bilevel.app.launch.DistributedTaskRunner`, ``--nproc``, resuming
+on as many processes) is the launcher half, :mod:`bilevel.app.launch`.
 """
 from __future__ import annotations
 
 import datetime
 import math
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
-from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
 
 from bilevel.api import OuterLoop
-from bilevel.app.run.runner import TaskRunner
 
 Objective = Callable[[Any, Any], torch.Tensor]
 
@@ -365,12 +364,7 @@ class DistributedOuterLoop(OuterLoop):
         # global objective values: nothing is reduced at the step
         self.data_parallel = data_parallel
         super().__init__(x0, y0, reduce_grads=None if data_parallel else grad_reducer(self.ctx, op), **kwargs)
-        with torch.no_grad():
-            broadcast_(self._x, 0, self.ctx)
-            broadcast_(self._y_init, 0, self.ctx)
-        if self._start is not self._y_init:
-            self._start = self._y_init
-        self._last_y = self._y_init
+        self.synchronize(lambda t: broadcast_(t, 0, self.ctx))  # every rank starts from rank 0's point
 
     def step(self, upper: Objective, lower: Objective) -> Dict[str, Any]:
         """One outer step on this rank's objectives; the record's objectives are the all-reduced ones."""
@@ -485,315 +479,6 @@ def data_parallel(local: Objective, ctx: Optional[DistContext] = None) -> Object
     return objective
 
 
-# ------------------------------------------------------------------------------------------ task sharding
-def shard_objectives(run: Any, ctx: DistContext) -> Callable[[int], Tuple[Objective, Objective]]:
-    """This rank's ``objectives(t)`` for a task run.
-
-    Uses ``run.shard_objectives(t, rank, world_size)`` (see :class:`bilevel.app.tasks.TaskRun`).
-
-    Raises
-    ------
-    ValueError
-        The task cannot be split (e.g. hyperclean, toy).
-    """
-    own = getattr(run, "shard_objectives", None)
-    if not callable(own):
-        raise ValueError("this task cannot be split over processes (supported: fewshot, hyperclean); run it "
-                         "with one process, see docs/distributed.md")
-    if getattr(run, "shard_kind", "tasks") == "data":
-        def objectives(t: int) -> Tuple[Objective, Objective]:
-            upper, lower = own(t, ctx.rank, ctx.world_size)
-            return data_parallel(upper, ctx), data_parallel(lower, ctx)
-
-        return objectives
-    return lambda t: own(t, ctx.rank, ctx.world_size)
-
-
-class DistributedTaskRunner(TaskRunner):
-    """:class:`bilevel.app.run.runner.TaskRunner` for one rank of a multi-process run.
-
-    The task is built with the configured seed on every rank (same x0, y0, data; x0 and y0 are also
-    broadcast from rank 0), then each rank is re-seeded with :func:`rank_seed`; the ranks other than 0 are
-    re-seeded again before every outer step t (:func:`step_seed`), so their random state is a function of
-    (seed, rank, t) and a resume needs only rank 0's, which the checkpoint holds. Rank r runs its shard of
-    every meta-batch (:func:`shard_objectives`) in a :class:`DistributedOuterLoop`. Rank 0 alone locks and
-    writes the run directory, evaluates, shows the progress bar and summarizes; the other ranks write into a
-    private scratch directory that is deleted at the end and return an empty summary. ``run_options.yaml``
-    records the world size. On a resume (:func:`bilevel.app.run.runner.resume_run` under torchrun) rank 0 picks the
-    checkpoint and broadcasts its state to the other ranks (:meth:`restore_latest`).
-
-    Parameters
-    ----------
-    task, config, out_dir
-        As for :class:`TaskRunner`.
-    ctx : DistContext, optional
-        Default: current context.
-    **kwargs
-        ``quiet``, ``overwrite``, ``task_module``, ``module``.
-    """
-
-    def __init__(self, task: str, config: Optional[Mapping[str, Any]], out_dir: Any, *,
-                 ctx: Optional[DistContext] = None, **kwargs: Any):
-        self.ctx = ctx or _CURRENT
-        if not self.ctx.is_main:
-            kwargs["quiet"] = True
-        super().__init__(task, config, out_dir, **kwargs)
-        self.real_out = self.out
-        self._scratch: Optional[str] = None
-        if not self.ctx.is_main:
-            self._scratch = tempfile.mkdtemp(prefix=f"bilevel-rank{self.ctx.rank}-")
-            self.out = Path(self._scratch)
-        self.loop_factory = self._make_loop  # used by TaskRunner.setup
-        self._full_run: Any = None
-
-    def _make_loop(self, x0: Any, y0: Any, **kwargs: Any) -> DistributedOuterLoop:
-        kind = getattr(self.run, "shard_kind", "tasks")
-        return DistributedOuterLoop(x0, y0, ctx=self.ctx, data_parallel=kind == "data", **kwargs)
-
-    def setup(self, resume: bool = False) -> None:
-        """Build on every rank (files on rank 0 only), shard the objectives, re-seed per rank.
-
-        An error on any rank (e.g. rank 0's output directory in use) is raised on every rank.
-        """
-        error: Optional[BaseException] = None
-        try:
-            if not self.ctx.is_main and not resume:
-                self._check_out_dir_of(self.real_out)
-            super().setup(resume)
-            assert self.run is not None
-            objectives = shard_objectives(self.run, self.ctx)
-        except (ValueError, OSError) as err:
-            error = err
-        flag = torch.tensor([0.0 if error is None else 1.0])
-        all_reduce_(flag, "sum", self.ctx)
-        if error is not None:
-            self._cleanup()
-            raise error
-        if float(flag[0]) > 0:
-            self._cleanup()
-            raise ValueError("set-up failed on another process (see its message)")
-        self._full_run = self.run
-        evaluate = self.run.evaluate if self.ctx.is_main else (lambda loop: {})
-        self.run = replace(self.run, objectives=objectives, evaluate=evaluate)
-        seed_rank(self.config["seed"], self.ctx)
-
-    def run_options(self) -> Dict[str, Any]:
-        """:meth:`TaskRunner.run_options` with this job's ``world_size``."""
-        return {**super().run_options(), "world_size": self.ctx.world_size}
-
-    def step(self) -> Dict[str, Any]:
-        """Re-seed the ranks other than 0 for outer step ``t`` (:func:`step_seed`), then take the step."""
-        if not self.ctx.is_main:
-            seed_rank(step_seed(self.config["seed"], self.t), self.ctx)
-        return super().step()
-
-    def restore_latest(self) -> Optional[Path]:
-        """After ``setup(resume=True)``: rank 0 loads the newest good checkpoint (as :class:`TaskRunner`) and
-        broadcasts the loop, task and guard state to the other ranks, which load it too.
-
-        Returns
-        -------
-        Path or None
-            The checkpoint loaded (on every rank), or None when the run starts over from step 0.
-        """
-        if not self.ctx.enabled:
-            return super().restore_latest()
-        import torch.distributed as dist
-
-        error: Optional[BaseException] = None
-        payload: Dict[str, Any] = {}
-        if self.ctx.is_main:
-            try:
-                path = super().restore_latest()
-                assert self.run is not None and self.loop is not None
-                payload = {"path": None if path is None else str(path), "t": self.t,
-                           "loop": self.loop.state_dict(), "guards": self.guards.state_dict(),
-                           "task": self.run.state_dict() if self.run.state_dict else None}
-            except (ValueError, OSError) as err:
-                error = err
-                payload = {"error": f"{type(err).__name__}: {err}"}
-        box = [payload]
-        dist.broadcast_object_list(box, src=0, device=self.ctx.device if self.ctx.backend == "nccl" else None)
-        payload = box[0]
-        if error is not None:
-            raise error
-        if "error" in payload:
-            raise ValueError(f"resuming failed on rank 0: {payload['error']}")
-        if not self.ctx.is_main and payload["path"] is not None:
-            assert self.run is not None and self.loop is not None
-            self.loop.load_state_dict(payload["loop"])
-            if payload["task"] is not None and self.run.load_state_dict is not None:
-                self.run.load_state_dict(payload["task"])
-            self.guards.load_state_dict(payload["guards"])
-            self.t = int(payload["t"])
-        path = None if payload["path"] is None else Path(payload["path"])
-        self.last_checkpoint = path if self.ctx.is_main else None
-        return path
-
-    def _check_out_dir_of(self, out: Path) -> None:
-        saved, self.out = self.out, out
-        try:
-            self._check_out_dir()
-        finally:
-            self.out = saved
-
-    def finish(self) -> Dict[str, Any]:
-        """Rank 0: summarize on the full objectives and write the files; other ranks: ``{}``."""
-        if self._full_run is not None:
-            self.run = self._full_run
-        if not self.ctx.is_main:
-            self.close()
-            self._cleanup()
-            return {}
-        return super().finish()
-
-    def _cleanup(self) -> None:
-        if self._scratch is not None:
-            self.close()
-            shutil.rmtree(self._scratch, ignore_errors=True)
-            self._scratch = None
-
-
-def step_seed(seed: int, t: int) -> int:
-    """Seed of outer step ``t`` for :func:`seed_rank` on the ranks other than 0 (a function of seed and t; the
-    rank is mixed in by :func:`rank_seed`)."""
-    return int(np.random.SeedSequence([int(seed) % 2 ** 63, 0x57E9, int(t)]).generate_state(1)[0])
-
-
-def recorded_world_size(run_dir: Any, options: Optional[Mapping[str, Any]] = None) -> int:
-    """The number of processes the run in ``run_dir`` was made with (``world_size`` of run_options.yaml; 1 when
-    absent, as in runs of bilevel before it was recorded).
-
-    Parameters
-    ----------
-    run_dir : str or Path
-    options : mapping, optional
-        The contents of run_options.yaml, when already read.
-    """
-    if options is None:
-        from bilevel.app import config as cfg
-        from bilevel.app.run.runner import RUN_OPTIONS_FILE
-
-        path = Path(run_dir) / RUN_OPTIONS_FILE
-        options = cfg.load_yaml(path) if path.is_file() else {}
-    value = options.get("world_size", 1)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{Path(run_dir)}/run_options.yaml: bad world_size {value!r} (expected an integer >= 1)")
-    return value
-
-
-def check_resume_world_size(run_dir: Any, world_size: int, options: Optional[Mapping[str, Any]] = None) -> None:
-    """Refuse to resume a run with another number of processes than it was made with.
-
-    Parameters
-    ----------
-    run_dir : str or Path
-    world_size : int
-        Processes of the resume (``WORLD_SIZE`` under torchrun, the ``--nproc`` value, else 1).
-    options : mapping, optional
-        The contents of run_options.yaml, when already read.
-
-    Raises
-    ------
-    ValueError
-        Saying how to resume it (``bilevel run --resume DIR --nproc N``).
-    """
-    recorded = recorded_world_size(run_dir, options)
-    if recorded != int(world_size):
-        if recorded > 1:
-            how = (f"`bilevel run --resume {run_dir} --nproc {recorded}` (or torchrun --nproc_per_node={recorded} "
-                   f"... -m bilevel run --resume {run_dir})")
-        else:
-            how = f"`bilevel run --resume {run_dir}` (one process: no --nproc, no torchrun)"
-        raise ValueError(f"cannot resume {str(run_dir)!r} on {world_size} process(es): the run was made on "
-                         f"{recorded} (world_size in run_options.yaml) and its checkpoints, sharding and per-rank "
-                         f"seeds belong to that number; resume it with {how}")
-
-
-def task_runner(task: str, config: Optional[Mapping[str, Any]], out_dir: Any, **kwargs: Any) -> TaskRunner:
-    """A :class:`DistributedTaskRunner` under torchrun (``WORLD_SIZE`` > 1, after :func:`init`), else a plain
-    :class:`TaskRunner` (what ``bilevel run`` uses).
-
-    Parameters
-    ----------
-    task, config, out_dir, **kwargs
-        As for :class:`TaskRunner`.
-
-    Returns
-    -------
-    TaskRunner
-    """
-    ctx = init()
-    if ctx.enabled:
-        return DistributedTaskRunner(task, config, out_dir, ctx=ctx, **kwargs)
-    return TaskRunner(task, config, out_dir, **kwargs)
-
-
-# ------------------------------------------------------------------------------------------ launcher
-def strip_nproc(argv: Sequence[str]) -> Tuple[List[str], Optional[int]]:
-    """Remove ``--nproc N`` / ``--nproc=N`` from a command line.
-
-    Returns
-    -------
-    (list of str, int or None)
-        The remaining arguments and N (None when absent).
-    """
-    out: List[str] = []
-    n: Optional[str] = None
-    i = 0
-    args = list(argv)
-    while i < len(args):
-        a = args[i]
-        if a == "--":
-            out.extend(args[i:])
-            break
-        if a == "--nproc":
-            if i + 1 >= len(args):
-                raise ValueError("--nproc needs a value")
-            n, i = args[i + 1], i + 2
-            continue
-        if a.startswith("--nproc="):
-            n, i = a.split("=", 1)[1], i + 1
-            continue
-        out.append(a)
-        i += 1
-    if n is None:
-        return out, None
-    try:
-        return out, int(n)
-    except ValueError:
-        raise ValueError(f"--nproc must be an integer, got {n!r}") from None
-
-
-def torchrun_command(argv: Sequence[str], nproc: int) -> List[str]:
-    """``python -m torch.distributed.run --standalone --nproc_per_node N -m bilevel ARGV``."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={int(nproc)}",
-            "-m", "bilevel", *argv]
-
-
-def launch(argv: Sequence[str], nproc: int, env: Optional[Mapping[str, str]] = None) -> int:
-    """Run ``bilevel ARGV`` on ``nproc`` local processes through torchrun (standalone rendezvous on loopback).
-
-    Parameters
-    ----------
-    argv : sequence of str
-        The ``bilevel`` arguments without ``--nproc``.
-    nproc : int
-        Processes (>= 1).
-    env : mapping, optional
-        Environment (default: this process's).
-
-    Returns
-    -------
-    int
-        torchrun's exit status.
-    """
-    if nproc < 1:
-        raise ValueError(f"--nproc must be >= 1, got {nproc}")
-    return subprocess.call(torchrun_command(argv, nproc), env=dict(env) if env is not None else None)
-
-
 __all__ = ["DistContext", "init", "context", "shutdown", "barrier", "shard_range", "rank_seed", "seed_rank",
-           "all_reduce_", "broadcast_", "grad_reducer", "reduce_record", "DistributedOuterLoop", "data_parallel",
-           "shard_objectives", "DistributedTaskRunner", "task_runner", "strip_nproc", "torchrun_command", "launch",
-           "step_seed", "recorded_world_size", "check_resume_world_size", "TASK_PARALLEL_EXACT"]
+           "all_reduce_", "broadcast_", "grad_reducer", "reduce_record", "SUM_KEYS", "DistributedOuterLoop",
+           "data_parallel", "TASK_PARALLEL_EXACT"]

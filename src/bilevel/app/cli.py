@@ -117,22 +117,23 @@ def _cmd_resume(args: argparse.Namespace) -> int:
         args._parser.error(f"cannot resume {directory!r}: no config.yaml and metrics.jsonl (not a `bilevel run` "
                            "directory)")
     # as many processes as the run was made with: --nproc N relaunches through torchrun, as for a new run
-    from bilevel import parallel as dist_
+    from bilevel.app import launch
+    from bilevel.parallel import context
 
     nproc = getattr(args, "nproc", None) or getattr(args, "resume_nproc", None)
     if nproc is not None and nproc < 1:
         args._parser.error(f"--nproc must be >= 1, got {nproc}")
     under_torchrun = bool(os.environ.get("WORLD_SIZE"))
     try:
-        dist_.check_resume_world_size(directory, int(os.environ["WORLD_SIZE"]) if under_torchrun else nproc or 1)
+        launch.check_resume_world_size(directory, int(os.environ["WORLD_SIZE"]) if under_torchrun else nproc or 1)
     except ValueError as err:
         args._parser.error(str(err))
     if nproc is not None and nproc > 1 and not under_torchrun:
-        return dist_.launch(dist_.strip_nproc(args._argv)[0], nproc)
+        return launch.launch(launch.strip_nproc(args._argv)[0], nproc)
     result = _run_guarded(lambda: resume_run(directory, quiet=quiet), directory, lambda: "?")
     if isinstance(result, int):
         return result
-    if not dist_.context().is_main:  # rank 0 alone reports
+    if not context().is_main:  # rank 0 alone reports
         return EXIT_OK
     if not quiet:
         print(json.dumps(result, indent=1))
@@ -217,12 +218,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except (KeyError, IndexError, ValueError) as err:
         parser.error(f"bad --out {args.out!r}: only {{task}}, {{method}} and {{seed}} may appear in braces ({err})")
     # --nproc N: relaunch through torchrun; under torchrun (WORLD_SIZE > 1) this process is one rank
-    from bilevel import parallel as dist_
+    from bilevel.app import launch
+    from bilevel.parallel import context
 
     if args.nproc is not None and args.nproc < 1:
         parser.error(f"--nproc must be >= 1, got {args.nproc}")
     if args.nproc is not None and args.nproc > 1 and not os.environ.get("WORLD_SIZE"):
-        return dist_.launch(dist_.strip_nproc(args._argv)[0], args.nproc)
+        return launch.launch(launch.strip_nproc(args._argv)[0], args.nproc)
     from bilevel.app.run.checkpoint import RunLockedError
     from bilevel.app.run.guards import GuardOptions
 
@@ -231,9 +233,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         guards = GuardOptions(divergence_factor=args.divergence_factor, stationarity_ratio=args.stationarity_ratio,
                               backtrack_warn=args.backtrack_warn,
                               inner_divergence_factor=args.inner_divergence_factor)
-        runner = dist_.task_runner(args.task, config, out, quiet=args.quiet, overwrite=args.overwrite, module=module,
-                            task_module=args.task_module, checkpoint_every=args.checkpoint_every,
-                            precision=args.precision, guards=guards)
+        runner = launch.task_runner(args.task, config, out, quiet=args.quiet, overwrite=args.overwrite,
+                                    module=module, task_module=args.task_module,
+                                    checkpoint_every=args.checkpoint_every, precision=args.precision, guards=guards)
         runner.setup()
     except RunLockedError as err:  # another process is writing --out (nothing was touched)
         print(f"bilevel run: error: {err}", file=sys.stderr)
@@ -246,7 +248,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     summary = _run_guarded(runner.execute, out, lambda: runner.t)
     if isinstance(summary, int):
         return summary
-    if not dist_.context().is_main:  # rank 0 alone reports
+    if not context().is_main:  # rank 0 alone reports
         return 0
     if not args.quiet:
         print(json.dumps(summary, indent=1))
@@ -335,7 +337,7 @@ def _nonneg(kind: type):
 def _add_long_run_flags(tp: argparse.ArgumentParser) -> None:
     """Checkpoint, resume, guard and precision flags of ``bilevel run TASK`` (docs/long_runs.md)."""
     from bilevel.app.run.guards import PRECISIONS, GuardOptions
-    from bilevel.app.run.runner import DEFAULT_CHECKPOINT_EVERY
+    from bilevel.app.run.checkpoint import DEFAULT_CHECKPOINT_EVERY
 
     g = tp.add_argument_group("long runs (checkpoints, resuming, numerical guards; docs/long_runs.md)")
     d = GuardOptions()
@@ -388,7 +390,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _add_bench(sub: "argparse._SubParsersAction") -> None:
     p = sub.add_parser("bench", help="benchmark the methods against the plain inner loop and hand-written references",
                        description="Writes DIR/bench.json and DIR/BENCHMARKS.md (docs/benchmarks.md). Run on a quiet "
-                                   "machine from the repository (needs benchmarks/references.py).",
+                                   "machine. The driver and its references ship with the package "
+                                   "(bilevel_benchmarks), so it runs from a checkout or an installed wheel.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", metavar="DIR", default="results/bench", help="output directory")
     p.add_argument("--quick", action="store_true", help="fewer K values / repetitions, smaller problems (< 5 min)")

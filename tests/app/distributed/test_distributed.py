@@ -1,4 +1,4 @@
-"""bilevel.parallel: 2 gloo processes (torchrun, loopback) reproduce the single-process run."""
+"""bilevel.parallel and bilevel.app.launch: 2 gloo processes (torchrun, loopback) reproduce the single-process run."""
 from __future__ import annotations
 
 import json
@@ -12,6 +12,7 @@ import torch
 import bilevel
 from dist_testutils import env
 from bilevel import parallel as D
+from bilevel.app import launch
 from bilevel.api import OuterLoop
 
 HERE = Path(__file__).resolve().parent
@@ -84,11 +85,12 @@ def test_shard_range_covers_and_balances():
 def test_rank_seed_and_strip_nproc():
     assert D.rank_seed(7, 0) == 7
     assert D.rank_seed(7, 1) == D.rank_seed(7, 1) != D.rank_seed(7, 2)
-    assert D.strip_nproc(["run", "fewshot", "--nproc", "2", "--seed", "1"]) == (["run", "fewshot", "--seed", "1"], 2)
-    assert D.strip_nproc(["run", "toy", "--nproc=3"]) == (["run", "toy"], 3)
-    assert D.strip_nproc(["run", "toy"]) == (["run", "toy"], None)
+    assert launch.strip_nproc(["run", "fewshot", "--nproc", "2", "--seed", "1"]) == (["run", "fewshot", "--seed", "1"],
+                                                                                    2)
+    assert launch.strip_nproc(["run", "toy", "--nproc=3"]) == (["run", "toy"], 3)
+    assert launch.strip_nproc(["run", "toy"]) == (["run", "toy"], None)
     with pytest.raises(ValueError):
-        D.strip_nproc(["--nproc", "x"])
+        launch.strip_nproc(["--nproc", "x"])
 
 
 def test_single_process_context_is_a_no_op(monkeypatch):

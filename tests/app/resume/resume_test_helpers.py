@@ -25,7 +25,7 @@ def interrupted_toy_run(config: Dict[str, Any], run_dir: Path, steps: int) -> Pa
     r.setup()
     for _ in range(steps):
         r.step()
-        if r._checkpoint_due():
+        if r.checkpoint_due():
             r.save_checkpoint()
     r.close()
     return run_dir

@@ -15,7 +15,7 @@ import pytest
 
 from bilevel.app.run import checkpoint as ckpt
 from bilevel.app.run import plots
-from bilevel.app.run import runner as runner_module
+from bilevel.app.run import metrics as metrics_module
 from bilevel.app.run.guards import EXIT_DIVERGED, DivergenceError, GuardOptions, Guards, StopSignals
 from bilevel.app.run.runner import run_task
 from cli_testutils import main
@@ -164,7 +164,7 @@ def test_a_full_disk_is_one_error_line_and_the_run_resumes(where, tmp_path, caps
             fh = real_open(path, mode, *args, **kwargs)
             return _FullAfter(fh, 2) if str(path).endswith("metrics.jsonl") and "a" in mode else fh
 
-        monkeypatch.setattr(runner_module, "open", full_open, raising=False)
+        monkeypatch.setattr(metrics_module, "open", full_open, raising=False)
         path = out / "metrics.jsonl"
     elif where == "checkpoint":
         monkeypatch.setattr(ckpt, "save", _enospc)

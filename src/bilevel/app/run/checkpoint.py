@@ -29,6 +29,7 @@ every attempt to take the lock truncates it). The OS releases the lock when the 
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
@@ -41,7 +42,7 @@ import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -50,6 +51,12 @@ logger = logging.getLogger("bilevel.app.run.checkpoint")
 
 #: sub-directory of a run directory holding the checkpoints
 CHECKPOINT_DIR = "checkpoints"
+
+#: default checkpoint interval of a run in outer steps (0 = no checkpoints)
+DEFAULT_CHECKPOINT_EVERY = 50
+
+#: checkpoints a run keeps in DIR/checkpoints (the newest ones)
+CHECKPOINTS_KEPT = 2
 MAGIC = b"BILEVEL-CKPT"
 VERSION = 2  # 2: plain data, read with torch.load(weights_only=True); 1 held pickled numpy RNG states
 _NAME = re.compile(r"^step-(\d{6,})\.pt$")
@@ -121,6 +128,13 @@ def rng_state() -> Dict[str, Any]:
             "torch": torch.get_rng_state()}
 
 
+def seed_streams(seed: int) -> None:
+    """Seed ``random``, numpy's global generator (with ``seed % 2**32``) and torch's CPU generator with ``seed``."""
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
 def set_rng_state(state: Mapping[str, Any]) -> None:
     """Restore :func:`rng_state` (exactly: the generators continue where they were)."""
     version, internal, gauss = state["random"]
@@ -135,6 +149,36 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 def checkpoint_name(step: int) -> str:
     """File name of the checkpoint after ``step`` outer steps (``step-000100.pt``)."""
     return f"step-{int(step):06d}.pt"
+
+
+def check_checkpoint_every(value: Any) -> int:
+    """``value`` as a checkpoint interval (an int >= 0; 0 = no checkpoints).
+
+    Raises
+    ------
+    ValueError
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"bad value {value!r} for checkpoint_every: expected an integer >= 0 "
+                         "(0 = no checkpoints)")
+    return value
+
+
+def is_checkpoint_of(path: Optional[Path], state: Mapping[str, Any]) -> bool:
+    """True when ``path`` is the checkpoint file of ``state`` (same outer step), i.e. it is saved already."""
+    return path is not None and path.name == checkpoint_name(state["t"])
+
+
+@contextlib.contextmanager
+def rng_untouched() -> Iterator[None]:
+    """Run the block without consuming the python, numpy or torch (CPU) random streams."""
+    states = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -533,6 +577,8 @@ def remove_stale_temp_files(directory: Any) -> List[Path]:
     return removed
 
 
-__all__ = ["CHECKPOINT_DIR", "CheckpointError", "checkpoint_name", "atomic_write_bytes", "encode", "decode",
+__all__ = ["CHECKPOINT_DIR", "DEFAULT_CHECKPOINT_EVERY", "CHECKPOINTS_KEPT", "CheckpointError", "checkpoint_name",
+           "check_checkpoint_every", "is_checkpoint_of", "rng_untouched", "atomic_write_bytes", "encode", "decode",
            "save", "list_checkpoints", "load", "load_latest", "check_plain", "rng_state", "set_rng_state",
+           "seed_streams",
            "LOCK_FILE", "LOCK_OWNER_FILE", "RunLock", "RunLockedError", "remove_stale_temp_files"]

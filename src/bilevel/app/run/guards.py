@@ -23,7 +23,8 @@
   ``bilevel.app.run.runner``; the first occurrence of each kind, then every ``LOG_REPEAT`` th) and collected for the
   ``warnings`` field of the next metrics line.
 
-:func:`autocast_objectives` wraps a task's objectives for ``precision="bf16"``. :class:`StopSignals` turns
+:func:`guarded_step` takes one outer step under the guards (the runner's step). :func:`autocast_objectives` wraps
+a task's objectives for ``precision="bf16"``. :class:`StopSignals` turns
 SIGINT / SIGTERM into :class:`RunInterrupted` at a point where the runner can save the last completed step.
 """
 from __future__ import annotations
@@ -33,10 +34,15 @@ import logging
 import math
 import signal
 import threading
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import torch
+
+from bilevel.app.run.checkpoint import rng_untouched
+from bilevel.errors import NonFiniteError
+from bilevel.parallel import reduce_record
 
 #: exit status of ``bilevel run`` when a run stops on NaN/inf or divergence
 EXIT_DIVERGED = 3
@@ -121,6 +127,45 @@ def _number(value: Any) -> Any:
 
 def _num(value: Any) -> str:
     return "nan/inf" if not _finite(value) else f"{float(value):.6g}"
+
+
+def _step_warnings(method: str, options: GuardOptions, step: int, record: Mapping[str, Any],
+                   caught: Optional[List[str]]) -> List[Tuple[str, str]]:
+    """``(kind, message)`` for every warning rule of :meth:`Guards.diagnose` that one step's record breaks."""
+    o = options
+    found: List[Tuple[str, str]] = []
+    if "backtracks" in record and o.backtrack_warn > 0:
+        ysteps = record.get("y_steps") or 1
+        per = float(record["backtracks"]) / float(ysteps)
+        if per >= o.backtrack_warn:
+            found.append(("barrier", f"{method}: barrier step halved {int(record['backtracks'])} times in "
+                                     f"{int(ysteps)} y-steps at outer step {step} (y pressed against the "
+                                     "barrier: the lower-level constraint is nearly infeasible)"))
+    gap = record.get("gap")
+    if "backtracks" in record and isinstance(gap, (int, float)) and not (_finite(gap) and gap > 0):
+        found.append(("barrier", f"{method}: barrier infeasible at outer step {step}: gap "
+                                 f"f*_mu - f(x, y) = {_num(gap)} is not positive"))
+    if record.get("solver_converged") is False:
+        res = record.get("solver_residual")
+        found.append(("solver", f"{method}: linear solver did not converge at outer step {step} "
+                                f"(relative residual {_num(res) if res is not None else 'unknown'})"))
+    first, last = record.get("lower_grad_norm_first"), record.get("lower_grad_norm_last")
+    if o.stationarity_ratio > 0 and _finite(first) and _finite(last) and first > 0:
+        ratio = float(last) / float(first)
+        if ratio > o.stationarity_ratio and ratio > 1.0:  # the gradient grew: steps too large
+            found.append(("stationarity", f"{method}: inner loop diverging or oscillating at outer step "
+                                          f"{step}: ||grad_y f|| grew, last/first = {ratio:.3g} > 1 "
+                                          "(lower inner_lr)"))
+        elif ratio > o.stationarity_ratio:  # it shrank, but too little: too few or too small steps
+            found.append(("stationarity", f"{method}: inner loop far from stationarity at outer step "
+                                          f"{step}: ||grad_y f|| last/first = {ratio:.3g} > "
+                                          f"{o.stationarity_ratio:g} (raise inner_steps or inner_lr)"))
+    solver_seen = any(kind == "solver" for kind, _ in found)
+    for text in caught or ():
+        if solver_seen and text.startswith(("cg did not converge", "cg:")):
+            continue
+        found.append(("core", f"{method}: outer step {step}: {text}"))
+    return found
 
 
 class Guards:
@@ -280,39 +325,7 @@ class Guards:
         list of str
             The step's warning messages.
         """
-        o = self.options
-        found: List[Tuple[str, str]] = []
-        if "backtracks" in record and o.backtrack_warn > 0:
-            ysteps = record.get("y_steps") or 1
-            per = float(record["backtracks"]) / float(ysteps)
-            if per >= o.backtrack_warn:
-                found.append(("barrier", f"{self.method}: barrier step halved {int(record['backtracks'])} times in "
-                                         f"{int(ysteps)} y-steps at outer step {step} (y pressed against the "
-                                         "barrier: the lower-level constraint is nearly infeasible)"))
-        gap = record.get("gap")
-        if "backtracks" in record and isinstance(gap, (int, float)) and not (_finite(gap) and gap > 0):
-            found.append(("barrier", f"{self.method}: barrier infeasible at outer step {step}: gap "
-                                     f"f*_mu - f(x, y) = {_num(gap)} is not positive"))
-        if record.get("solver_converged") is False:
-            res = record.get("solver_residual")
-            found.append(("solver", f"{self.method}: linear solver did not converge at outer step {step} "
-                                    f"(relative residual {_num(res) if res is not None else 'unknown'})"))
-        first, last = record.get("lower_grad_norm_first"), record.get("lower_grad_norm_last")
-        if o.stationarity_ratio > 0 and _finite(first) and _finite(last) and first > 0:
-            ratio = float(last) / float(first)
-            if ratio > o.stationarity_ratio and ratio > 1.0:  # the gradient grew: steps too large
-                found.append(("stationarity", f"{self.method}: inner loop diverging or oscillating at outer step "
-                                              f"{step}: ||grad_y f|| grew, last/first = {ratio:.3g} > 1 "
-                                              "(lower inner_lr)"))
-            elif ratio > o.stationarity_ratio:  # it shrank, but too little: too few or too small steps
-                found.append(("stationarity", f"{self.method}: inner loop far from stationarity at outer step "
-                                              f"{step}: ||grad_y f|| last/first = {ratio:.3g} > "
-                                              f"{o.stationarity_ratio:g} (raise inner_steps or inner_lr)"))
-        solver_seen = any(kind == "solver" for kind, _ in found)
-        for text in caught or ():
-            if solver_seen and text.startswith(("cg did not converge", "cg:")):
-                continue
-            found.append(("core", f"{self.method}: outer step {step}: {text}"))
+        found = _step_warnings(self.method, self.options, step, record, caught)
         for kind, message in found:
             n = self.counts.get(kind, 0) + 1
             self.counts[kind] = n
@@ -355,7 +368,91 @@ class Guards:
         self.counts = dict(state.get("counts") or {})
 
 
+# ------------------------------------------------------------------------------------------ a guarded step
+def guarded_step(guards: Guards, loop: Any, upper: Callable[[Any, Any], Any], lower: Callable[[Any, Any], Any],
+                 step: int, total: int) -> Tuple[Dict[str, Any], List[str]]:
+    """Take outer step ``step`` of ``total`` (1-based) of ``loop`` on these objectives, under the guards.
+
+    Before the first step the guards' references ``F_0``, ``f_0`` are taken at ``(x0, y0)``
+    (:meth:`Guards.set_reference`). The core's ``RuntimeWarning`` s raised during the step are caught for
+    :meth:`Guards.diagnose` (other warnings are passed on); its :class:`~bilevel.errors.NonFiniteError` becomes
+    :meth:`Guards.nonfinite`'s error; then :meth:`Guards.check` looks at the record (evaluating
+    ``f(x, y_start)`` only when the step looks suspicious). Costs one ``loop.step`` plus, at most, two
+    evaluations of the objectives.
+
+    Parameters
+    ----------
+    guards : Guards
+    loop : bilevel.OuterLoop
+    upper, lower : callable
+        The step's objectives.
+    step, total : int
+
+    Returns
+    -------
+    (dict, list of str)
+        The step's record and the messages of the core's RuntimeWarnings.
+
+    Raises
+    ------
+    DivergenceError
+    """
+    x_start, y_start = loop.x, loop.y0  # where this step's inner loop starts (copies)
+    if step == 1 and guards.reference is None:  # F_0, f_0 at (x0, y0): the guards' references
+        ref = objective_values({"upper": upper, "lower": lower}, x_start, y_start, loop)
+        guards.set_reference(ref["upper"], ref["lower"])
+
+    def lower_start() -> float:  # f(x, y_start), asked for by the guards when the step looks suspicious
+        return objective_values({"lower": lower}, x_start, y_start, loop)["lower"]
+
+    with warnings.catch_warnings(record=True) as caught:  # the core's RuntimeWarnings go to the guards
+        warnings.simplefilter("always", RuntimeWarning)
+        try:
+            record = loop.step(upper, lower)
+        except NonFiniteError as err:
+            raise guards.nonfinite(step, total, err) from err
+    core: List[str] = []
+    for w in caught:
+        if issubclass(w.category, RuntimeWarning):
+            core.append(str(w.message))
+        else:  # not ours to judge: pass it on
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    guards.check(step, total, record, lower_start=lower_start)
+    return record, core
+
+
+def objective_values(objectives: Mapping[str, Callable[[Any, Any], Any]], x: Any, y: Any,
+                     loop: Any = None) -> Dict[str, float]:
+    """``{name: float(fn(x, y))}`` without gradients, leaving the random streams as they were.
+
+    The guards' references ``F_0``, ``f_0`` and the ``lower_start`` of :meth:`Guards.check`. In a task-parallel
+    distributed run (``loop`` a :class:`bilevel.parallel.DistributedOuterLoop` with ``data_parallel`` False) the
+    values are summed over the ranks, like the ``upper`` / ``lower`` of the step records (every rank must call
+    this together). Costs one evaluation of each objective (and one all-reduce).
+    """
+    with torch.no_grad(), rng_untouched():
+        values = {name: float(fn(x, y)) for name, fn in objectives.items()}
+    ctx = getattr(loop, "ctx", None)
+    if ctx is not None and getattr(loop, "data_parallel", True) is False:
+        values = reduce_record(values, ctx)  # sums "upper" and "lower" over the ranks
+    return values
+
+
 # ------------------------------------------------------------------------------------------ precision
+def check_precision(precision: str, dtype: str) -> str:
+    """``precision`` checked against :data:`PRECISIONS` and the run's ``dtype`` (bf16 needs float32).
+
+    Raises
+    ------
+    ValueError
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"bad value {precision!r} for precision; choose from: {', '.join(PRECISIONS)}")
+    if precision == "bf16" and dtype != "float32":
+        raise ValueError(f"precision bf16 needs dtype float32 (autocast with float32 hypergradients), got "
+                         f"dtype {dtype}")
+    return precision
+
 def autocast_objective(fn: Callable[[Any, Any], torch.Tensor], dtype: torch.dtype = torch.float32
                        ) -> Callable[[Any, Any], torch.Tensor]:
     """Run ``fn(x, y)`` under ``torch.autocast("cpu", dtype=torch.bfloat16)`` and return a ``dtype`` scalar.
@@ -499,4 +596,5 @@ class StopSignals:
 
 
 __all__ = ["EXIT_DIVERGED", "PRECISIONS", "DivergenceError", "GuardOptions", "Guards", "RunInterrupted",
-           "StopSignals", "autocast_objective", "autocast_objectives"]
+           "StopSignals", "autocast_objective", "autocast_objectives", "check_precision", "guarded_step",
+           "objective_values"]
