@@ -1,7 +1,7 @@
 """``bilevel bench``: time and memory of the methods against the plain inner loop and hand-written references.
 
 For every (problem, method, K) the library call ``bilevel.hypergrad(...)``, the hand-written reference of the same
-method (``benchmarks/references.py`` at the repository root) and the plain inner loop (K lower-level steps, no
+method (:mod:`.references`, ``benchmarks/references.py`` at the repository root) and the plain inner loop (K lower-level steps, no
 graph) are timed **round-robin in the same run** (warm-up, then the median of ``reps`` repetitions), so that the
 ratios compare like with like even on a machine whose speed drifts. Peak memory is measured in a separate,
 untimed call: the autograd tape above the data baseline (:func:`saved_peak_mb`), or, for the fhg records, the
@@ -115,11 +115,13 @@ class Prob:
 
 
 def make_toy(dtype: torch.dtype = torch.float64) -> Prob:
-    """BDA's Eq. 5 counterexample (tasks/toy.py, problem "bda"): x0 = 0, y0 = (2, 2), s_l = 0.2."""
+    """BDA's Eq. 5 counterexample (:mod:`bilevel.problems.bda_counterexample`, the toy task's problem "bda"):
+    x0 = 0, y0 = (2, 2), the paper's s_l = 0.2 and s_u = 0.7 (from the experiment script)."""
     from bilevel.app.experiments import synthetic_bda
+    from bilevel.problems import bda_counterexample as bda
 
-    return Prob("toy", synthetic_bda.upper, synthetic_bda.lower, torch.zeros(1, dtype=dtype),
-                torch.tensor([2.0, 2.0], dtype=dtype), synthetic_bda.S_L, "BDA Eq. 5, x0=0, y0=(2,2), s_l=0.2",
+    return Prob("toy", bda.upper, bda.lower, torch.tensor([bda.X0], dtype=dtype),
+                torch.tensor(bda.Y0, dtype=dtype), synthetic_bda.S_L, "BDA Eq. 5, x0=0, y0=(2,2), s_l=0.2",
                 {"upper_lr": synthetic_bda.S_U})
 
 

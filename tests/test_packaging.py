@@ -16,3 +16,18 @@ def test_py_typed_marker_is_present_and_declared_as_package_data():
         tomllib = pytest.importorskip("tomli")
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert "py.typed" in data["tool"]["setuptools"]["package-data"]["bilevel"]
+
+
+def test_every_package_folder_is_listed_in_pyproject():
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import pytest
+
+        tomllib = pytest.importorskip("tomli")
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {str(p.parent.relative_to(ROOT / "src")).replace("/", ".")
+               for p in (ROOT / "src" / "bilevel").rglob("__init__.py")}
+    assert set(data["packages"]) == folders | {"bilevel_benchmarks"}
+    assert data["package-dir"]["bilevel_benchmarks"] == "benchmarks"
+    assert (ROOT / "benchmarks" / "__init__.py").is_file()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Mapping, Sequence
 
 from bilevel.app.reproduce import _hyperclean as hc
-from bilevel.app.reproduce.common import Context, Job, deviation, fmt_stat, markdown_table, paper_rows, paper_value, rows_from, stat
+from bilevel.app.reproduce.common import Context, Job, fmt_stat, markdown_table, paper_rows, paper_value, rows_from, stat
 
 NAME = "bda-table2"
 TITLE = "BDA Table 2: hyper-cleaning test accuracy vs the number of inner steps K"

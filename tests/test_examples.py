@@ -1,0 +1,26 @@
+"""Every script in examples/ runs, on a small budget, and its own assertion (the claim it prints) holds."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+#: small budgets that keep each claim true; every script must be listed
+ARGS = {
+    "tune_ridge.py": ["--steps", "60"],
+    "hyperclean_digits.py": ["--outer-steps", "20", "--inner-steps", "30"],
+}
+
+
+def test_every_example_is_run():
+    assert sorted(p.name for p in EXAMPLES.glob("*.py")) == sorted(ARGS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", sorted(ARGS))
+def test_example_runs(script, tmp_path):
+    out = subprocess.run([sys.executable, str(EXAMPLES / script), *ARGS[script]], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip()
