@@ -3,7 +3,7 @@
 These are what `bilevel bench` compares the library against (``ratio_to_reference``). Each is one short
 function, written the way one would write the method by hand in a script: plain ``torch.autograd.grad`` and
 ``torch.func``, no flattening, no checks, no diagnostics. They compute the same quantity as the library method
-(tests/bench/test_bench_references.py checks this to 1e-8 in float64), so a ratio above 1 is library overhead.
+(tests/benchmarks/test_bench_references.py checks this to 1e-8 in float64), so a ratio above 1 is library overhead.
 
 Conventions: ``upper(x, y)`` / ``lower(x, y)`` are the task's objectives; ``x`` and ``y`` are tensors or dicts of
 tensors (handled by :func:`_leaves` / :func:`_tree`). Every function returns the hypergradient with the
