@@ -18,7 +18,7 @@ Two ways of splitting an objective that is a sum over shards (see docs/distribut
 * **data parallel** (a lower variable shared by all shards, e.g. hyper-cleaning's follower): wrap each rank's
   partial objective with :func:`data_parallel`. Values and gradients are summed across ranks *inside* the
   objective (differentiably, to any order), so every rank computes the single-process trajectory; the loop
-  needs no ``reduce_grads``. Exact for every method (fhg included; checked in tests/distributed for all but
+  needs no ``reduce_grads``. Exact for every method (fhg included; checked in tests/app/distributed for all but
   metasgd), at the price of one all-reduce per objective or gradient evaluation.
 
 A method that is not exact in the chosen mode is refused (ValueError), never run as a different algorithm.
@@ -43,7 +43,7 @@ from bilevel.api import OuterLoop
 
 Objective = Callable[[Any, Any], torch.Tensor]
 
-#: methods whose task-parallel hypergradient equals the single-process one (checked in tests/distributed).
+#: methods whose task-parallel hypergradient equals the single-process one (checked in tests/app/distributed).
 #: ``cg`` is included because its converged solution is the same; its iterates are not (global step sizes), so
 #: agreement is to the solver tolerance only. Not exact in task-parallel mode, hence refused by
 #: :class:`DistributedOuterLoop`: ``iaptt`` (k_bar = argmax over k of the *whole* upper objective), ``bvfim``
