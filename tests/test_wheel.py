@@ -16,8 +16,6 @@ def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                            "-w", str(out), str(ROOT)], capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0 and "No module named" in proc.stderr:
-        pytest.skip(f"cannot build a wheel here: {proc.stderr[-300:]}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     (path,) = out.glob("bilevel-*.whl")
     return path
