@@ -35,6 +35,17 @@ def _check_sizes(n_x: int, n_y: int) -> None:
             raise ValueError(f"{name} must be an integer >= 1, got {n!r}")
 
 
+def _spd(g: torch.Generator, n: int, dtype: torch.dtype) -> torch.Tensor:
+    """``H = A A' / n + I / 2`` with A drawn from ``g``: symmetric, eigenvalues >= 1/2."""
+    A = torch.randn(n, n, generator=g, dtype=dtype)
+    return A @ A.T / n + 0.5 * torch.eye(n, dtype=dtype)
+
+
+def _stable_lr(H: torch.Tensor) -> float:
+    """``1 / lambda_max(H)``: a gradient step on ``1/2 y'Hy`` that contracts."""
+    return float(1.0 / torch.linalg.eigvalsh(H).max())
+
+
 def make_quadratic(n_x: int, n_y: int, seed: int, dtype: torch.dtype = torch.float64) -> Dict[str, Any]:
     """A random strongly convex quadratic bilevel problem with closed forms.
 
@@ -64,8 +75,7 @@ def make_quadratic(n_x: int, n_y: int, seed: int, dtype: torch.dtype = torch.flo
     _check_sizes(n_x, n_y)
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731
-    A = r(n_y, n_y)
-    H = A @ A.T / n_y + 0.5 * torch.eye(n_y, dtype=dtype)
+    H = _spd(g, n_y, dtype)
     B, c, a, E = r(n_y, n_x), r(n_y), r(n_y), 0.3 * r(n_x, n_y)
     lam = 0.1
 
@@ -75,8 +85,7 @@ def make_quadratic(n_x: int, n_y: int, seed: int, dtype: torch.dtype = torch.flo
     def upper(x, y):
         return 0.5 * ((y - a) ** 2).sum() + 0.5 * lam * (x ** 2).sum() + x @ E @ y
 
-    return dict(H=H, B=B, c=c, a=a, E=E, lam=lam, lower=lower, upper=upper,
-                x=r(n_x), y0=r(n_y), lr=float(1.0 / torch.linalg.eigvalsh(H).max()))
+    return dict(H=H, B=B, c=c, a=a, E=E, lam=lam, lower=lower, upper=upper, x=r(n_x), y0=r(n_y), lr=_stable_lr(H))
 
 
 def ift_closed_form(q: Dict[str, Any]) -> torch.Tensor:
@@ -109,8 +118,7 @@ def make_simple_quadratic(n_x: int = 5, n_y: int = 20, seed: int = 0
     """
     _check_sizes(n_x, n_y)
     g = torch.Generator().manual_seed(seed)
-    A = torch.randn(n_y, n_y, generator=g, dtype=torch.float64)
-    H = A @ A.T / n_y + 0.5 * torch.eye(n_y, dtype=torch.float64)
+    H = _spd(g, n_y, torch.float64)
     B = torch.randn(n_y, n_x, generator=g, dtype=torch.float64)
     a = torch.randn(n_y, generator=g, dtype=torch.float64)
     lam = 0.1
@@ -127,5 +135,4 @@ def make_simple_quadratic(n_x: int = 5, n_y: int = 20, seed: int = 0
 
     S = torch.linalg.solve(H, B)
     x_star = torch.linalg.solve(S.T @ S + lam * torch.eye(n_x, dtype=torch.float64), S.T @ a)
-    lr = float(1.0 / torch.linalg.eigvalsh(H).max())
-    return upper, lower, exact_grad, x_star, lr
+    return upper, lower, exact_grad, x_star, _stable_lr(H)
