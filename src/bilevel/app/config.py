@@ -55,6 +55,11 @@ RUNNER_OPTIONS: Dict[str, Tuple[Any, type, str]] = {
     "threads": (None, int, "torch.set_num_threads(N); default: torch's own choice"),
     "init_lr": (None, float, "step of the learned initialization of iaptt / iagm / iagm-a / maml ... "
                              "(IAPTT-GM's alpha_z); default outer_lr"),
+    "select_metric": (None, str, "keep the state with the best value of this evaluated metric (e.g. holdout_loss) "
+                                 "and summarize the run there; default: the last step"),
+    "select_mode": ("min", str, "min | max: whether smaller or larger select_metric values are better"),
+    "patience": (None, int, "stop after this many evaluations (every log_every steps) without an improvement "
+                            "of select_metric; outer_steps is then the cap"),
 }
 
 #: keys of the runner that tasks may give defaults for in ``COMMON_DEFAULTS``
@@ -72,6 +77,7 @@ DTYPES: Tuple[str, ...] = ("float32", "float64")
 _MINIMUM: Dict[str, Tuple[float, bool]] = {
     "inner_steps": (1, False), "outer_steps": (1, False), "log_every": (1, False), "threads": (1, False),
     "seed": (0, False), "inner_lr": (0.0, True), "outer_lr": (0.0, True), "init_lr": (0.0, True),
+    "patience": (1, False),
 }
 
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")

@@ -14,7 +14,7 @@ from bilevel.app.reproduce import _hyperclean, common
 pytestmark = pytest.mark.slow
 
 EXPECTED_METHODS = {
-    "iaptt-table3": {"LS", "NS", "RHG", "T-RHG", "BDA", "IAPTT-GM", "oracle", "oracle-10K", "no-cleaning"},
+    "iaptt-table3": {"LS", "NS", "RHG", "T-RHG", "BDA", "IAPTT-GM", "oracle", "no-cleaning"},
     "improved-table1": {"basic", "improved", "improved-2"},
     "bda-table2": {"RHG", "T-RHG", "BDA"},
     "bvfim-fig2": {"RHG", "T-RHG", "BDA", "CG", "Neumann", "BVFIM"},
@@ -45,7 +45,10 @@ def test_csv_columns_and_rows(smoke, name):
         assert len(keys) == len(set(keys))
         module = reproduce.EXPERIMENTS[name]
         jobs = module.jobs("smoke", 1)
-        extra = {"iaptt-table3": len(_hyperclean.REFERENCES) * 2,  # reference points, per seed
+        if name == "iaptt-table3":  # tuned: one run per method (of its grid's 3), plus 2 reference points
+            jobs = [j for j in jobs if j.variant.endswith(f"={meta_tuning(out, name)[j.method]['chosen']}")]
+            assert len(jobs) == len(module.METHODS)
+        extra = {"iaptt-table3": len(_hyperclean.WARM_REFERENCES) * 3,  # reference points x metrics, per seed
                  "bvfim-fig2": len(jobs)}.get(name, 0)  # opt_seconds, per run
         assert len(rows) == sum(len(j.metrics) for j in jobs) + extra
     for r in rows:
@@ -55,12 +58,19 @@ def test_csv_columns_and_rows(smoke, name):
     assert meta["scale"] == "smoke" and meta["seeds"] == 1 and meta["seconds"] > 0
 
 
+def meta_tuning(out, name):
+    return json.loads((out / f"{name}.json").read_text())["tuning"]
+
+
 def test_metric_values_are_the_runs_summaries(smoke):
     out, _ = smoke
     rows = common.read_rows(out / "iaptt-table3.csv")
-    job = reproduce.iaptt_table3.jobs("smoke", 1)[2]  # RHG, seed 0
+    chosen = meta_tuning(out, "iaptt-table3")["RHG"]["chosen"]
+    (job,) = [j for j in reproduce.iaptt_table3.jobs("smoke", 1)
+              if j.method == "RHG" and j.variant == f"outer_lr={chosen}"]
     summary = json.loads((out / "runs" / "iaptt-table3" / job.name / "summary.json").read_text())
-    for metric in ("test_accuracy", "f1"):
+    assert summary["select_metric"] == "holdout_loss"
+    for metric in ("test_accuracy", "f1", "f1_clean"):
         (value,) = common.select(rows, method="RHG", seed=0, metric=metric)
         assert value == pytest.approx(summary[metric], abs=0, rel=1e-15)
 
@@ -86,8 +96,8 @@ def test_rerun_reads_finished_runs_back(smoke):
 
 
 def test_interrupted_run_resumes_from_its_checkpoint(tmp_path):
-    job = reproduce.iaptt_table3.jobs("smoke", 1)[2]
-    cfg = dict(job.config, outer_steps=30)
+    job = reproduce.iaptt_table3.jobs("smoke", 1)[6]  # RHG
+    cfg = dict(job.config, outer_steps=30, patience=None)  # selection on, no early stop: runs to step 30
     full = common.run_one("hyperclean", cfg, str(tmp_path / "full"))
     # a run killed after its step-25 checkpoint: keep the checkpoint, drop the summary
     part = tmp_path / "part"

@@ -138,3 +138,52 @@ def test_warm_start_starts_each_inner_loop_at_the_previous_iterate():
         H.build(dict(cfg, method="iaptt"))
     with pytest.raises(ValueError, match="warm_start"):
         H.build(dict(cfg, warm_start="yes"))
+
+
+def test_holdout_split_is_extra_clean_and_leaves_the_other_splits_unchanged():
+    from bilevel.app.data import hyperclean_split
+
+    plain = hyperclean_split("digits", 300, 200, 300, noise=0.5, seed=3)
+    held = hyperclean_split("digits", 300, 200, 300, noise=0.5, seed=3, holdout_size=150)
+    for k in ("X_train", "y_train", "y_train_clean", "corrupted", "X_val", "y_val", "X_test", "y_test"):
+        assert np.array_equal(getattr(plain, k), getattr(held, k)), k
+    assert plain.X_holdout.shape == (0, 64) and held.X_holdout.shape == (150, 64) and held.y_holdout.shape == (150,)
+    # the held-out samples are the pool's next 150: disjoint from train / val / test by index, so their rows are
+    # (up to digits' exact duplicates) none of the others'
+    others = {r.tobytes() for r in np.concatenate([held.X_train, held.X_val, held.X_test])}
+    assert sum(r.tobytes() in others for r in held.X_holdout) <= 3
+    with pytest.raises(ValueError, match="holdout_size = 1798 exceeds the maximum of 1797"):
+        hyperclean_split("digits", 300, 200, 300, holdout_size=998)
+    with pytest.raises(ValueError, match="holdout_size must be an integer >= 0"):
+        hyperclean_split("digits", 30, 20, 30, holdout_size=-1)
+
+
+def test_holdout_metrics_activation_and_clean_f1_by_hand():
+    cfg = H.config_with_defaults(dataset="digits", model="mlp", hidden=6, activation="none", holdout_size=90,
+                                 dtype="float64", **SMALL)
+    run = H.build(cfg)
+    loop = run_steps(run, cfg, 2)
+    ev, s = run.evaluate(loop), run.summarize(loop)
+    from bilevel.app.data import hyperclean_split
+
+    split = hyperclean_split("digits", 120, 80, 100, noise=0.5, seed=0, holdout_size=90)
+    _, y = loop.evaluate(*run.objectives(0))
+    X = torch.as_tensor(split.X_holdout, dtype=torch.float64)
+    logits = (X @ y["w1"].T + y["b1"]) @ y["w2"].T + y["b2"]  # activation "none": two stacked linear maps
+    labels = torch.as_tensor(split.y_holdout)
+    for d in (ev, s):
+        assert d["holdout_loss"] == pytest.approx(float(F.cross_entropy(logits, labels)), rel=1e-12)
+        assert d["holdout_accuracy"] == pytest.approx(float((logits.argmax(1) == labels).double().mean()))
+    from sklearn.metrics import f1_score
+
+    flagged = H.flag_corrupted(loop.x).numpy()
+    assert s["f1_clean"] == pytest.approx(f1_score(~split.corrupted, ~flagged))
+    assert s["f1"] == pytest.approx(f1_score(split.corrupted, flagged))
+    relu = H.build(dict(cfg, activation="relu"))
+    h = torch.randn(5, 64, dtype=torch.float64)
+    expect = torch.relu(h @ relu.y0["w1"].T + relu.y0["b1"]) @ relu.y0["w2"].T + relu.y0["b2"]
+    assert torch.allclose(H.forward("mlp", relu.y0, h), expect)
+    no_holdout = H.build(dict(cfg, holdout_size=0))
+    assert "holdout_loss" not in no_holdout.evaluate(run_steps(no_holdout, cfg, 1))
+    with pytest.raises(ValueError, match="activation"):
+        H.build(dict(cfg, activation="tanh"))

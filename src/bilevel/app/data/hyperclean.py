@@ -6,6 +6,10 @@ training split, test samples from the official test split; then exactly
 ``round(noise * train_size)`` training samples, chosen uniformly at random,
 get their label replaced by a *different* class drawn uniformly at random.
 Validation and test labels stay clean.
+
+An optional *held-out* split (``holdout_size`` samples, clean labels) is drawn from the same pool as train and
+validation, after them and disjoint from every other split; adding it leaves the other splits unchanged. It is
+for model selection (early stopping, tuning) when the validation split is itself fitted by the upper level.
 """
 
 from __future__ import annotations
@@ -53,6 +57,8 @@ class HypercleanSplit:
         Corruption rate rho.
     seed : int
         Seed the split was drawn with.
+    X_holdout, y_holdout : numpy.ndarray
+        The held-out selection split (clean labels; empty unless ``holdout_size`` was given).
     """
 
     X_train: np.ndarray
@@ -67,6 +73,14 @@ class HypercleanSplit:
     name: str = ""
     noise: float = 0.0
     seed: int = 0
+    X_holdout: Optional[np.ndarray] = None
+    y_holdout: Optional[np.ndarray] = None
+
+    def __post_init__(self) -> None:
+        if self.X_holdout is None:
+            self.X_holdout = self.X_val[:0]
+        if self.y_holdout is None:
+            self.y_holdout = self.y_val[:0]
 
     @property
     def n_corrupted(self) -> int:
@@ -153,7 +167,7 @@ def _prepare(images: np.ndarray, max_pixel: int, flatten: bool, normalize: bool)
     x = images.astype(np.float32)
     if normalize:
         x /= np.float32(max_pixel)
-    return x.reshape(len(x), -1) if flatten else x
+    return x.reshape(len(x), int(np.prod(x.shape[1:]))) if flatten else x
 
 
 def hyperclean_split(
@@ -166,6 +180,7 @@ def hyperclean_split(
     root: Optional[PathLike] = None,
     flatten: bool = True,
     normalize: bool = True,
+    holdout_size: int = 0,
 ) -> HypercleanSplit:
     """Build a data hyper-cleaning problem with corrupted training labels.
 
@@ -191,6 +206,9 @@ def hyperclean_split(
         Return inputs of shape ``(n, H*W)`` instead of ``(n, H, W)``.
     normalize : bool
         Scale pixels to [0, 1] (divide by 255, or by 16 for digits).
+    holdout_size : int
+        Clean samples (>= 0) of a held-out selection split, drawn from the training pool after train and
+        validation (digits: after all three); the other splits do not depend on it.
 
     Returns
     -------
@@ -213,35 +231,38 @@ def hyperclean_split(
     )
     noise = _check_noise(noise)
     seed = _check_int("seed", seed, 0)
+    n_hold = _check_int("holdout_size", holdout_size, 0)
     split_ss, test_ss, noise_ss = np.random.SeedSequence(seed).spawn(3)
     split_rng, test_rng, noise_rng = (np.random.default_rng(s) for s in (split_ss, test_ss, noise_ss))
 
     if key == "digits":
         images, labels = load_digits_dataset()
         total = n_train + n_val + n_test
-        if total > len(labels):
+        if total + n_hold > len(labels):
             raise ValueError(
-                f"digits has {len(labels)} samples: train_size + val_size + test_size = {total} "
-                f"exceeds the maximum of {len(labels)}"
+                f"digits has {len(labels)} samples: train_size + val_size + test_size + holdout_size = "
+                f"{total + n_hold} exceeds the maximum of {len(labels)}"
             )
         order = split_rng.permutation(len(labels))
         tr, va = order[:n_train], order[n_train : n_train + n_val]
         te = order[n_train + n_val : total]
+        ho = order[total : total + n_hold]
         train_x, train_y, test_x, test_y = images, labels, images, labels
         max_pixel = DIGITS_MAX_PIXEL
     else:
         train_x, train_y = load_idx_dataset(key, "train", root)
         test_x, test_y = load_idx_dataset(key, "test", root)
-        if n_train + n_val > len(train_y):
+        if n_train + n_val + n_hold > len(train_y):
             raise ValueError(
-                f"train_size + val_size = {n_train + n_val} exceeds the {len(train_y)} samples of the "
-                f"{key} training split (maximum {len(train_y)})"
+                f"train_size + val_size + holdout_size = {n_train + n_val + n_hold} exceeds the {len(train_y)} "
+                f"samples of the {key} training split (maximum {len(train_y)})"
             )
         if n_test > len(test_y):
             raise ValueError(f"test_size = {n_test} exceeds the {key} test split (maximum {len(test_y)})")
         order = split_rng.permutation(len(train_y))
         tr, va = order[:n_train], order[n_train : n_train + n_val]
         te = test_rng.permutation(len(test_y))[:n_test]
+        ho = order[n_train + n_val : n_train + n_val + n_hold]
         max_pixel = 255
 
     num_classes = 10
@@ -260,4 +281,6 @@ def hyperclean_split(
         name=key,
         noise=noise,
         seed=seed,
+        X_holdout=_prepare(train_x[ho], max_pixel, flatten, normalize),
+        y_holdout=train_y[ho].astype(np.int64),
     )

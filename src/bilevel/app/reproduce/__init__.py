@@ -101,7 +101,7 @@ def run_experiment(name: str, *, scale: str = "cpu", seeds: int = 3, out_dir: An
     meta = {"experiment": module.NAME, "title": module.TITLE, "scale": scale, "seeds": seeds, "jobs": jobs,
             "seconds": round(seconds, 1), "run_seconds": round(ctx.run_seconds, 1), "settings": _plain(getattr(module, "SETTINGS", {}).get(scale, {})),
             "figure": figure.name if figure.exists() else None,
-            "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S"), **_plain(ctx.meta)}
     (ctx.out_dir / f"{module.NAME}.json").write_text(json.dumps(meta, indent=1))
     return rows
 

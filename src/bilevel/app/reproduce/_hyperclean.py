@@ -2,7 +2,7 @@
 Fig. 2): the run configuration and the methods as the papers name them."""
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 #: BDA's aggregation weight in hyper-cleaning: alpha_k = 0.5 * 0.999^k (BVFIM supplement B.2, the only paper
 #: of the four that states BDA's hyper-cleaning schedule)
@@ -54,14 +54,16 @@ def bvfim_weights(n_train: int) -> Dict[str, float]:
 def config(*, method: str, method_options: Mapping[str, Any], seed: int, dataset: str, model: str,
            sizes: Sequence[int], noise: float, inner_steps: int, inner_lr: float, outer_steps: int,
            outer_lr: float, outer_optimizer: str = "adam", hidden: int = 100, data_root: Optional[str] = None,
-           log_every: Optional[int] = None) -> Dict[str, Any]:
-    """A ``hyperclean`` task configuration."""
+           log_every: Optional[int] = None, **extra: Any) -> Dict[str, Any]:
+    """A ``hyperclean`` task configuration; ``extra`` adds task or runner keys (``warm_start``, ``holdout_size``,
+    ``select_metric``, ``patience``, ``activation``, ``init_lr``, ...) only where given, so the configurations
+    of the experiments that do not use them stay as they were."""
     train, val, test = sizes
     return {"method": method, "method_options": dict(method_options), "seed": seed, "dataset": dataset,
             "model": model, "hidden": hidden, "train_size": train, "val_size": val, "test_size": test,
             "noise": noise, "inner_steps": inner_steps, "inner_lr": inner_lr, "outer_steps": outer_steps,
             "outer_lr": outer_lr, "outer_optimizer": outer_optimizer, "data_root": data_root,
-            "log_every": log_every or max(1, outer_steps // 10), "dtype": "float32"}
+            "log_every": log_every or max(1, outer_steps // 10), "dtype": "float32", **extra}
 
 
 def describe(settings: Mapping[str, Any]) -> str:
@@ -75,6 +77,9 @@ REFERENCES = {
     "oracle-10K": "the same perfect cleaning with 10 x K inner steps",
     "no-cleaning": "x = 0 (every sample weighted 0.5), same K",
 }
+
+#: the reference points of a warm-started configuration (:func:`reference_summaries`)
+WARM_REFERENCES = ("oracle", "no-cleaning")
 
 
 def reference_summaries(cfg: Mapping[str, Any]) -> Dict[str, Dict[str, float]]:
@@ -100,19 +105,77 @@ def reference_summaries(cfg: Mapping[str, Any]) -> Dict[str, Dict[str, float]]:
     from bilevel.app.data import hyperclean_split
     from bilevel.app.tasks import hyperclean as H
 
-    full = H.config_with_defaults(**{k: v for k, v in cfg.items() if k != "method_options"})
+    from bilevel.app.run.selection import Selection
+
+    runner_keys = ("select_metric", "select_mode", "patience", "threads", "init_lr")
+    full = H.config_with_defaults(**{k: v for k, v in cfg.items() if k != "method_options" and k not in runner_keys})
     full["method"] = "rhg"
+    warm = bool(full.get("warm_start"))
+    full["warm_start"] = False
     run = H.build(full)
     split = hyperclean_split(full["dataset"], full["train_size"], full["val_size"], full["test_size"],
                              noise=full["noise"], seed=full["seed"], root=full["data_root"])
     corrupted = torch.as_tensor(split.corrupted)
     dtype = run.x0.dtype
-    xs = {"oracle": (torch.where(corrupted, -20.0, 20.0).to(dtype), 1),
-          "oracle-10K": (torch.where(corrupted, -20.0, 20.0).to(dtype), 10),
-          "no-cleaning": (torch.zeros_like(run.x0), 1)}
-    out = {}
-    for label, (x, mult) in xs.items():
-        loop = OuterLoop(x, run.y0, method="rhg", outer_lr=1.0, inner_steps=full["inner_steps"] * mult,
+    oracle = torch.where(corrupted, -20.0, 20.0).to(dtype)
+    xs = {"oracle": (oracle, 1), "oracle-10K": (oracle, 10), "no-cleaning": (torch.zeros_like(run.x0), 1)}
+
+    def loop_from(x: torch.Tensor, start: Any, mult: int = 1) -> OuterLoop:
+        return OuterLoop(x, start, method="rhg", outer_lr=1.0, inner_steps=full["inner_steps"] * mult,
                          inner_lr=full["inner_lr"])
-        out[label] = run.summarize(loop)
+
+    out = {}
+    if not warm:
+        for label, (x, mult) in xs.items():
+            out[label] = run.summarize(loop_from(x, run.y0, mult))
+        return out
+    # warm start: block t starts from the end of block t - 1 (K inner steps each, x fixed), evaluated and stopped
+    # like the method runs; the summary is taken from the start of the best block
+    upper, lower = run.objectives(0)
+    for label in WARM_REFERENCES:
+        x = xs[label][0]
+        sel = Selection(cfg.get("select_metric"), cfg.get("select_mode", "min"), cfg.get("patience"))
+        start, t, cap = run.y0, 0, int(full["outer_steps"])
+        while True:
+            if t % int(full["log_every"]) == 0 or t == cap:
+                sel.update(t, run.evaluate(loop_from(x, start)), lambda start=start: {"start": start})
+            if sel.stopped or t == cap:
+                break
+            start, t = loop_from(x, start).evaluate(upper, lower)[1], t + 1
+        best = sel.best_state["start"] if sel.best_state is not None else start
+        out[label] = dict(run.summarize(loop_from(x, best)), **sel.summary(t))
     return out
+
+
+def _references(cfg: Mapping[str, Any], path: str) -> Dict[str, Dict[str, float]]:
+    """:func:`reference_summaries` of ``cfg``, read back from ``path`` when it holds them (same configuration)."""
+    import json
+    from pathlib import Path
+
+    import torch
+
+    torch.set_num_threads(1)
+    p = Path(path)
+    if p.exists():
+        saved = json.loads(p.read_text())
+        if saved.get("config") == json.loads(json.dumps(dict(cfg))):
+            return saved["summaries"]
+    out = reference_summaries(cfg)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"config": dict(cfg), "summaries": out}))
+    tmp.replace(p)
+    return out
+
+
+def reference_grid(ctx: Any, experiment: str, configs: Sequence[Mapping[str, Any]]) -> List[Dict[str, Dict[str, float]]]:
+    """:func:`reference_summaries` of each configuration, in ``ctx.workers`` processes, kept under
+    ``<runs>/<experiment>/references/`` so that a rerun reads them back."""
+    import concurrent.futures as cf
+    import multiprocessing
+
+    paths = [str(ctx.runs_dir / experiment / "references" / f"seed{c['seed']}-{i}.json") for i, c in enumerate(configs)]
+    if ctx.workers == 1 or len(configs) == 1:
+        return [_references(c, p) for c, p in zip(configs, paths)]
+    with cf.ProcessPoolExecutor(max_workers=ctx.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(_references, configs, paths))

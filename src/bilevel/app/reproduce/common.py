@@ -13,6 +13,7 @@ value``); metric names are those of the runs' ``summary.json``.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import copy
 import csv
 import json
 import logging
@@ -134,11 +135,13 @@ class Job:
     config: Dict[str, Any]
     metrics: Sequence[str] = ("test_accuracy", "f1")
     extra: Dict[str, Any] = field(default_factory=dict)
+    variant: str = ""
 
     @property
     def name(self) -> str:
-        """Directory name of the run (unique within an experiment)."""
-        parts = (self.dataset, self.setting, self.method, f"seed{self.seed}")
+        """Directory name of the run (unique within an experiment; a tuning ``variant`` adds a level)."""
+        parts = (self.dataset, self.setting, self.method) + ((self.variant,) if self.variant else ()) + (
+            f"seed{self.seed}",)
         return "/".join(_slug(p) for p in parts)
 
 
@@ -361,6 +364,8 @@ class Context:
         return self.out_dir / "runs"
 
     run_seconds: float = 0.0
+    #: what the experiment adds to its ``<experiment>.json`` (e.g. ``"tuning"``: :func:`tune`'s record)
+    meta: Dict[str, Any] = field(default_factory=dict)
 
     def grid(self, experiment: str, jobs: Sequence[Job]) -> List[Tuple[Job, Dict[str, Any]]]:
         """:func:`run_grid` of the jobs under ``runs/<experiment>/``; adds the runs' own wall times (also of runs
@@ -373,3 +378,115 @@ class Context:
 
 #: type of an experiment's run function
 RunFn = Callable[[Context], List[Dict[str, Any]]]
+
+
+# ------------------------------------------------------------------------------------------ fair tuning
+@dataclass(frozen=True)
+class Grid:
+    """A method's tuning grid: one setting the papers leave open and the values tried.
+
+    ``knob`` is a runner key of the run's configuration (``init_lr``, ``outer_lr``, ...) when the configuration
+    has it, else a method option (``truncate``, ``cg_steps``, ...). ``path`` reaches into a nested option
+    (``("alpha", "c")``: the constant of a schedule dict).
+    """
+
+    knob: str
+    values: Tuple[Any, ...]
+    path: Tuple[str, ...] = ()
+
+    def apply(self, config: Mapping[str, Any], value: Any) -> Dict[str, Any]:
+        """A copy of ``config`` with the knob set to ``value``."""
+        out = copy.deepcopy(dict(config))
+        if not self.path and self.knob in out and self.knob != "method_options":
+            out[self.knob] = value
+            return out
+        target = out.setdefault("method_options", {})
+        keys = self.path or (self.knob,)
+        for k in keys[:-1]:
+            target = target.setdefault(k, {})
+        target[keys[-1]] = value
+        return out
+
+    def label(self, value: Any) -> str:
+        return f"{self.knob}={value}"
+
+
+def check_grids(grids: Mapping[str, Grid]) -> int:
+    """The common grid size; a ValueError when the methods' grids differ in size (the budget must be equal)."""
+    sizes = {label: len(g.values) for label, g in grids.items()}
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"every method must get the same tuning budget; grid sizes differ: {sizes}")
+    return next(iter(sizes.values()), 0)
+
+
+def tune(ctx: "Context", experiment: str, base: Mapping[str, Job], grids: Mapping[str, Grid], seeds: int,
+         score: str = "selected_value") -> List[Tuple[Job, Dict[str, Any]]]:
+    """Tune each method on its grid (seed 0), then run the other seeds at the chosen value.
+
+    Every method gets a grid of the same size (:func:`check_grids`). The grid runs use seed 0; the value whose
+    run has the smallest ``score`` in its summary (by default ``selected_value``: the best held-out validation
+    loss the run reached, see ``select_metric``) is chosen -- never a test metric. A diverged grid run scores
+    +inf. Seeds 1 .. seeds-1 then run at the chosen value; seed 0's result is its grid run. The grid, the
+    scores and the choices are recorded in ``ctx.meta["tuning"]``.
+
+    Parameters
+    ----------
+    ctx : Context
+    experiment : str
+    base : mapping label -> Job
+        Each method's seed-0 job at its default settings.
+    grids : mapping label -> Grid
+        Every label of ``base`` needs one.
+    seeds : int
+    score : str
+        Summary entry to minimize.
+
+    Returns
+    -------
+    list of (Job, summary)
+        One pair per method and seed (the chosen value's runs), in the order of ``base`` then seed.
+    """
+    missing = [label for label in base if label not in grids]
+    if missing:
+        raise ValueError(f"no tuning grid for {', '.join(missing)}")
+    check_grids({label: grids[label] for label in base})
+    grid_jobs: List[Job] = []
+    for label, job in base.items():
+        g = grids[label]
+        for v in g.values:
+            grid_jobs.append(Job(job.dataset, job.setting, job.method, 0, job.task, g.apply(job.config, v),
+                                 job.metrics, dict(job.extra, tuned={g.knob: v}), variant=g.label(v)))
+    tried = ctx.grid(experiment, grid_jobs)
+    record: Dict[str, Any] = {}
+    chosen: Dict[str, Tuple[Any, Job, Dict[str, Any]]] = {}
+    for label in base:
+        g = grids[label]
+        runs = [(job, summary) for job, summary in tried if job.method == label]
+        scores = [_score(summary, score) for _, summary in runs]
+        best = int(np.argmin(scores))
+        chosen[label] = (g.values[best], runs[best][0], runs[best][1])
+        record[label] = {"knob": g.knob, "grid": list(g.values), "chosen": g.values[best],
+                         "scores": [v if math.isfinite(v) else None for v in scores],
+                         "score": score, "seed": 0,
+                         "selected_steps": [summary.get("selected_step") for _, summary in runs]}
+    finals: List[Job] = []
+    for label, job in base.items():
+        value = chosen[label][0]
+        for seed in range(1, seeds):
+            cfg = grids[label].apply(dict(job.config, seed=seed), value)
+            finals.append(Job(job.dataset, job.setting, job.method, seed, job.task, cfg, job.metrics,
+                              dict(job.extra, tuned={grids[label].knob: value}), variant=grids[label].label(value)))
+    done = dict(((j.method, j.seed), (j, s)) for j, s in ctx.grid(experiment, finals)) if finals else {}
+    ctx.meta.setdefault("tuning", {}).update(record)
+    out = []
+    for label in base:
+        out.append(chosen[label][1:])
+        out.extend(done[(label, seed)] for seed in range(1, seeds))
+    return out
+
+
+def _score(summary: Mapping[str, Any], key: str) -> float:
+    if "diverged" in summary:
+        return math.inf
+    v = float(summary.get(key, math.nan))
+    return v if math.isfinite(v) else math.inf

@@ -30,13 +30,14 @@ def capture(runner: Any) -> Dict[str, Any]:
         ``t``, ``loop`` (OuterLoop state), ``task`` (TaskRun state or None), ``rng``
         (:func:`~bilevel.app.run.checkpoint.rng_state`), ``metrics_bytes`` (length of metrics.jsonl to keep),
         ``loop_seconds``, ``eval_seconds``, ``config``, ``metrics_lines`` (its lines), ``guards``
-        (:class:`~bilevel.app.run.guards.Guards` state) and ``run_options``. Plain data only (tensors, lists,
+        (:class:`~bilevel.app.run.guards.Guards` state), ``run_options`` and ``selection``
+        (:class:`~bilevel.app.run.selection.Selection` state, the kept best state included). Plain data only (tensors, lists,
         tuples, dicts, numbers, strs, None): checkpoints are read with ``weights_only=True``.
     """
     assert runner.run is not None and runner.loop is not None
     runner.metrics.flush()
     extra = {"metrics_lines": len(runner.records), "guards": copy.deepcopy(runner.guards.state_dict()),
-             "run_options": runner.run_options()}
+             "run_options": runner.run_options(), "selection": runner.selection.state_dict()}
     # deep copies: OuterLoop.state_dict() shares the optimizer's state tensors, which later steps mutate
     return {"t": runner.t, "loop": copy.deepcopy(runner.loop.state_dict()),
             "task": copy.deepcopy(runner.run.state_dict()) if runner.run.state_dict else None,
@@ -62,6 +63,8 @@ def restore(runner: Any, state: Mapping[str, Any]) -> None:
     ckpt.set_rng_state(state["rng"])
     if state.get("guards") is not None:
         runner.guards.load_state_dict(state["guards"])
+    if state.get("selection") is not None:
+        runner.selection.load_state_dict(state["selection"])
     runner.t = int(state["t"])
     runner.clock.restore(state["loop_seconds"], state.get("eval_seconds", 0.0))
     runner.metrics.truncate(int(state["metrics_bytes"]))

@@ -23,6 +23,7 @@ from bilevel.app.run import state as run_state
 from bilevel.app.run.guards import GuardOptions, Guards, autocast_objectives, check_precision, guarded_step
 from bilevel.app.run.metrics import MetricsFile, RunClock, _metrics_dict, _plain, run_summary, start_line, step_line
 from bilevel.app.run.rundir import METRICS_FILE
+from bilevel.app.run.selection import Selection
 from bilevel.app.run.session import run_session
 from bilevel.app.tasks.base import TaskRun
 
@@ -116,6 +117,8 @@ class TaskRunner:
         self.precision = check_precision(precision, self.config["dtype"])
         self.guard_options = guards if guards is not None else GuardOptions()
         self.guards = Guards(self.config["method"], self.guard_options, log=rundir.warn)
+        self.selection = Selection(self.config.get("select_metric"), self.config.get("select_mode", "min"),
+                                   self.config.get("patience"))
         self.last_checkpoint: Optional[Path] = None
         self._lock = rundir.DirLock()  # DIR/.lock, held from setup() to the end of the run
 
@@ -169,8 +172,8 @@ class TaskRunner:
     # -- steps -----------------------------------------------------------------------------------------
     @property
     def done(self) -> bool:
-        """True when all outer steps are taken."""
-        return self.t >= self.config["outer_steps"]
+        """True when all outer steps are taken or the selection stopped the run early."""
+        return self.t >= self.config["outer_steps"] or self.selection.stopped
 
     def loop_seconds(self) -> float:
         """Seconds spent in the outer loop so far (all sessions)."""
@@ -195,8 +198,14 @@ class TaskRunner:
                 metrics = _metrics_dict(self.run.evaluate(self.loop), "evaluate()")
             line = step_line(self.t, record, metrics, self.clock, self.guards.flush())
             self.write(line)
+            self.selection.update(self.t, metrics, self.selected_state)
             record = dict(record, logged=line)
         return record
+
+    def selected_state(self) -> Dict[str, Any]:
+        """The loop and task state that :attr:`selection` keeps at an improvement (shared tensors: it copies)."""
+        assert self.run is not None and self.loop is not None
+        return {"loop": self.loop.state_dict(), "task": self.run.state_dict() if self.run.state_dict else None}
 
     def log_start(self) -> Dict[str, Any]:
         """Write and return the step-0 line: ``evaluate()`` at x0, leaving the random streams as they were."""
@@ -205,6 +214,7 @@ class TaskRunner:
             metrics = _metrics_dict(self.run.evaluate(self.loop), "evaluate()")
         line = start_line(metrics, self.clock)
         self.write(line)
+        self.selection.update(0, metrics, self.selected_state)
         return line
 
     def write(self, line: Mapping[str, Any]) -> None:
@@ -217,7 +227,13 @@ class TaskRunner:
         assert self.run is not None and self.loop is not None
         loop_seconds = self.clock.loop_seconds()
         self.metrics.close()  # the directory stays locked until the summary is written (execute releases it)
+        best = self.selection.best_state
+        if best is not None and self.selection.best_step != self.t:  # summarize at the selected state
+            self.loop.load_state_dict(best["loop"])
+            if best.get("task") is not None and self.run.load_state_dict is not None:
+                self.run.load_state_dict(best["task"])
         summary = _metrics_dict(self.run.summarize(self.loop), "summarize()")
+        summary.update(self.selection.summary(self.t))
         if "upper_final" not in summary:
             upper, lower = self.run.objectives(max(self.t - 1, 0))
             summary["upper_final"] = _plain(self.loop.evaluate(upper, lower)[0])

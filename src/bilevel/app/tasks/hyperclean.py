@@ -10,12 +10,17 @@ set does well on a clean validation set.
 * lower ``f(x, y) = 1/n sum_i sigmoid(x_i) CE(model(y, u_i), v_i) + l2 * sum ||W||^2`` (weight matrices only);
 * upper ``F(x, y) = 1/m sum_j CE(model(y, u_j), v_j)`` over the clean validation set;
 * ``warm_start``: every inner loop starts from the previous outer step's ``y_K`` (the hypergradient treats
-  that start as a constant), so the follower keeps training across outer steps.
+  that start as a constant), so the follower keeps training across outer steps;
+* ``activation``: the MLP's hidden activation, ``relu`` or ``none`` (two stacked linear layers, the follower of
+  the IAPTT-GM authors' hyper-cleaning script);
+* ``holdout_size``: clean held-out samples, never seen by either objective, whose loss and accuracy
+  (``holdout_loss``, ``holdout_accuracy``) serve model selection (``select_metric``: early stopping, tuning).
 
 The papers write both losses as *sums*; ours are *means*, so a paper step size ``s_sum`` corresponds to
 ``inner_lr = s_sum * n`` here (docs/tasks.md). Metrics: test accuracy of the method's ``y`` at the final x
 (:meth:`bilevel.OuterLoop.evaluate`) and precision / recall / F1 of flagging corrupted samples, a sample
-being flagged iff ``x_i <= 0`` (sigmoid weight <= 0.5; BVFIM's rule).
+being flagged iff ``x_i <= 0`` (sigmoid weight <= 0.5; BVFIM's rule); ``f1_clean`` scores the same decision
+with the clean samples as positives.
 """
 from __future__ import annotations
 
@@ -49,7 +54,11 @@ OPTIONS: Dict[str, Tuple[Any, type, str]] = {
     "data_root": (None, str, "directory searched first for the MNIST / Fashion-MNIST IDX files"),
     "warm_start": (False, bool, "start each inner loop from the previous outer step's y_K instead of y0 "
                                 "(not for methods that learn y0: iaptt, iagm, iagm-a)"),
+    "holdout_size": (0, int, "clean held-out samples for model selection (early stopping, tuning), disjoint from "
+                             "train / val / test; adds holdout_loss and holdout_accuracy to the metrics"),
+    "activation": ("relu", str, "hidden activation of the mlp follower: relu | none (two stacked linear layers)"),
 }
+ACTIVATIONS = ("relu", "none")
 
 #: This task's defaults for the runner-owned keys.
 COMMON_DEFAULTS: Dict[str, Any] = {
@@ -68,7 +77,8 @@ _RUNNER_KEYS = ("method", "inner_steps", "inner_lr", "outer_steps", "outer_lr", 
 
 
 # ------------------------------------------------------------------------------------------ model
-def forward(model: str, y: Mapping[str, torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
+def forward(model: str, y: Mapping[str, torch.Tensor], inputs: torch.Tensor, activation: str = "relu"
+            ) -> torch.Tensor:
     """Logits of the follower.
 
     Parameters
@@ -78,6 +88,9 @@ def forward(model: str, y: Mapping[str, torch.Tensor], inputs: torch.Tensor) -> 
         Parameters (see the module docstring).
     inputs : Tensor
         ``(n, D)`` inputs.
+    activation : {"relu", "none"}
+        The MLP's hidden activation (``"none"``: two stacked linear layers, a non-convex parametrization of a
+        linear classifier).
 
     Returns
     -------
@@ -86,7 +99,9 @@ def forward(model: str, y: Mapping[str, torch.Tensor], inputs: torch.Tensor) -> 
     """
     if model == "linear":
         return torch.addmm(y["bias"], inputs, y["weight"].t())
-    hidden = torch.relu(torch.addmm(y["b1"], inputs, y["w1"].t()))
+    hidden = torch.addmm(y["b1"], inputs, y["w1"].t())
+    if activation == "relu":
+        hidden = torch.relu(hidden)
     return torch.addmm(y["b2"], hidden, y["w2"].t())
 
 
@@ -129,6 +144,8 @@ def _options(config: Mapping[str, Any]) -> Dict[str, Any]:
     o["noise"] = metrics.check_real("noise", config["noise"], 0.0, 1.0)
     o["l2"] = metrics.check_real("l2", config["l2"], 0.0)
     o["hidden"] = metrics.check_int("hidden", config["hidden"], 1)
+    o["holdout_size"] = metrics.check_int("holdout_size", config["holdout_size"], 0)
+    o["activation"] = metrics.check_choice("activation", config["activation"], ACTIVATIONS)
     root = config["data_root"]
     if root is not None and not isinstance(root, str):
         raise ValueError(f"data_root must be a directory path (str) or None, got {root!r}")
@@ -167,24 +184,36 @@ def build(config: Mapping[str, Any]) -> TaskRun:
     """
     o = _options(config)
     split = hyperclean_split(o["dataset"], o["train_size"], o["val_size"], o["test_size"], noise=o["noise"],
-                             seed=o["seed"], root=o["data_root"])
+                             seed=o["seed"], root=o["data_root"], holdout_size=o["holdout_size"])
     dtype = o["dtype"]
     X_tr = torch.as_tensor(split.X_train).to(dtype)
     X_val = torch.as_tensor(split.X_val).to(dtype)
     X_te = torch.as_tensor(split.X_test).to(dtype)
     y_tr, y_val, y_te = (torch.as_tensor(a) for a in (split.y_train, split.y_val, split.y_test))
     corrupted = torch.as_tensor(split.corrupted)
-    model, l2 = o["model"], o["l2"]
+    X_ho, y_ho = torch.as_tensor(split.X_holdout).to(dtype), torch.as_tensor(split.y_holdout)
+    model, l2, act = o["model"], o["l2"], o["activation"]
     weights = ("weight",) if model == "linear" else ("w1", "w2")
 
+    def net(y: Mapping[str, torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
+        return forward(model, y, inputs, act)
+
+    def holdout(y: Mapping[str, torch.Tensor]) -> Dict[str, float]:
+        if not len(y_ho):
+            return {}
+        with torch.no_grad():
+            logits = net(y, X_ho)
+            return {"holdout_loss": float(F.cross_entropy(logits, y_ho)),
+                    "holdout_accuracy": metrics.accuracy(logits, y_ho)}
+
     def lower(x: torch.Tensor, y: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        loss = weighted_loss(x, forward(model, y, X_tr), y_tr)
+        loss = weighted_loss(x, net(y, X_tr), y_tr)
         if l2:
             loss = loss + l2 * sum((y[k] ** 2).sum() for k in weights)
         return loss
 
     def upper(x: torch.Tensor, y: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return F.cross_entropy(forward(model, y, X_val), y_val)
+        return F.cross_entropy(net(y, X_val), y_val)
 
     gen = torch.Generator().manual_seed(int(np.random.SeedSequence([o["seed"], 1]).generate_state(1)[0]))
     y0 = init_params(model, X_tr.shape[1], split.num_classes, o["hidden"], dtype, gen)
@@ -193,6 +222,8 @@ def build(config: Mapping[str, Any]) -> TaskRun:
     def cleaning(loop: OuterLoop) -> Dict[str, float]:
         x = loop.x
         out = metrics.precision_recall_f1(flag_corrupted(x), corrupted)
+        # the same decision scored as detecting the *clean* samples (the F1 of the IAPTT-GM authors' code)
+        out["f1_clean"] = metrics.precision_recall_f1(~flag_corrupted(x), ~corrupted)["f1"]
         w = torch.sigmoid(x)
         out["weight_mean_clean"] = float(w[~corrupted].mean()) if bool((~corrupted).any()) else float("nan")
         out["weight_mean_corrupted"] = float(w[corrupted].mean()) if bool(corrupted.any()) else float("nan")
@@ -201,21 +232,23 @@ def build(config: Mapping[str, Any]) -> TaskRun:
     def evaluate(loop: OuterLoop) -> Dict[str, float]:
         value, y = loop.evaluate(upper, lower)
         with torch.no_grad():
-            val_acc = metrics.accuracy(forward(model, y, X_val), y_val)
+            val_acc = metrics.accuracy(net(y, X_val), y_val)
         c = cleaning(loop)
         return {"upper": value, "val_accuracy": val_acc, "f1": c["f1"], "precision": c["precision"],
-                "recall": c["recall"]}
+                "recall": c["recall"], **holdout(y)}
 
     def summarize(loop: OuterLoop) -> Dict[str, float]:
         value, y = loop.evaluate(upper, lower)
         with torch.no_grad():
-            out = {"test_accuracy": metrics.accuracy(forward(model, y, X_te), y_te),
-                   "val_accuracy": metrics.accuracy(forward(model, y, X_val), y_val),
-                   "train_accuracy_clean_labels": metrics.accuracy(forward(model, y, X_tr),
+            out = {"test_accuracy": metrics.accuracy(net(y, X_te), y_te),
+                   "val_accuracy": metrics.accuracy(net(y, X_val), y_val),
+                   "train_accuracy_clean_labels": metrics.accuracy(net(y, X_tr),
                                                                    torch.as_tensor(split.y_train_clean)),
                    "upper": value}
         c = cleaning(loop)
         out.update({k: c[k] for k in ("f1", "precision", "recall", "weight_mean_clean", "weight_mean_corrupted")})
+        out["f1_clean"] = c["f1_clean"]
+        out.update(holdout(y))
         out["n_flagged"] = c["tp"] + c["fp"]
         out["n_corrupted"] = float(split.n_corrupted)
         return out
@@ -236,14 +269,14 @@ def build(config: Mapping[str, Any]) -> TaskRun:
         Xa, ya, Xc, yc = X_tr[a:b], y_tr[a:b], X_val[c:d], y_val[c:d]
 
         def lower_r(x: torch.Tensor, y: Mapping[str, torch.Tensor]) -> torch.Tensor:
-            ce = F.cross_entropy(forward(model, y, Xa), ya, reduction="none")
+            ce = F.cross_entropy(net(y, Xa), ya, reduction="none")
             loss = (torch.sigmoid(x[a:b]) * ce).sum() / n_tr
             if l2 and rank == 0:
                 loss = loss + l2 * sum((y[k] ** 2).sum() for k in weights)
             return loss
 
         def upper_r(x: torch.Tensor, y: Mapping[str, torch.Tensor]) -> torch.Tensor:
-            return F.cross_entropy(forward(model, y, Xc), yc, reduction="sum") / n_val
+            return F.cross_entropy(net(y, Xc), yc, reduction="sum") / n_val
 
         return upper_r, lower_r
 
