@@ -48,6 +48,10 @@ def test_csv_columns_and_rows(smoke, name):
         if name == "iaptt-table3":  # tuned: one run per method (of its grid's 3), plus 2 reference points
             jobs = [j for j in jobs if j.variant.endswith(f"={meta_tuning(out, name)[j.method]['chosen']}")]
             assert len(jobs) == len(module.METHODS)
+        if name == "bda-table2":  # tuned at one K, then every K at the chosen value
+            chosen = meta_tuning(out, name)["digits"]
+            jobs = [j for j in jobs if j.variant.endswith(f"={chosen[j.method]['chosen']}")]
+            jobs = [common.replace(j, setting=f"K={K}") for j in jobs for K in module.SETTINGS["smoke"]["Ks"]]
         extra = {"iaptt-table3": len(_hyperclean.WARM_REFERENCES) * 3,  # reference points x metrics, per seed
                  "bvfim-fig2": len(jobs)}.get(name, 0)  # opt_seconds, per run
         assert len(rows) == sum(len(j.metrics) for j in jobs) + extra

@@ -10,7 +10,7 @@ import torch
 
 from bilevel.api import OuterLoop
 from bilevel.app.reproduce import _hyperclean as hc
-from bilevel.app.reproduce import common, iaptt_table3
+from bilevel.app.reproduce import bda_table2, common, iaptt_table3
 from bilevel.app.reproduce.common import Context, Grid, Job, tune
 
 
@@ -20,6 +20,7 @@ class FakeContext(Context):
     def grid(self, experiment, jobs):
         self.calls.append([(j.method, j.seed, j.variant) for j in jobs])
         out = []
+        self.last_jobs.append(out)
         for j in jobs:
             c = j.config
             if c["method_options"].get("truncate") == 9:
@@ -32,7 +33,7 @@ class FakeContext(Context):
 
 def _ctx(tmp_path):
     ctx = FakeContext(scale="smoke", seeds=3, out_dir=Path(tmp_path))
-    ctx.calls = []
+    ctx.calls, ctx.last_jobs = [], []
     return ctx
 
 
@@ -51,12 +52,21 @@ def test_tune_picks_the_smallest_held_out_score_and_runs_the_other_seeds_there(t
     assert all(j.config["method_options"]["truncate"] == 5 for j, _ in pairs if j.method == "B")
     assert [c for c in ctx.calls[0]] == [("A", 0, "outer_lr=0.1"), ("A", 0, "outer_lr=0.3"), ("A", 0, "outer_lr=1.0"),
                                          ("B", 0, "truncate=2"), ("B", 0, "truncate=5"), ("B", 0, "truncate=9")]
-    assert {(m, s) for m, s, _ in ctx.calls[1]} == {("A", 1), ("A", 2), ("B", 1), ("B", 2)}  # seed 0 not rerun
+    assert ctx.calls[1] == [("A", s, "outer_lr=0.3") for s in range(3)] + [("B", s, "truncate=5") for s in range(3)]
+    # seed 0's final job is the chosen grid run (same directory and configuration: run_grid reads it back)
+    grid_a = [j for j, _ in ctx.last_jobs[0] if j.variant == "outer_lr=0.3"][0]
+    assert pairs[0][0].name == grid_a.name and pairs[0][0].config == grid_a.config
     rec = ctx.meta["tuning"]
     assert rec["A"]["chosen"] == 0.3 and rec["A"]["grid"] == [0.1, 0.3, 1.0]
     assert rec["A"]["scores"] == pytest.approx([0.04, 0.0, 0.49])
     assert rec["B"]["scores"][2] is None  # diverged: never chosen, recorded as such
     assert pairs[1][1]["selected_value"] == 1.0  # seed 1's own run
+    # expand: the chosen value applied to other settings
+    ctx = _ctx(tmp_path)
+    pairs = tune(ctx, "x", _base(), grids, seeds=1,
+                 expand=lambda label, job: [common.replace(job, setting=f"K={k}") for k in (1, 2)])
+    assert [(j.method, j.setting, j.variant) for j, _ in pairs] == [
+        ("A", "K=1", "outer_lr=0.3"), ("A", "K=2", "outer_lr=0.3"), ("B", "K=1", "truncate=5"), ("B", "K=2", "truncate=5")]
 
 
 def test_tune_refuses_unequal_budgets_and_missing_grids(tmp_path):
@@ -75,12 +85,37 @@ def test_grid_apply_sets_runner_keys_method_options_and_nested_schedules():
     assert Grid("cg_steps", (1,)).apply(cfg, 40)["method_options"]["cg_steps"] == 40
 
 
-def test_every_method_of_iaptt_table3_gets_the_same_grid_size():
+@pytest.mark.parametrize("module", [iaptt_table3, bda_table2])
+def test_every_method_gets_the_same_grid_size(module):
     for scale in common.SCALES:
-        g = iaptt_table3.grids(scale)
-        assert set(g) == set(iaptt_table3.METHODS)
+        g = module.grids(scale)
+        assert set(g) == set(module.METHODS)
         assert common.check_grids(g) == 3
         assert all(len(set(grid.values)) == 3 for grid in g.values())
+
+
+def test_bda_table2_tunes_at_one_k_and_applies_the_choice_at_every_k(tmp_path):
+    ctx = _ctx(tmp_path)
+    seen = []
+
+    def grid(experiment, jobs):
+        seen.append(jobs)
+        return [(j, {"selected_value": float(j.config["outer_lr"] != 0.9) if j.method != "BDA"
+                     else abs(j.config["method_options"]["alpha"]["c"] - 0.5), "test_accuracy": 0.5, "f1": 0.5})
+                for j in jobs]
+
+    ctx.grid = grid
+    ctx.seeds = 2
+    rows = bda_table2.run(ctx)
+    rec = ctx.meta["tuning"]["digits"]
+    assert rec["RHG"]["chosen"] == 0.9 and rec["T-RHG"]["chosen"] == 0.9 and rec["BDA"]["chosen"] == 0.5
+    settings = {(r["method"], r["setting"], r["seed"]) for r in rows}
+    assert settings == {(m, f"K={k}", s) for m in bda_table2.METHODS for k in (2, 4) for s in (0, 1)}
+    assert {j.config["inner_steps"] for j in seen[0]} == {2}  # the grid runs at tune_K only
+    finals = seen[1]
+    assert all(j.config["outer_lr"] == 0.9 for j in finals if j.method != "BDA")
+    assert all(j.config["method_options"]["alpha"]["c"] == 0.5 for j in finals if j.method == "BDA")
+    assert {j.config["inner_steps"] for j in finals} == {2, 4}
 
 
 def test_warm_reference_is_one_long_inner_loop(tmp_path):

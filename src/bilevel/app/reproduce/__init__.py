@@ -11,8 +11,9 @@ seed, metric, value``; one row per method x setting x seed x metric, metric name
 run under ``<out>/runs/<experiment>/`` (resumable: finished runs are read back, interrupted ones continue from
 their checkpoints) and then regenerates the report (``REPRODUCTION.md``) from all the CSVs present.
 
-Scales: ``smoke`` (seconds; what the tests run), ``cpu`` (each experiment within 15 minutes on 2 cores with
-``--jobs 2``), ``paper`` (the papers' sizes where they are stated, for users with time or a GPU).
+Scales: ``smoke`` (seconds; what the tests run), ``cpu`` (each experiment within 45 minutes on 2 cores with
+``--jobs 2``, as faithful to the papers' protocol as that allows), ``paper`` (the papers' settings where they are
+stated, for users with time or a GPU).
 
 The committed results (``results/reproduce/`` and ``REPRODUCTION.md``) are ``cpu`` runs. ``<out>`` defaults to
 ``results/reproduce`` for ``--scale cpu`` and to ``results/reproduce-<scale>`` otherwise, and the report to

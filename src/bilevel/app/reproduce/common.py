@@ -20,7 +20,7 @@ import logging
 import math
 import multiprocessing
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
@@ -420,31 +420,36 @@ def check_grids(grids: Mapping[str, Grid]) -> int:
 
 
 def tune(ctx: "Context", experiment: str, base: Mapping[str, Job], grids: Mapping[str, Grid], seeds: int,
-         score: str = "selected_value") -> List[Tuple[Job, Dict[str, Any]]]:
-    """Tune each method on its grid (seed 0), then run the other seeds at the chosen value.
+         score: str = "selected_value",
+         expand: Optional[Callable[[str, Job], List[Job]]] = None) -> List[Tuple[Job, Dict[str, Any]]]:
+    """Tune each method on its grid (seed 0), then run the final jobs at the chosen value.
 
-    Every method gets a grid of the same size (:func:`check_grids`). The grid runs use seed 0; the value whose
-    run has the smallest ``score`` in its summary (by default ``selected_value``: the best held-out validation
-    loss the run reached, see ``select_metric``) is chosen -- never a test metric. A diverged grid run scores
-    +inf. Seeds 1 .. seeds-1 then run at the chosen value; seed 0's result is its grid run. The grid, the
-    scores and the choices are recorded in ``ctx.meta["tuning"]``.
+    Every method gets a grid of the same size (:func:`check_grids`). The grid runs are ``base``'s jobs (seed 0)
+    with one grid value each; the value whose run has the smallest ``score`` in its summary (by default
+    ``selected_value``: the best held-out validation loss the run reached, see ``select_metric``) is chosen --
+    never a test metric. A diverged grid run scores +inf. The final jobs (``expand(label, chosen_job)``; by
+    default the chosen job at seeds 0 .. seeds-1) run next; a final job identical to a grid run (same directory
+    and configuration) is read back, not run again. The grid, the scores and the choices are recorded in
+    ``ctx.meta["tuning"]``.
 
     Parameters
     ----------
     ctx : Context
     experiment : str
     base : mapping label -> Job
-        Each method's seed-0 job at its default settings.
+        Each method's seed-0 tuning job at its default settings.
     grids : mapping label -> Grid
         Every label of ``base`` needs one.
     seeds : int
     score : str
         Summary entry to minimize.
+    expand : callable, optional
+        ``(label, chosen job) -> final jobs`` (e.g. every setting of a table at the chosen value).
 
     Returns
     -------
     list of (Job, summary)
-        One pair per method and seed (the chosen value's runs), in the order of ``base`` then seed.
+        The final jobs and their summaries, in the order of ``base`` then ``expand``.
     """
     missing = [label for label in base if label not in grids]
     if missing:
@@ -458,31 +463,21 @@ def tune(ctx: "Context", experiment: str, base: Mapping[str, Job], grids: Mappin
                                  job.metrics, dict(job.extra, tuned={g.knob: v}), variant=g.label(v)))
     tried = ctx.grid(experiment, grid_jobs)
     record: Dict[str, Any] = {}
-    chosen: Dict[str, Tuple[Any, Job, Dict[str, Any]]] = {}
+    finals: List[Job] = []
     for label in base:
         g = grids[label]
         runs = [(job, summary) for job, summary in tried if job.method == label]
         scores = [_score(summary, score) for _, summary in runs]
         best = int(np.argmin(scores))
-        chosen[label] = (g.values[best], runs[best][0], runs[best][1])
         record[label] = {"knob": g.knob, "grid": list(g.values), "chosen": g.values[best],
                          "scores": [v if math.isfinite(v) else None for v in scores],
-                         "score": score, "seed": 0,
+                         "score": score, "seed": 0, "setting": base[label].setting,
                          "selected_steps": [summary.get("selected_step") for _, summary in runs]}
-    finals: List[Job] = []
-    for label, job in base.items():
-        value = chosen[label][0]
-        for seed in range(1, seeds):
-            cfg = grids[label].apply(dict(job.config, seed=seed), value)
-            finals.append(Job(job.dataset, job.setting, job.method, seed, job.task, cfg, job.metrics,
-                              dict(job.extra, tuned={grids[label].knob: value}), variant=grids[label].label(value)))
-    done = dict(((j.method, j.seed), (j, s)) for j, s in ctx.grid(experiment, finals)) if finals else {}
+        chosen = runs[best][0]
+        finals.extend(expand(label, chosen) if expand is not None else
+                      [replace(chosen, seed=seed, config=dict(chosen.config, seed=seed)) for seed in range(seeds)])
     ctx.meta.setdefault("tuning", {}).update(record)
-    out = []
-    for label in base:
-        out.append(chosen[label][1:])
-        out.extend(done[(label, seed)] for seed in range(1, seeds))
-    return out
+    return ctx.grid(experiment, finals)
 
 
 def _score(summary: Mapping[str, Any], key: str) -> float:

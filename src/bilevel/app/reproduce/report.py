@@ -23,14 +23,18 @@ tables), the deviation (ours − paper), whether the paper's claim holds at our 
 
 Common differences from the papers, true for every section unless it says otherwise:
 
-- **Scale.** These are `--scale {scale}` runs on a 2-core CPU: smaller splits, fewer outer steps and smaller networks
-  than the papers. `--scale paper` runs the papers' sizes where they are stated.
+- **Scale.** These are `--scale {scale}` runs on a 2-core CPU, each experiment within 45 minutes: fewer outer steps
+  and smaller networks than the papers, and the papers' split sizes where that fits (each section says which it
+  uses and why). `--scale paper` runs the papers' settings where they are stated.
 - **Data.** MNIST, Omniglot, MiniImageNet and CIFAR-10 are not available offline; Fashion-MNIST (Debian's
   `dataset-fashion-mnist`) and a rotated Fashion-MNIST stand-in replace them. Pass `--data-root` to use the real files.
 - **Means, not sums.** Our objectives average over samples; the papers sum. Step sizes are therefore ours (shared by
   all methods of a table) unless a section states the conversion.
-- **Shared settings.** No number is tuned per method: within a table all methods share data, initialization, K,
-  inner step, outer optimizer and outer step; method-specific options are the papers' where stated.
+- **Shared settings, fair tuning.** Within a table all methods share data, initialization, K, inner step, outer
+  optimizer and stopping rule. Sections with a "Tuning" table give every method the same three-point grid over
+  the one setting the paper leaves open for it, run on seed 0 and chosen on a held-out split that no objective
+  sees (never on test); the grid and the choice are also in `<experiment>.json`. Sections without one tune
+  nothing: method-specific options are the papers' where stated.
 """
 
 
