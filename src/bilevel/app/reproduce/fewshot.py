@@ -21,7 +21,7 @@ METRICS = ("meta_test_accuracy", "meta_test_ci95")
 SETTINGS: Dict[str, Dict[str, Any]] = {
     "smoke": {"shots": (1,), "width": 4, "meta_batch": 2, "queries": 2, "inner_steps": 2, "inner_lr": 0.5,
               "outer_steps": 2, "outer_lr": 0.001, "test_episodes": 4, "max_per_class": 30},
-    "cpu": {"shots": (1, 5), "width": 32, "meta_batch": 4, "queries": 15, "inner_steps": 10, "inner_lr": 0.5,
+    "cpu": {"shots": (1, 5), "width": 32, "meta_batch": 4, "queries": 15, "inner_steps": 10, "inner_lr": 0.25,
             "outer_steps": 60, "outer_lr": 0.003, "test_episodes": 100, "max_per_class": None},
     "paper": {"shots": (1, 5), "width": 64, "meta_batch": 4, "queries": 15, "inner_steps": 10, "inner_lr": 0.5,
               "outer_steps": 5000, "outer_lr": 0.001, "test_episodes": 600, "max_per_class": None},
