@@ -85,9 +85,13 @@ WARM_REFERENCES = ("oracle", "no-cleaning")
 def reference_summaries(cfg: Mapping[str, Any]) -> Dict[str, Dict[str, float]]:
     """What the follower reaches with perfect cleaning and with none, under the run's own inner loop.
 
-    These bound what any hyper-cleaning method can reach with the configuration's follower and inner budget
-    (K steps of size ``inner_lr`` from the same initialization), so a gap to a paper's accuracy can be
-    attributed to the budget rather than to a hypergradient.
+    These bound what a hyper-cleaning method whose follower learns from the training split only can reach with
+    the configuration's follower and inner budget, so a gap to a paper's accuracy can be attributed to the budget
+    rather than to a hypergradient. Cold-started configurations: K steps of size ``inner_lr`` from the same
+    initialization (``oracle-10K``: 10 K steps). With ``warm_start``: the follower at the fixed x is trained in
+    blocks of K steps, each from the end of the previous one, evaluated every ``log_every`` blocks and stopped
+    by the configuration's ``select_metric`` / ``patience`` rule like the method runs (at most ``outer_steps``
+    blocks), and summarized at the best evaluation (``selected_step`` etc. in the summary).
 
     Parameters
     ----------
@@ -97,7 +101,7 @@ def reference_summaries(cfg: Mapping[str, Any]) -> Dict[str, Dict[str, float]]:
     Returns
     -------
     dict
-        ``label -> summary`` for the labels of :data:`REFERENCES`.
+        ``label -> summary`` for the labels of :data:`REFERENCES` (cold start) or :data:`WARM_REFERENCES`.
     """
     import torch
 
