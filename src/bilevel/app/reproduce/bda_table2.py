@@ -11,11 +11,10 @@ every K.
 """
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any, Dict, List, Mapping, Sequence
 
 from bilevel.app.reproduce import _hyperclean as hc
-from bilevel.app.reproduce.common import (Context, Grid, Job, fmt_stat, markdown_table, paper_rows, paper_value,
+from bilevel.app.reproduce.common import (Context, Grid, Job, around, fmt_stat, markdown_table, paper_rows, paper_value,
                                           rows_from, stat, tune)
 
 NAME = "bda-table2"
@@ -41,8 +40,7 @@ SETTINGS: Dict[str, Dict[str, Any]] = {
 def grids(scale: str) -> Dict[str, Grid]:
     """Three values per method: BDA's constant c in alpha_k = c * 0.999^k; RHG and T-RHG (whose window the paper
     fixes at 25) have no setting of their own and get the same budget on the outer step size."""
-    lr = SETTINGS[scale]["outer_lr"]
-    steps = (float(f"{lr / 3:.4g}"), lr, float(f"{lr * 3:.4g}"))
+    steps = around(SETTINGS[scale]["outer_lr"])
     return {"RHG": Grid("outer_lr", steps), "T-RHG": Grid("outer_lr", steps),
             "BDA": Grid("alpha_c", (0.2, 0.5, 0.8), path=("alpha", "c"))}
 
@@ -80,29 +78,24 @@ def jobs(scale: str, seeds: int, data_root: Any = None) -> List[Job]:
     out = []
     for dataset in datasets(scale, data_root):
         for label in METHODS:
-            j = _job(s, dataset, s["tune_K"], label, 0, data_root)
-            out += [replace(j, config=g[label].apply(j.config, v), variant=g[label].label(v)) for v in g[label].values]
+            out += g[label].variants(_job(s, dataset, s["tune_K"], label, 0, data_root))
     return out
 
 
 def run(ctx: Context) -> List[Dict[str, Any]]:
-    s = SETTINGS[ctx.scale]
+    s, grid = SETTINGS[ctx.scale], grids(ctx.scale)
     pairs = []
     tuning = {}
     for dataset in datasets(ctx.scale, ctx.data_root):
         base = {label: _job(s, dataset, s["tune_K"], label, 0, ctx.data_root) for label in METHODS}
 
         def expand(label: str, chosen: Job, dataset: str = dataset) -> List[Job]:
-            value = chosen.variant
-            out = []
-            for seed in range(ctx.seeds):
-                for K in s["Ks"]:
-                    j = _job(s, dataset, K, label, seed, ctx.data_root)
-                    knob, v = grids(ctx.scale)[label], chosen.extra["tuned"][grids(ctx.scale)[label].knob]
-                    out.append(replace(j, config=knob.apply(j.config, v), variant=value))
-            return out
+            g = grid[label]
+            value = chosen.extra["tuned"][g.knob]
+            return [g.at(_job(s, dataset, K, label, seed, ctx.data_root), value)
+                    for seed in range(ctx.seeds) for K in s["Ks"]]
 
-        pairs += tune(ctx, NAME, base, grids(ctx.scale), ctx.seeds, expand=expand)
+        pairs += tune(ctx, NAME, base, grid, ctx.seeds, expand=expand)
         tuning[dataset] = ctx.meta.pop("tuning")
     ctx.meta["tuning"] = tuning
     rows = rows_from(NAME, pairs)

@@ -410,6 +410,22 @@ class Grid:
     def label(self, value: Any) -> str:
         return f"{self.knob}={value}"
 
+    def at(self, job: Job, value: Any) -> Job:
+        """``job`` with the knob set to ``value``: its own run directory (``variant``) and the value in
+        ``extra["tuned"]``."""
+        return replace(job, config=self.apply(job.config, value), variant=self.label(value),
+                       extra=dict(job.extra, tuned={self.knob: value}))
+
+    def variants(self, job: Job) -> List[Job]:
+        """``job`` at every value of the grid."""
+        return [self.at(job, v) for v in self.values]
+
+
+def around(value: float) -> Tuple[float, float, float]:
+    """A three-point grid centred on ``value``: ``value / 3, value, 3 value`` (the ends with 4 significant
+    digits)."""
+    return float(f"{value / 3:.4g}"), value, float(f"{value * 3:.4g}")
+
 
 def check_grids(grids: Mapping[str, Grid]) -> int:
     """The common grid size; a ValueError when the methods' grids differ in size (the budget must be equal)."""
@@ -455,13 +471,7 @@ def tune(ctx: "Context", experiment: str, base: Mapping[str, Job], grids: Mappin
     if missing:
         raise ValueError(f"no tuning grid for {', '.join(missing)}")
     check_grids({label: grids[label] for label in base})
-    grid_jobs: List[Job] = []
-    for label, job in base.items():
-        g = grids[label]
-        for v in g.values:
-            grid_jobs.append(Job(job.dataset, job.setting, job.method, 0, job.task, g.apply(job.config, v),
-                                 job.metrics, dict(job.extra, tuned={g.knob: v}), variant=g.label(v)))
-    tried = ctx.grid(experiment, grid_jobs)
+    tried = ctx.grid(experiment, [j for label, job in base.items() for j in grids[label].variants(job)])
     record: Dict[str, Any] = {}
     finals: List[Job] = []
     for label in base:

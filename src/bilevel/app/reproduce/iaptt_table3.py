@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Mapping, Sequence
 
 from bilevel.app.reproduce import _hyperclean as hc
-from bilevel.app.reproduce.common import (Context, Grid, Job, deviation, fmt_stat, markdown_table, paper_rows,
+from bilevel.app.reproduce.common import (Context, Grid, Job, around, deviation, fmt_stat, markdown_table, paper_rows,
                                           paper_value, row, rows_from, stat, tune)
 
 NAME = "iaptt-table3"
@@ -48,17 +48,13 @@ def grids(scale: str) -> Dict[str, Grid]:
     has no setting of its own, gets the same budget on the outer step size.
     """
     s = SETTINGS[scale]
-    K, lr, z = s["inner_steps"], s["outer_lr"], s["init_lr"]
-
-    def third(v: float) -> float:  # v / 3, written with 4 significant digits
-        return float(f"{v / 3:.4g}")
-
+    K = s["inner_steps"]
     return {"LS": Grid("cg_steps", (10, 20, 40)),
             "NS": Grid("neumann_terms", (10, 20, 40)),
-            "RHG": Grid("outer_lr", (third(lr), lr, float(f"{lr * 3:.4g}"))),
+            "RHG": Grid("outer_lr", around(s["outer_lr"])),
             "T-RHG": Grid("truncate", (max(1, K // 4), max(1, K // 2), max(1, 3 * K // 4))),
             "BDA": Grid("alpha_c", (0.2, 0.5, 0.8), path=("alpha", "c")),
-            "IAPTT-GM": Grid("init_lr", (third(z), z, float(f"{z * 3:.4g}")))}
+            "IAPTT-GM": Grid("init_lr", around(s["init_lr"]))}
 
 
 def base_jobs(scale: str, data_root: Any = None) -> Dict[str, Job]:
@@ -85,9 +81,7 @@ def base_jobs(scale: str, data_root: Any = None) -> Dict[str, Job]:
 def jobs(scale: str, seeds: int, data_root: Any = None) -> List[Job]:
     """The tuning runs (every method x grid value, seed 0): what runs first."""
     g = grids(scale)
-    return [Job(j.dataset, j.setting, j.method, 0, j.task, g[label].apply(j.config, v), j.metrics,
-                variant=g[label].label(v))
-            for label, j in base_jobs(scale, data_root).items() for v in g[label].values]
+    return [v for label, j in base_jobs(scale, data_root).items() for v in g[label].variants(j)]
 
 
 def run(ctx: Context) -> List[Dict[str, Any]]:

@@ -110,8 +110,10 @@ class Selection:
 
     def state_dict(self) -> Dict[str, Any]:
         """Plain data (tensors, numbers, None) for a checkpoint."""
-        return {"best_value": self.best_value, "best_step": self.best_step,
-                "best_state": copy.deepcopy(self.best_state), "bad": self.bad, "stopped": self.stopped}
+        # no copy: best_state is this object's own copy and is replaced, never changed in place (this runs
+        # before every outer step while checkpoints are on)
+        return {"best_value": self.best_value, "best_step": self.best_step, "best_state": self.best_state,
+                "bad": self.bad, "stopped": self.stopped}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.best_value, self.best_step = state["best_value"], state["best_step"]
