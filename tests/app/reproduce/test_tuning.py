@@ -141,3 +141,13 @@ def test_warm_reference_is_one_long_inner_loop(tmp_path):
         r = refs[label]
         assert r["selected_step"] % 2 == 0 and math.isclose(r["holdout_loss"], r["selected_value"], rel_tol=1e-12)
         assert r["stopped_early"] == (r["steps_run"] < 40)
+
+
+def test_context_counts_a_run_read_back_twice_once(tmp_path):
+    ctx = Context(scale="smoke", seeds=1, out_dir=Path(tmp_path), progress=False)
+    job = Job("d", "s", "RHG", 0, "hyperclean", hc.config(
+        method="rhg", method_options={}, seed=0, dataset="digits", model="linear", sizes=(30, 30, 30), noise=0.5,
+        inner_steps=2, inner_lr=0.3, outer_steps=2, outer_lr=0.3))
+    (_, first), = ctx.grid("x", [job])
+    (_, again), = ctx.grid("x", [job])  # read back, as tune() does with the chosen seed-0 run
+    assert again == first and ctx.run_seconds == pytest.approx(first["wall_seconds"])

@@ -366,13 +366,18 @@ class Context:
     run_seconds: float = 0.0
     #: what the experiment adds to its ``<experiment>.json`` (e.g. ``"tuning"``: :func:`tune`'s record)
     meta: Dict[str, Any] = field(default_factory=dict)
+    _counted: set = field(default_factory=set, repr=False)
 
     def grid(self, experiment: str, jobs: Sequence[Job]) -> List[Tuple[Job, Dict[str, Any]]]:
         """:func:`run_grid` of the jobs under ``runs/<experiment>/``; adds the runs' own wall times (also of runs
         read back from an earlier invocation) to :attr:`run_seconds`."""
         pairs = run_grid(jobs, self.runs_dir / experiment, workers=self.workers, progress=self.progress,
                          label=experiment)
-        self.run_seconds += sum(float(s.get("wall_seconds", 0.0)) for _, s in pairs)
+        for job, s in pairs:  # a run read back again (a tuned seed-0 run among the finals) counts once
+            key = f"{experiment}/{job.name}"
+            if key not in self._counted:
+                self._counted.add(key)
+                self.run_seconds += float(s.get("wall_seconds", 0.0))
         return pairs
 
 
