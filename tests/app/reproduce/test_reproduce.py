@@ -52,6 +52,13 @@ def test_csv_columns_and_rows(smoke, name):
             chosen = meta_tuning(out, name)["digits"]
             jobs = [j for j in jobs if j.variant.endswith(f"={chosen[j.method]['chosen']}")]
             jobs = [common.replace(j, setting=f"K={K}") for j in jobs for K in module.SETTINGS["smoke"]["Ks"]]
+        if name == "improved-table1":  # tuned at one rho, then every rho (and the ablation) at the chosen step
+            settings = module.SETTINGS["smoke"]
+            jobs = [common.replace(j, setting=f"rho={rho}") for j in jobs for rho in module.RHOS]
+            jobs += [common.replace(j, method=f"improved-{k}") for j in module.jobs("smoke", 1)
+                     if j.method == "improved" for k in settings["ablation_k"]]
+            chosen = meta_tuning(out, name)
+            jobs = [j for j in jobs if j.variant.endswith(f"={chosen[j.method.split('-')[0]]['chosen']}")]
         extra = {"iaptt-table3": len(_hyperclean.WARM_REFERENCES) * 3,  # reference points x metrics, per seed
                  "bvfim-fig2": len(jobs)}.get(name, 0)  # opt_seconds, per run
         assert len(rows) == sum(len(j.metrics) for j in jobs) + extra

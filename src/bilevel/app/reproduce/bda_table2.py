@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Mapping, Sequence
 
 from bilevel.app.reproduce import _hyperclean as hc
 from bilevel.app.reproduce.common import (Context, Grid, Job, around, fmt_stat, markdown_table, paper_rows, paper_value,
-                                          rows_from, stat, tune)
+                                          rows_from, stat, tune, tuning_table)
 
 NAME = "bda-table2"
 TITLE = "BDA Table 2: hyper-cleaning test accuracy vs the number of inner steps K"
@@ -150,12 +150,9 @@ def report(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> str:
     parts.append(f"![accuracy vs K]({meta['figure']})" if meta.get("figure") else "")
     tuning = meta.get("tuning") or {}
     for ds, rec in tuning.items():
-        body = [[label, r["knob"], ", ".join(f"{v}: {'diverged' if sc is None else f'{sc:.4f}'}"
-                                             for v, sc in zip(r["grid"], r["scores"])), r["chosen"]]
-                for label, r in rec.items()]
-        parts.append(f"Tuning on {ds} (seed 0, K = {s['tune_K']}, three values per method, score = best held-out "
-                     "loss, lower is better; the chosen value is used at every K):\n\n"
-                     + markdown_table(["method", "setting", "grid: held-out loss", "chosen"], body))
+        parts.append(tuning_table(rec, list(rec), f"Tuning on {ds} (seed 0, K = {s['tune_K']}, three values per "
+                                  "method, score = best held-out loss, lower is better; the chosen value is used at "
+                                  "every K):"))
     parts.append(f"Protocol at this scale: {s['sizes'][0]} train (50% of the labels corrupted) / {s['sizes'][1]} val / "
                  f"{s['sizes'][2]} test, plus {s['holdout']} clean held-out samples for selection only; linear "
                  f"follower, cold-started at every outer step (K is its whole budget); inner step {s['inner_lr']} on "

@@ -495,6 +495,22 @@ def tune(ctx: "Context", experiment: str, base: Mapping[str, Job], grids: Mappin
     return ctx.grid(experiment, finals)
 
 
+def tuning_table(tuning: Mapping[str, Any], labels: Sequence[str], intro: str) -> str:
+    """:func:`tune`'s record as a Markdown table (method, setting, every grid value with its score, the choice),
+    after ``intro``; empty when nothing was tuned."""
+    body = []
+    for label in labels:
+        t = tuning.get(label)
+        if not t:
+            continue
+        scores = ", ".join(f"{v}: {'diverged' if sc is None else f'{sc:.4f}'}"
+                           for v, sc in zip(t["grid"], t["scores"]))
+        body.append([label, t["knob"], scores, t["chosen"]])
+    if not body:
+        return ""
+    return intro + "\n\n" + markdown_table(["method", "setting", "grid: held-out loss", "chosen"], body)
+
+
 def _score(summary: Mapping[str, Any], key: str) -> float:
     if "diverged" in summary:
         return math.inf

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Mapping, Sequence
 
 from bilevel.app.reproduce import _hyperclean as hc
 from bilevel.app.reproduce.common import (Context, Grid, Job, around, deviation, fmt_stat, markdown_table, paper_rows,
-                                          paper_value, row, rows_from, stat, tune)
+                                          paper_value, row, rows_from, stat, tune, tuning_table)
 
 NAME = "iaptt-table3"
 TITLE = "IAPTT-GM Table 3: hyper-cleaning with a two-layer MLP follower (Fashion-MNIST)"
@@ -128,7 +128,9 @@ def report(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> str:
     references = ("Reference points with the same follower, data, inner loop, warm start and stopping rule "
                   "(not methods: x is set by hand):\n\n"
                   + markdown_table(["reference", "x", "test acc. %"], ref_body)) if ref_body else ""
-    tuning = _tuning_table(meta.get("tuning") or {})
+    tuning = tuning_table(meta.get("tuning") or {}, METHODS,
+                          "Tuning (seed 0, the same three-point budget for every method; score = best held-out loss "
+                          "of the run, lower is better; test data never used):")
     protocol = (f"Protocol at this scale: {s['dataset']}, {s['sizes'][0]} train ({int(s['noise'] * 100)}% of the "
                 f"labels corrupted) / {s['sizes'][1]} val / {s['sizes'][2]} test, plus {s['holdout']} clean held-out "
                 f"samples for selection only; follower = two fully connected layers of {s['hidden']} hidden units "
@@ -156,22 +158,6 @@ def _best(stats: Mapping[str, Mapping[str, Any]], metric: str, what: str) -> tup
     size = "more than" if margin > noise else "within"
     return first == "IAPTT-GM", (f"Best {what}: {first} ({means[first][0]:.2f}), {margin:.2f} points above "
                                  f"{second}, {size} one standard deviation ({noise:.2f}).")
-
-
-def _tuning_table(tuning: Mapping[str, Any]) -> str:
-    if not tuning:
-        return ""
-    body = []
-    for label in METHODS:
-        t = tuning.get(label)
-        if not t:
-            continue
-        scores = ", ".join(f"{v}: {'diverged' if sc is None else f'{sc:.4f}'}"
-                           for v, sc in zip(t["grid"], t["scores"]))
-        body.append([label, t["knob"], scores, t["chosen"]])
-    return ("Tuning (seed 0, the same three-point budget for every method; score = best held-out loss of the run, "
-            "lower is better; test data never used):\n\n"
-            + markdown_table(["method", "setting", "grid: held-out loss", "chosen"], body))
 
 
 def _paper(refs: Sequence[Mapping[str, str]], label: str, metric: str) -> Any:
