@@ -10,7 +10,7 @@ import torch
 
 from bilevel.api import OuterLoop
 from bilevel.app.reproduce import _hyperclean as hc
-from bilevel.app.reproduce import bda_table2, common, iaptt_table3
+from bilevel.app.reproduce import bda_table2, bvfim_fig2, common, iaptt_table3, improved_table1
 from bilevel.app.reproduce.common import Context, Grid, Job, tune
 
 
@@ -83,9 +83,11 @@ def test_grid_apply_sets_runner_keys_method_options_and_nested_schedules():
     assert out["method_options"]["alpha"] == {"schedule": "geometric", "c": 0.8}
     assert cfg["method_options"]["alpha"]["c"] == 0.5  # the base configuration is not touched
     assert Grid("cg_steps", (1,)).apply(cfg, 40)["method_options"]["cg_steps"] == 40
+    tied = Grid("mu1", (1,), also=("theta", "tau")).apply(cfg, 2e-4)["method_options"]
+    assert (tied["mu1"], tied["theta"], tied["tau"]) == (2e-4, 2e-4, 2e-4)
 
 
-@pytest.mark.parametrize("module", [iaptt_table3, bda_table2])
+@pytest.mark.parametrize("module", [iaptt_table3, bda_table2, improved_table1, bvfim_fig2])
 def test_every_method_gets_the_same_grid_size(module):
     for scale in common.SCALES:
         g = module.grids(scale)

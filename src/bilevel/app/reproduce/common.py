@@ -392,24 +392,28 @@ class Grid:
 
     ``knob`` is a runner key of the run's configuration (``init_lr``, ``outer_lr``, ...) when the configuration
     has it, else a method option (``truncate``, ``cg_steps``, ...). ``path`` reaches into a nested option
-    (``("alpha", "c")``: the constant of a schedule dict).
+    (``("alpha", "c")``: the constant of a schedule dict). ``also`` names further method options set to the same
+    value (BVFIM's weights ``mu1 = theta = tau``: one knob, the budget of one grid).
     """
 
     knob: str
     values: Tuple[Any, ...]
     path: Tuple[str, ...] = ()
+    also: Tuple[str, ...] = ()
 
     def apply(self, config: Mapping[str, Any], value: Any) -> Dict[str, Any]:
-        """A copy of ``config`` with the knob set to ``value``."""
+        """A copy of ``config`` with the knob (and every option of ``also``) set to ``value``."""
         out = copy.deepcopy(dict(config))
         if not self.path and self.knob in out and self.knob != "method_options":
             out[self.knob] = value
-            return out
-        target = out.setdefault("method_options", {})
-        keys = self.path or (self.knob,)
-        for k in keys[:-1]:
-            target = target.setdefault(k, {})
-        target[keys[-1]] = value
+        else:
+            target = out.setdefault("method_options", {})
+            keys = self.path or (self.knob,)
+            for k in keys[:-1]:
+                target = target.setdefault(k, {})
+            target[keys[-1]] = value
+        for key in self.also:
+            out.setdefault("method_options", {})[key] = value
         return out
 
     def label(self, value: Any) -> str:
