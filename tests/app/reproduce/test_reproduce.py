@@ -45,7 +45,7 @@ def test_csv_columns_and_rows(smoke, name):
         assert len(keys) == len(set(keys))
         module = reproduce.EXPERIMENTS[name]
         jobs = module.jobs("smoke", 1)
-        if name in ("iaptt-table3", "bvfim-fig2"):  # tuned: one run per method (of its grid's 3)
+        if name in ("iaptt-table3", "bvfim-fig2", "fewshot"):  # tuned: one run per method (of its grid's 3)
             jobs = [j for j in jobs if j.variant.endswith(f"={meta_tuning(out, name)[j.method]['chosen']}")]
             assert len(jobs) == len(module.METHODS)
         if name == "bda-table2":  # tuned at one K, then every K at the chosen value

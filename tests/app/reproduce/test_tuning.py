@@ -10,7 +10,7 @@ import torch
 
 from bilevel.api import OuterLoop
 from bilevel.app.reproduce import _hyperclean as hc
-from bilevel.app.reproduce import bda_table2, bvfim_fig2, common, iaptt_table3, improved_table1
+from bilevel.app.reproduce import bda_table2, bvfim_fig2, common, fewshot, iaptt_table3, improved_table1
 from bilevel.app.reproduce.common import Context, Grid, Job, tune
 
 
@@ -69,6 +69,17 @@ def test_tune_picks_the_smallest_held_out_score_and_runs_the_other_seeds_there(t
         ("A", "K=1", "outer_lr=0.3"), ("A", "K=2", "outer_lr=0.3"), ("B", "K=1", "truncate=5"), ("B", "K=2", "truncate=5")]
 
 
+def test_tune_maximize_picks_the_largest_score_and_never_a_diverged_run(tmp_path):
+    ctx = _ctx(tmp_path)
+    grids = {"A": Grid("outer_lr", (0.1, 0.3, 1.0)), "B": Grid("truncate", (2, 5, 9))}
+    pairs = tune(ctx, "x", _base(), grids, seeds=1, score="test_accuracy", maximize=True)
+    # test_accuracy = -score here: the largest is the smallest score (0.3 and 5); truncate = 9 diverged
+    assert [j.variant for j, _ in pairs] == ["outer_lr=0.3", "truncate=5"]
+    rec = ctx.meta["tuning"]
+    assert rec["A"]["mode"] == "max" and rec["B"]["scores"][2] is None
+    assert rec["A"]["scores"] == pytest.approx([-0.04, 0.0, -0.49])
+
+
 def test_tune_refuses_unequal_budgets_and_missing_grids(tmp_path):
     with pytest.raises(ValueError, match="same tuning budget"):
         tune(_ctx(tmp_path), "x", _base(), {"A": Grid("outer_lr", (0.1, 0.3)), "B": Grid("truncate", (2, 5, 9))}, 3)
@@ -87,7 +98,7 @@ def test_grid_apply_sets_runner_keys_method_options_and_nested_schedules():
     assert (tied["mu1"], tied["theta"], tied["tau"]) == (2e-4, 2e-4, 2e-4)
 
 
-@pytest.mark.parametrize("module", [iaptt_table3, bda_table2, improved_table1, bvfim_fig2])
+@pytest.mark.parametrize("module", [iaptt_table3, bda_table2, improved_table1, bvfim_fig2, fewshot])
 def test_every_method_gets_the_same_grid_size(module):
     for scale in common.SCALES:
         g = module.grids(scale)

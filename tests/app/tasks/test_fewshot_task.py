@@ -69,6 +69,38 @@ def test_meta_train_and_meta_test_classes_are_disjoint(task):
     assert set(task.test_sampler().sample(10).classes.ravel().tolist()) <= test_classes
 
 
+def test_meta_validation_split_takes_classes_4_and_5_out_of_meta_train():
+    task = FS.FewShotTask(FS.config_with_defaults(dtype="float64", **TINY, val_episodes=5))
+    train = set(np.unique(task.train_data.labels).tolist())
+    val = set(np.unique(task.val_data.labels).tolist())
+    test = set(np.unique(task.test_data.labels).tolist())
+    assert {c // 4 for c in train} == {0, 1, 2, 3} and {c // 4 for c in val} == set(FS.META_VAL_CLASSES)
+    assert test == set(range(24, 40))  # meta-test unchanged
+    loop = make_loop(task.task_run(), FS.config_with_defaults(dtype="float64", **TINY, val_episodes=5))
+    first, again = task.evaluate(loop), task.evaluate(loop)
+    assert first["meta_val_accuracy"] == again["meta_val_accuracy"]  # the same episodes every time
+    # the accuracy of the fixed episodes recomputed by hand: fresh heads, K steps, argmax on the query set
+    sampler = task._sampler(task.val_data, FS._derive(0, FS._VAL))
+    ep = sampler.sample(5)
+    assert set(ep.classes.ravel().tolist()) <= val
+    sx, sy, qx, qy = FS.episode_tensors(ep, torch.float64)
+    init = torch.zeros(TINY["ways"], task.feat + 1, dtype=torch.float64)
+    heads = task.adapt(loop.x, init, FS.backbone(loop.x, sx), sy, TINY["inner_steps"])
+    pred = FS._batched_logits(heads, FS.backbone(loop.x, qx)).argmax(-1)
+    assert first["meta_val_accuracy"] == pytest.approx(float((pred == qy).double().mean()), abs=1e-12)
+    assert "meta_val_accuracy" not in FS.FewShotTask(FS.config_with_defaults(dtype="float64", **TINY)).evaluate(loop)
+
+
+def test_omniglot_meta_validation_is_the_last_sixth_of_the_background_characters():
+    from bilevel.app.data.images import FewShotData
+
+    labels = np.repeat(np.arange(48), 2)  # 12 characters x 4 rotations, 2 images each
+    data = FewShotData(np.zeros((96, 28, 28), np.uint8), labels, {c: f"char{c // 4}@{90 * (c % 4)}" for c in range(48)})
+    train, val = FS._omniglot_part(data, "train"), FS._omniglot_part(data, "val")
+    assert set(val.labels // 4) == {10, 11} and set(train.labels // 4) == set(range(10))
+    assert len(train.labels) + len(val.labels) == 96 and set(val.class_names) == set(range(40, 48))
+
+
 def test_objectives_pure_in_t(task):
     a, b, c = task.train_batch(5), task.train_batch(5), task.train_batch(6)
     assert np.array_equal(a.support_x, b.support_x) and np.array_equal(a.classes, b.classes)
@@ -116,6 +148,7 @@ def test_meta_test_adapts_heads(task):
     (dict(q=1.5), "q must lie"),
     (dict(width=0), "width"),
     (dict(dataset="omniglot"), "needs data_root"),
+    (dict(val_episodes=-1), "val_episodes"),
 ])
 def test_bad_config_raises(bad, match):
     with pytest.raises(ValueError, match=match):

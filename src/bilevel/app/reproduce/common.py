@@ -445,14 +445,14 @@ def check_grids(grids: Mapping[str, Grid]) -> int:
 
 
 def tune(ctx: "Context", experiment: str, base: Mapping[str, Job], grids: Mapping[str, Grid], seeds: int,
-         score: str = "selected_value",
-         expand: Optional[Callable[[str, Job], List[Job]]] = None) -> List[Tuple[Job, Dict[str, Any]]]:
+         score: str = "selected_value", expand: Optional[Callable[[str, Job], List[Job]]] = None,
+         maximize: bool = False) -> List[Tuple[Job, Dict[str, Any]]]:
     """Tune each method on its grid (seed 0), then run the final jobs at the chosen value.
 
     Every method gets a grid of the same size (:func:`check_grids`). The grid runs are ``base``'s jobs (seed 0)
-    with one grid value each; the value whose run has the smallest ``score`` in its summary (by default
-    ``selected_value``: the best held-out validation loss the run reached, see ``select_metric``) is chosen --
-    never a test metric. A diverged grid run scores +inf. The final jobs (``expand(label, chosen_job)``; by
+    with one grid value each; the value whose run has the smallest (``maximize``: largest) ``score`` in its
+    summary (by default ``selected_value``: the best held-out validation value the run reached, see
+    ``select_metric``) is chosen -- never a test metric. A diverged grid run scores worst. The final jobs (``expand(label, chosen_job)``; by
     default the chosen job at seeds 0 .. seeds-1) run next; a final job identical to a grid run (same directory
     and configuration) is read back, not run again. The grid, the scores and the choices are recorded in
     ``ctx.meta["tuning"]``.
@@ -467,7 +467,7 @@ def tune(ctx: "Context", experiment: str, base: Mapping[str, Job], grids: Mappin
         Every label of ``base`` needs one.
     seeds : int
     score : str
-        Summary entry to minimize.
+        Summary entry to minimize (``maximize``: to maximize, e.g. a validation accuracy).
     expand : callable, optional
         ``(label, chosen job) -> final jobs`` (e.g. every setting of a table at the chosen value).
 
@@ -486,11 +486,12 @@ def tune(ctx: "Context", experiment: str, base: Mapping[str, Job], grids: Mappin
     for label in base:
         g = grids[label]
         runs = [(job, summary) for job, summary in tried if job.method == label]
-        scores = [_score(summary, score) for _, summary in runs]
-        best = int(np.argmin(scores))
+        scores = [_score(summary, score, maximize) for _, summary in runs]
+        best = int(np.argmax(scores) if maximize else np.argmin(scores))
         record[label] = {"knob": g.knob, "grid": list(g.values), "chosen": g.values[best],
                          "scores": [v if math.isfinite(v) else None for v in scores],
-                         "score": score, "seed": 0, "setting": base[label].setting,
+                         "score": score, "mode": "max" if maximize else "min", "seed": 0,
+                         "setting": base[label].setting,
                          "selected_steps": [summary.get("selected_step") for _, summary in runs]}
         chosen = runs[best][0]
         finals.extend(expand(label, chosen) if expand is not None else
@@ -499,7 +500,7 @@ def tune(ctx: "Context", experiment: str, base: Mapping[str, Job], grids: Mappin
     return ctx.grid(experiment, finals)
 
 
-def tuning_table(tuning: Mapping[str, Any], labels: Sequence[str], intro: str) -> str:
+def tuning_table(tuning: Mapping[str, Any], labels: Sequence[str], intro: str, score: str = "held-out loss") -> str:
     """:func:`tune`'s record as a Markdown table (method, setting, every grid value with its score, the choice),
     after ``intro``; empty when nothing was tuned."""
     body = []
@@ -512,11 +513,13 @@ def tuning_table(tuning: Mapping[str, Any], labels: Sequence[str], intro: str) -
         body.append([label, t["knob"], scores, t["chosen"]])
     if not body:
         return ""
-    return intro + "\n\n" + markdown_table(["method", "setting", "grid: held-out loss", "chosen"], body)
+    return intro + "\n\n" + markdown_table(["method", "setting", f"grid: {score}", "chosen"], body)
 
 
-def _score(summary: Mapping[str, Any], key: str) -> float:
+def _score(summary: Mapping[str, Any], key: str, maximize: bool = False) -> float:
+    """The run's score; a diverged or non-finite run gets the worst one (+inf, or -inf when maximizing)."""
+    worst = -math.inf if maximize else math.inf
     if "diverged" in summary:
-        return math.inf
+        return worst
     v = float(summary.get(key, math.nan))
-    return v if math.isfinite(v) else math.inf
+    return v if math.isfinite(v) else worst

@@ -50,6 +50,8 @@ from bilevel import methods as _methods
 from bilevel.api import OuterLoop
 from bilevel.problem import Factored
 from bilevel.app.data import Episode, EpisodeSampler, load_image_folder, load_omniglot, rotated_fashion_mnist
+from bilevel.app.data.images import FewShotData
+from bilevel.app.data.rotated import DEFAULT_META_TRAIN_CLASSES
 from bilevel.app.tasks import metrics
 from bilevel.app.tasks.base import TaskRun, full_config
 
@@ -74,6 +76,10 @@ OPTIONS: Dict[str, Tuple[Any, type, str]] = {
     "image_size": (28, int, "images are resized to image_size x image_size"),
     "max_per_class": (None, int, "rotated-fashion-mnist: keep at most this many images per original class"),
     "test_episodes": (500, int, "meta-test episodes for the final accuracy and its 95% interval"),
+    "val_episodes": (0, int, "meta-validation episodes scored at every evaluation (meta_val_accuracy, for "
+                             "select_metric); 0 = no meta-validation split. rotated-fashion-mnist: original classes "
+                             "4 and 5 leave meta-train for it; omniglot: the last sixth of the background "
+                             "characters; image-folder: data_root/val"),
     "test_chunk": (25, int, "meta-test episodes adapted in parallel (vmap) at a time"),
     "test_inner_steps": (None, int, "gradient steps on the fresh heads at meta-test (default inner_steps)"),
     "lq": (0.0, float, "weight of the smoothed l_q regularizer of the heads (IAPTT-GM Eq. 11); 0 = off"),
@@ -98,7 +104,11 @@ _RUNNER_KEYS = ("method", "inner_steps", "inner_lr", "outer_steps", "outer_lr", 
                 "dtype", "method_options", "log_every")
 
 # seed streams: (seed, stream, ...) -> numpy SeedSequence
-_TRAIN, _EVAL, _TEST, _INIT = 1, 2, 3, 4
+_TRAIN, _EVAL, _TEST, _INIT, _VAL = 1, 2, 3, 4, 5
+
+#: rotated-fashion-mnist: the original classes of the meta-validation split (``val_episodes > 0``); they are
+#: taken out of the default meta-train classes 0-5, the meta-test classes 6-9 stay as they are
+META_VAL_CLASSES = (4, 5)
 
 
 def _derive(*entropy: int) -> int:
@@ -297,18 +307,36 @@ def make_objectives(sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: to
 # ------------------------------------------------------------------------------------------ data
 @functools.lru_cache(maxsize=4)
 def _load(dataset: str, root: Optional[str], image_size: int, max_per_class: Optional[int], seed: int,
-          split: str):
+          split: str, with_val: bool = False):
+    """The images of a meta split (``train``, ``val`` or ``test``); ``with_val``: a meta-validation split exists
+    (for rotated-fashion-mnist it takes :data:`META_VAL_CLASSES` out of meta-train)."""
     if dataset == "rotated-fashion-mnist":
-        return rotated_fashion_mnist(root, split=split, image_size=image_size, max_per_class=max_per_class,
-                                     seed=seed)
+        if split == "test":
+            return rotated_fashion_mnist(root, split="test", image_size=image_size, max_per_class=max_per_class,
+                                         seed=seed)
+        train = tuple(c for c in DEFAULT_META_TRAIN_CLASSES if not with_val or c not in META_VAL_CLASSES)
+        return rotated_fashion_mnist(root, split="train", image_size=image_size, max_per_class=max_per_class,
+                                     seed=seed, meta_train_classes=META_VAL_CLASSES if split == "val" else train)
     if root is None:
         raise ValueError(f"dataset {dataset!r} needs data_root (the directory holding the images)")
     if dataset == "omniglot":
-        return load_omniglot(root, split="background" if split == "train" else "evaluation",
-                             image_size=image_size)
+        if split == "test":
+            return load_omniglot(root, split="evaluation", image_size=image_size)
+        data = load_omniglot(root, split="background", image_size=image_size)
+        return _omniglot_part(data, split) if with_val else data
     import os
 
     return load_image_folder(os.path.join(root, split), image_size=image_size)
+
+
+def _omniglot_part(data: FewShotData, split: str) -> FewShotData:
+    """Omniglot's meta-validation split: the last sixth of the background characters (with their rotations,
+    class ids ``4 c + r``) in class-id order; meta-train keeps the rest."""
+    chars = np.unique(data.labels // 4)
+    val = chars[len(chars) - max(1, len(chars) // 6):]
+    keep = np.isin(data.labels // 4, val) == (split == "val")
+    labels = data.labels[keep]
+    return FewShotData(data.images[keep], labels, {int(c): data.class_names[int(c)] for c in np.unique(labels)})
 
 
 def episode_tensors(ep: Episode, dtype: torch.dtype) -> Tuple[torch.Tensor, ...]:
@@ -338,12 +366,14 @@ class FewShotTask:
     def __init__(self, config: Mapping[str, Any]):
         o = self.options = self._validate(config)
         self.dtype = o["dtype"]
-        self.train_data = _load(o["dataset"], o["data_root"], o["image_size"], o["max_per_class"], o["seed"],
-                                "train")
-        self.test_data = _load(o["dataset"], o["data_root"], o["image_size"], o["max_per_class"], o["seed"],
-                               "test")
-        for name, data in (("meta-train", self.train_data), ("meta-test", self.test_data)):
-            self._sampler(data, 0, name)  # ValueError when ways / shots + queries do not fit
+        with_val = o["val_episodes"] > 0
+        self.train_data, self.val_data, self.test_data = (
+            _load(o["dataset"], o["data_root"], o["image_size"], o["max_per_class"], o["seed"], split, with_val)
+            if split != "val" or with_val else None for split in ("train", "val", "test"))
+        for name, data in (("meta-train", self.train_data), ("meta-validation", self.val_data),
+                           ("meta-test", self.test_data)):
+            if data is not None:
+                self._sampler(data, 0, name)  # ValueError when ways / shots + queries do not fit
         shape = self.train_data.images.shape
         self.in_channels = 1 if len(shape) == 3 else shape[3]
         if shape[1] < 16 or shape[2] < 16:
@@ -358,6 +388,7 @@ class FewShotTask:
         o: Dict[str, Any] = {"dataset": metrics.check_choice("dataset", config["dataset"], DATASETS)}
         for key in ("ways", "shots", "queries", "meta_batch", "width", "test_episodes", "test_chunk"):
             o[key] = metrics.check_int(key, config[key], 2 if key == "ways" else 1)
+        o["val_episodes"] = metrics.check_int("val_episodes", config.get("val_episodes", 0), 0)
         o["image_size"] = metrics.check_int("image_size", config["image_size"], 16)
         o["max_per_class"] = metrics.check_int("max_per_class", config["max_per_class"], 1, allow_none=True)
         o["test_inner_steps"] = metrics.check_int("test_inner_steps", config["test_inner_steps"], 0,
@@ -444,7 +475,11 @@ class FewShotTask:
         _, _, qx, qy = episode_tensors(self._eval_batch, self.dtype)
         with torch.no_grad():
             acc = metrics.accuracy(_batched_logits(y, backbone(loop.x, qx)), qy)
-        return {"upper": value, "train_query_accuracy": acc}
+        out = {"upper": value, "train_query_accuracy": acc}
+        if self.val_data is not None:  # the same episodes at every evaluation
+            sampler = self._sampler(self.val_data, _derive(self.options["seed"], _VAL))
+            out["meta_val_accuracy"] = self.episodes_accuracy(loop, sampler, self.options["val_episodes"])[0]
+        return out
 
     def adapt(self, x: Mapping[str, torch.Tensor], init: torch.Tensor, feats: torch.Tensor, labels: torch.Tensor,
               steps: int) -> torch.Tensor:
@@ -479,13 +514,18 @@ class FewShotTask:
 
     def meta_test(self, loop: OuterLoop, episodes: Optional[int] = None) -> Dict[str, float]:
         """Accuracy over meta-test episodes at the loop's current x, with its 95% half-width."""
+        n = self.options["test_episodes"] if episodes is None else episodes
+        mean, ci = self.episodes_accuracy(loop, self.test_sampler(), n)
+        return {"meta_test_accuracy": mean, "meta_test_ci95": ci, "meta_test_episodes": float(n)}
+
+    def episodes_accuracy(self, loop: OuterLoop, sampler: EpisodeSampler, n: int) -> Tuple[float, float]:
+        """Mean query accuracy of fresh heads (:meth:`adapt`) over ``n`` episodes of ``sampler`` at the loop's x,
+        and its 95% half-width."""
         o = self.options
-        n = o["test_episodes"] if episodes is None else episodes
         steps = o["inner_steps"] if o["test_inner_steps"] is None else o["test_inner_steps"]
         x = loop.x
         y0 = loop.y0
         init = y0.mean(dim=0) if y0.dim() == 3 else y0
-        sampler = self.test_sampler()
         accs = []
         done = 0
         with torch.no_grad():
@@ -496,8 +536,7 @@ class FewShotTask:
                 pred = _batched_logits(heads, backbone(x, qx)).argmax(-1)
                 accs.append((pred == qy).to(torch.float64).mean(dim=1))
                 done += b
-        mean, ci = metrics.mean_ci95(torch.cat(accs))
-        return {"meta_test_accuracy": mean, "meta_test_ci95": ci, "meta_test_episodes": float(n)}
+        return metrics.mean_ci95(torch.cat(accs))
 
     def summarize(self, loop: OuterLoop) -> Dict[str, float]:
         """Final metrics: meta-test accuracy / CI plus the training-batch metrics of :meth:`evaluate`."""
