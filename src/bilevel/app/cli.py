@@ -433,7 +433,8 @@ def _add_reproduce(sub: "argparse._SubParsersAction") -> None:
                                    "runs resume where they stopped when the command is repeated.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("experiments", nargs="*", metavar="EXPERIMENT", help="experiments to run (default: all; --list)")
-    p.add_argument("--scale", default="cpu", help="smoke (seconds) | cpu (<= 15 min each on 2 cores) | paper")
+    p.add_argument("--scale", default="cpu", help="smoke (seconds) | cpu (the most faithful settings that finish each "
+                   "experiment in <= 45 min on 2 cores) | paper")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per setting")
     p.add_argument("--jobs", type=int, default=2, help="parallel runs (one torch thread each)")
     p.add_argument("--out", default=None, help="directory of the CSVs, figures and runs (default: results/reproduce "
