@@ -37,7 +37,7 @@ SETTINGS: Dict[str, Dict[str, Any]] = {
     "smoke": {"dataset": "digits", "sizes": (60, 60, 100), "holdout": 100, "inner_steps": 4, "inner_lr": 0.3,
               "outer_steps": 3, "outer_lr": 0.3, "log_every": 1, "patience": 2},
     "cpu": {"dataset": "fashion-mnist", "sizes": (5000, 5000, 10000), "holdout": 5000, "inner_steps": 100,
-            "inner_lr": 0.3, "outer_steps": 50, "outer_lr": 0.3, "log_every": 2, "patience": 4},
+            "inner_lr": 0.3, "outer_steps": 60, "outer_lr": 0.3, "log_every": 2, "patience": 4},
     "paper": {"dataset": "fashion-mnist", "sizes": (5000, 5000, 10000), "holdout": 5000, "inner_steps": 100,
               "inner_lr": 0.3, "outer_steps": 1000, "outer_lr": 0.3, "log_every": 2, "patience": 10},
 }
