@@ -116,13 +116,11 @@ def report(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> str:
                          ("f1_clean", "F1 with the clean samples as positives")):
         known = [g for g in gaps[metric] if g is not None]
         better = bool(known) and all(g[0] > 0 for g in known)
-        clear = bool(known) and all(g[0] > g[1] for g in known)
-        growing = better and len(known) == len(RHOS) and all(a[0] < b[0] for a, b in zip(known, known[1:]))
-        claims.append(f"{what}: improved > basic at every rho: **{'holds' if better else 'does not hold'}**"
-                      + ("" if not better else f" ({'by more' if clear else 'not by more'} than one standard "
-                                               "deviation at every rho)")
-                      + f"; the gap grows with rho: **{'holds' if growing else 'does not hold'}** (gaps "
-                      + ", ".join("-" if g is None else f"{g[0]:+.3f}" for g in gaps[metric]) + ").")
+        growing = len(known) == len(RHOS) and all(a[0] < b[0] for a, b in zip(known, known[1:]))
+        sizes = ", ".join(f"rho = {rho}: {g[0]:+.3f} ({'more' if abs(g[0]) > g[1] else 'less'} than one std, "
+                          f"{g[1]:.3f})" for rho, g in zip(RHOS, gaps[metric]) if g is not None)
+        claims.append(f"{what}: improved > basic at every rho: **{'holds' if better else 'does not hold'}**; the "
+                      f"gap grows with rho: **{'holds' if growing else 'does not hold'}** (gaps {sizes}).")
     claim = "\n\n".join(claims)
     abl_rho = f"rho={s['ablation_rho']}"
     labels = [("improved (k = 1)", "improved")] + [(f"improved-{k}", f"improved-{k}") for k in s["ablation_k"]]
