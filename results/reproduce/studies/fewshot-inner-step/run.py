@@ -4,8 +4,10 @@ seed spread of the table at step 0.5) come from the step size. Writes the runs n
 mean +- std per method and shot, next to the table then committed (results/reproduce/fewshot.csv at step 0.5).
 
 The study settled the cpu scale's inner step at 0.25; its 30 runs were moved to results/reproduce/runs/fewshot/
-(the same configurations), where ``bilevel reproduce fewshot`` read them back for the committed table. Run again
-at that commit, the comparison column shows the committed step-0.25 table on both sides.
+(the same configurations), where ``bilevel reproduce fewshot`` read them back for the table of commit e3dff3d.
+The few-shot protocol has changed since (meta-validation stopping and tuning; ``fewshot.jobs`` now returns the
+tuning runs), so this script reproduces the study only when run at that commit
+(``git checkout e3dff3d -- src results/reproduce``).
 
     python results/reproduce/studies/fewshot-inner-step/run.py      # about 8 minutes on 2 cores
 """

@@ -31,10 +31,11 @@ Common differences from the papers, true for every section unless it says otherw
 - **Means, not sums.** Our objectives average over samples; the papers sum. Step sizes are therefore ours (shared by
   all methods of a table) unless a section states the conversion.
 - **Shared settings, fair tuning.** Within a table all methods share data, initialization, K, inner step, outer
-  optimizer and stopping rule. Sections with a "Tuning" table give every method the same three-point grid over
-  the one setting the paper leaves open for it, run on seed 0 and chosen on a held-out split that no objective
-  sees (never on test); the grid and the choice are also in `<experiment>.json`. Sections without one tune
-  nothing: method-specific options are the papers' where stated.
+  optimizer and stopping rule, except the one setting that is tuned. Sections with a "Tuning" table give every
+  method the same three-point grid over the one setting the paper leaves open for it (in Improved Table 1: the
+  inner step t itself), run on seed 0 and chosen on a held-out split that no objective sees (few-shot: held-out
+  meta-validation classes; never on test); the grid and the choice are also in `<experiment>.json`. Sections
+  without one tune nothing: method-specific options are the papers' where stated.
 """
 
 
