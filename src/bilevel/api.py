@@ -170,6 +170,7 @@ def _check_keywords(fn: Callable[..., Any], meth: Any, options: Dict[str, Any]) 
     unknown = [k for k in options if k not in meth.options]
     if not unknown:
         return
+    meth.refuse_inner_optimizer(options)
     where = "OuterLoop" if fn is OuterLoop.__init__ else fn.__name__
     own = [p for p in inspect.signature(fn).parameters if p not in ("self", "options")]
     hints = []

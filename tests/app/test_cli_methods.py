@@ -33,7 +33,8 @@ def test_methods_listing_examples(capsys):
     assert "truncate=None" in blocks["trhg"]
     assert "cg_steps=100" in blocks["cg"]
     assert "bigsam_every=1" in blocks["bigsam"]
-    assert blocks["fhg"] == "-"
+    assert blocks["fhg"] == "inner_optimizer='gd', inner_optimizer_options=None"
+    assert blocks["bda"].count("inner_optimizer") == 0
 
 
 def test_required_keyword_option_is_shown_without_default():

@@ -89,7 +89,9 @@ def test_ptt_value_is_max_over_trajectory_and_fd_check():
 
 def test_methods_registered_learn_init_and_reject_options():
     for m in ("iaptt", "iagm", "iagm-a"):
-        expected = ("checkpoint", "single_pass") if m == "iaptt" else ("checkpoint",)
+        optim = ("inner_optimizer", "inner_optimizer_options")
+        expected = {"iaptt": ("checkpoint", "single_pass") + optim, "iagm": ("checkpoint",) + optim,
+                    "iagm-a": ("checkpoint",)}[m]
         assert bilevel.METHODS[m].learns_init and bilevel.METHODS[m].options == expected
         with pytest.raises(ValueError, match="unknown option"):
             bilevel.hypergrad(upper, lower, torch.zeros(4, dtype=DT), torch.zeros(3, dtype=DT), method=m,

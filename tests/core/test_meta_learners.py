@@ -271,8 +271,9 @@ def test_shared_init_rejects_unequal_rows_and_missing_task_axis():
 
 # ------------------------------------------------------------------------------------------ options
 def test_registered_with_options_and_listed(capsys):
-    expected = {"maml": ("shared_init", "checkpoint"), "fomaml": ("shared_init",),
-                "reptile": ("normalize", "shared_init"), "metasgd": ("shared_init", "checkpoint")}
+    optim = ("inner_optimizer", "inner_optimizer_options")
+    expected = {"maml": ("shared_init", "checkpoint") + optim, "fomaml": ("shared_init",) + optim,
+                "reptile": ("normalize", "shared_init") + optim, "metasgd": ("shared_init", "checkpoint")}
     for name, opts in expected.items():
         m = bilevel.METHODS[name]
         assert m.learns_init and m.options == opts and m.summary

@@ -434,6 +434,7 @@ def resolve_config(task: str, module: ModuleType, *layers: Optional[Mapping[str,
     if config["dtype"] not in DTYPES:
         raise ValueError(f"bad value {config['dtype']!r} for option 'dtype'; choose from: {', '.join(DTYPES)}")
     allowed = METHODS[method].options
+    METHODS[method].refuse_inner_optimizer(user_mopts)
     bad = sorted(set(user_mopts) - set(allowed))
     if bad:
         raise ValueError(f"unknown option(s) {', '.join(map(repr, bad))} for method {method!r}; its options "

@@ -93,6 +93,6 @@ def _bigsam(problem: Problem, inner_lr: float, inner_steps: int, *, upper_lr: Op
 
 
 register(Method("bda", _bda, summary="BDA: aggregated upper/lower gradient steps, reverse mode through the unroll",
-                descends_lower=False))
-register(Method("bigsam", _bigsam, descends_lower=False,
+                descends_lower=False, own_dynamics="aggregated steps on F and f"))
+register(Method("bigsam", _bigsam, descends_lower=False, own_dynamics="BiG-SAM's averaged steps on f and F",
                 summary="BiG-SAM inner loop (Li-Gu-Huang): alpha-averaged lower/upper steps, reverse mode"))

@@ -161,4 +161,5 @@ def _bvfim(problem: Problem, inner_lr: float, inner_steps: int, *, z_steps: Opti
 
 
 register(Method("bvfim", _bvfim, schedule=schedule, descends_lower=False,
+                own_dynamics="a z-loop and a log-barrier y-loop with backtracking",
                 summary="value-function interior point: z-loop + log-barrier y-loop, first order (no HVPs)"))

@@ -11,7 +11,7 @@ from typing import Optional
 
 from .. import linear_solve
 from .._validate import check_bool
-from ..dynamics import gd
+from ..dynamics.optim import inner_optimizer as _dynamics
 from ..estimators import forward, implicit, reverse, truncated
 from ..problem import Problem
 from .registry import Method, Plan, check_checkpoint, check_float, check_int, register, unrolled
@@ -25,44 +25,52 @@ def _compile_step(value, needs: str = "") -> bool:
 
 
 def _rhg(problem: Problem, inner_lr: float, inner_steps: int, *, checkpoint: Optional[int] = None,
-         compile_step: bool = False) -> Plan:
+         compile_step: bool = False, inner_optimizer: str = "gd",
+         inner_optimizer_options: Optional[dict] = None) -> Plan:
     ck = check_checkpoint(checkpoint)
     comp = _compile_step(compile_step, "" if ck is not None else
                          "without checkpoint every rhg step is taped and differentiated twice, which compiled graphs "
                          "do not support (set checkpoint=S to compile the graph-free forward pass)")
-    return unrolled(reverse.estimate, problem, gd(problem, inner_lr, compile_step=comp), checkpoint=ck)
+    dyn = _dynamics(problem, inner_lr, inner_optimizer, inner_optimizer_options, compile_step=comp)
+    return unrolled(reverse.estimate, problem, dyn, checkpoint=ck)
 
 
-def _fhg(problem: Problem, inner_lr: float, inner_steps: int) -> Plan:
-    return unrolled(forward.estimate, problem, gd(problem, inner_lr))
+def _fhg(problem: Problem, inner_lr: float, inner_steps: int, *, inner_optimizer: str = "gd",
+         inner_optimizer_options: Optional[dict] = None) -> Plan:
+    return unrolled(forward.estimate, problem, _dynamics(problem, inner_lr, inner_optimizer, inner_optimizer_options))
 
 
 def _trhg(problem: Problem, inner_lr: float, inner_steps: int, *, truncate: Optional[int] = None,
-          checkpoint: Optional[int] = None, compile_step: bool = False) -> Plan:
+          checkpoint: Optional[int] = None, compile_step: bool = False, inner_optimizer: str = "gd",
+          inner_optimizer_options: Optional[dict] = None) -> Plan:
     t = max(1, inner_steps // 2) if truncate is None else check_int("truncate", truncate, 0, inner_steps)
     comp = _compile_step(compile_step)
-    return unrolled(truncated.estimate, problem, gd(problem, inner_lr, compile_step=comp), truncate=t,
-                    checkpoint=check_checkpoint(checkpoint))
+    dyn = _dynamics(problem, inner_lr, inner_optimizer, inner_optimizer_options, compile_step=comp)
+    return unrolled(truncated.estimate, problem, dyn, truncate=t, checkpoint=check_checkpoint(checkpoint))
 
 
 def _cg(problem: Problem, inner_lr: float, inner_steps: int, *, cg_steps: int = 100,
-        cg_tol: Optional[float] = None, compile_step: bool = False) -> Plan:
+        cg_tol: Optional[float] = None, compile_step: bool = False, inner_optimizer: str = "gd",
+        inner_optimizer_options: Optional[dict] = None) -> Plan:
     steps = check_int("cg_steps", cg_steps, 1)
     tol = check_float("cg_tol", cg_tol, nonnegative=True, allow_none=True)
     solve = functools.partial(linear_solve.cg, steps=steps, tol=tol)
-    return unrolled(implicit.estimate, problem, gd(problem, inner_lr, compile_step=_compile_step(compile_step)),
-                    solve=solve)
+    dyn = _dynamics(problem, inner_lr, inner_optimizer, inner_optimizer_options,
+                    compile_step=_compile_step(compile_step))
+    return unrolled(implicit.estimate, problem, dyn, solve=solve)
 
 
 def _neumann(problem: Problem, inner_lr: float, inner_steps: int, *, neumann_terms: int = 20,
              neumann_lr: Optional[float] = None, neumann_tol: Optional[float] = 1e-2,
-             compile_step: bool = False) -> Plan:
+             compile_step: bool = False, inner_optimizer: str = "gd",
+             inner_optimizer_options: Optional[dict] = None) -> Plan:
     terms = check_int("neumann_terms", neumann_terms, 1)
     lr = inner_lr if neumann_lr is None else check_float("neumann_lr", neumann_lr, positive=True)
     tol = check_float("neumann_tol", neumann_tol, positive=True, allow_none=True)
     solve = functools.partial(linear_solve.neumann, terms=terms, lr=lr, tol=tol)
-    return unrolled(implicit.estimate, problem, gd(problem, inner_lr, compile_step=_compile_step(compile_step)),
-                    solve=solve)
+    dyn = _dynamics(problem, inner_lr, inner_optimizer, inner_optimizer_options,
+                    compile_step=_compile_step(compile_step))
+    return unrolled(implicit.estimate, problem, dyn, solve=solve)
 
 
 register(Method("rhg", _rhg, summary="reverse-mode through the whole unroll (exact for F(x, y_K))"))

@@ -21,23 +21,27 @@ import functools
 from typing import Optional
 
 from .._validate import check_bool
-from ..dynamics import gd, nesterov
+from ..dynamics import nesterov
+from ..dynamics.optim import inner_optimizer as _dynamics
 from ..estimators import ptt, reverse
 from ..problem import Problem
 from .registry import Method, Plan, check_checkpoint, register, unrolled
 
 
 def _iaptt(problem: Problem, inner_lr: float, inner_steps: int, *, checkpoint: Optional[int] = None,
-           single_pass: bool = False) -> Plan:
-    dyn = gd(problem, inner_lr)
+           single_pass: bool = False, inner_optimizer: str = "gd", inner_optimizer_options: Optional[dict] = None
+           ) -> Plan:
+    dyn = _dynamics(problem, inner_lr, inner_optimizer, inner_optimizer_options)
     est = functools.partial(ptt.estimate, problem, dyn, checkpoint=check_checkpoint(checkpoint),
                             single_pass=check_bool("single_pass", single_pass))
     return Plan(lambda x, y0, steps, wrt_init=False: est(x, y0, steps, wrt_init=wrt_init),
                 functools.partial(ptt.value, problem, dyn))
 
 
-def _iagm(problem: Problem, inner_lr: float, inner_steps: int, *, checkpoint: Optional[int] = None) -> Plan:
-    return unrolled(reverse.estimate, problem, gd(problem, inner_lr), checkpoint=check_checkpoint(checkpoint))
+def _iagm(problem: Problem, inner_lr: float, inner_steps: int, *, checkpoint: Optional[int] = None,
+          inner_optimizer: str = "gd", inner_optimizer_options: Optional[dict] = None) -> Plan:
+    dyn = _dynamics(problem, inner_lr, inner_optimizer, inner_optimizer_options)
+    return unrolled(reverse.estimate, problem, dyn, checkpoint=check_checkpoint(checkpoint))
 
 
 def _iagm_a(problem: Problem, inner_lr: float, inner_steps: int, *, checkpoint: Optional[int] = None) -> Plan:
@@ -49,5 +53,5 @@ register(Method("iaptt", _iaptt, learns_init=True,
                 summary="learned initialization + pessimistic trajectory truncation (max_k F(x, y_k))"))
 register(Method("iagm", _iagm, learns_init=True,
                 summary="learned initialization, reverse mode through the whole gradient-descent unroll"))
-register(Method("iagm-a", _iagm_a, learns_init=True,
+register(Method("iagm-a", _iagm_a, learns_init=True, own_dynamics="FISTA, IA-GM(A)'s Eq. 9",
                 summary="learned initialization, reverse mode through a FISTA (Nesterov) unroll"))

@@ -56,7 +56,7 @@ import torch
 
 from .._tree import Spec
 from .._validate import check_bool, check_checkpoint
-from ..dynamics import gd
+from ..dynamics.optim import inner_optimizer as _dynamics
 from ..dynamics.metasgd import metasgd
 from ..estimators import Estimate, reverse
 from ..estimators.first_order import first_order_estimate, reptile_estimate
@@ -143,18 +143,24 @@ def _finish(plan: Plan, problem: Problem, shared_init: Any, reduce: str = "sum")
 
 
 def _maml(problem: Problem, inner_lr: float, inner_steps: int, *, shared_init: bool = False,
-          checkpoint: Optional[int] = None) -> Plan:
-    plan = unrolled(reverse.estimate, problem, gd(problem, inner_lr), checkpoint=check_checkpoint(checkpoint))
+          checkpoint: Optional[int] = None, inner_optimizer: str = "gd",
+          inner_optimizer_options: Optional[dict] = None) -> Plan:
+    dyn = _dynamics(problem, inner_lr, inner_optimizer, inner_optimizer_options)
+    plan = unrolled(reverse.estimate, problem, dyn, checkpoint=check_checkpoint(checkpoint))
     return _finish(plan, problem, shared_init)
 
 
-def _fomaml(problem: Problem, inner_lr: float, inner_steps: int, *, shared_init: bool = False) -> Plan:
-    return _finish(unrolled(first_order_estimate, problem, gd(problem, inner_lr)), problem, shared_init)
+def _fomaml(problem: Problem, inner_lr: float, inner_steps: int, *, shared_init: bool = False,
+            inner_optimizer: str = "gd", inner_optimizer_options: Optional[dict] = None) -> Plan:
+    dyn = _dynamics(problem, inner_lr, inner_optimizer, inner_optimizer_options)
+    return _finish(unrolled(first_order_estimate, problem, dyn), problem, shared_init)
 
 
 def _reptile(problem: Problem, inner_lr: float, inner_steps: int, *, normalize: bool = True,
-             shared_init: bool = False) -> Plan:
-    plan = unrolled(reptile_estimate, problem, gd(problem, inner_lr), lr=inner_lr,
+             shared_init: bool = False, inner_optimizer: str = "gd",
+             inner_optimizer_options: Optional[dict] = None) -> Plan:
+    dyn = _dynamics(problem, inner_lr, inner_optimizer, inner_optimizer_options)
+    plan = unrolled(reptile_estimate, problem, dyn, lr=inner_lr,
                     normalize=check_bool("normalize", normalize))
     return _finish(plan, problem, shared_init, reduce="mean")
 
@@ -171,5 +177,5 @@ register(Method("fomaml", _fomaml, learns_init=True,
                 summary="first-order MAML: grad_y F(x, y_K) as the initialization's gradient, no backprop"))
 register(Method("reptile", _reptile, learns_init=True,
                 summary="Reptile: (y0 - y_K) / (K inner_lr) as the initialization's direction (f only)"))
-register(Method("metasgd", _metasgd, learns_init=True,
+register(Method("metasgd", _metasgd, learns_init=True, own_dynamics="gradient steps with learned per-parameter sizes",
                 summary="Meta-SGD: x = per-parameter inner step multipliers, learned with the init by reverse mode"))

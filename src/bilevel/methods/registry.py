@@ -54,6 +54,9 @@ class Method:
         returned iterate must not exceed f at y0 and a growing ``||grad_y f||`` means divergence (checked by the
         public API). False for dynamics that also follow F (BDA's aggregation, BiG-SAM) or return another loop's
         iterate (BVFIM's barrier loop): f may legitimately grow there.
+    own_dynamics : str
+        For methods whose inner dynamics are part of the method (BDA's aggregation, Meta-SGD's learned steps,
+        ...): what they are, for the error that refuses ``inner_optimizer``. Empty for the others.
     """
 
     name: str
@@ -62,6 +65,7 @@ class Method:
     summary: str = ""
     schedule: Optional[Callable[[Dict[str, Any], int], Dict[str, Any]]] = None
     descends_lower: bool = True
+    own_dynamics: str = ""
 
     @property
     def options(self) -> Tuple[str, ...]:
@@ -70,11 +74,20 @@ class Method:
 
     def check_options(self, options: Mapping[str, Any]) -> None:
         """Raise ValueError naming any option this method does not take."""
+        self.refuse_inner_optimizer(options)
         unknown = sorted(set(options) - set(self.options))
         if unknown:
             allowed = ", ".join(self.options) or "none"
             raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))} for method {self.name!r}; "
                              f"its options are: {allowed}")
+
+    def refuse_inner_optimizer(self, options: Mapping[str, Any]) -> None:
+        """Raise ValueError when ``options`` set ``inner_optimizer`` for a method with its own dynamics."""
+        asked = {"inner_optimizer", "inner_optimizer_options"} & set(options)
+        if self.own_dynamics and asked and "inner_optimizer" not in self.options:
+            takes = sorted(name for name, m in METHODS.items() if "inner_optimizer" in m.options)
+            raise ValueError(f"method {self.name!r} has its own inner dynamics ({self.own_dynamics}), so it takes no "
+                             f"inner_optimizer; the methods that do are: {', '.join(takes)}")
 
     def bind(self, problem: Problem, inner_lr: float, inner_steps: int, options: Mapping[str, Any]) -> Plan:
         self.check_options(options)

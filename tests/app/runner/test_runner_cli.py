@@ -77,6 +77,9 @@ def test_compare_prints_a_table_and_writes_the_overlay(tmp_path, capsys):
     (["--opt", "truncate"], "expected NAME=VALUE"),
     (["--opt", "truncate=3"], "unknown option(s) 'truncate' for method 'rhg'"),
     (["--method", "bda", "--opt", "alfa=1"], "its options are: upper_lr, alpha"),
+    (["--method", "bda", "--opt", "inner_optimizer=adam"], "'bda' has its own inner dynamics"),
+    (["--opt", "inner_optimizer=adam", "--opt", "inner_optimizer_options={momentum: 0.9}"],
+     "allowed: betas, eps, weight_decay"),
     (["--model", "cnn"], "model must be linear or mlp"),
     (["--bogus", "1"], "unrecognized arguments: --bogus"),
     (["--out", "x/{nope}"], "bad --out"),
@@ -127,3 +130,26 @@ def test_help_shows_generated_flags_with_defaults(capsys):
 def test_a_missing_task_module_is_a_usage_error(capsys):
     code, _, err = main(["run", "toy", "--task-module", "no_such_task_module"], capsys)
     assert code == 2 and "not available" in err
+
+
+def test_run_with_an_adam_inner_loop_equals_the_python_api(tmp_path, capsys):
+    """``--opt inner_optimizer=adam`` reaches the method: the run's x after 3 outer steps is the one solve() gets
+    with the same options on the same toy problem."""
+    import bilevel
+    from bilevel.app.tasks import toy
+
+    out = tmp_path / "r"
+    code, _, err = main(["run", "toy", "--quiet", "--method", "rhg", "--dtype", "float64", "--outer-steps", "3",
+                         "--log-every", "3",
+                         "--opt", "inner_optimizer=adam", "--opt", "inner_optimizer_options={betas: [0.8, 0.99]}",
+                         "--out", str(out)], capsys)
+    assert code == 0, err
+    c = yaml.safe_load((out / "config.yaml").read_text())
+    assert c["method_options"] == {"inner_optimizer": "adam", "inner_optimizer_options": {"betas": [0.8, 0.99]}}
+    last = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()][-1]
+    run = toy.build(c)
+    ref = bilevel.solve(*run.objectives(0), run.x0, run.y0, method="rhg", outer_steps=3, outer_lr=c["outer_lr"],
+                        outer_optimizer=c["outer_optimizer"], inner_steps=c["inner_steps"], inner_lr=c["inner_lr"],
+                        inner_optimizer="adam", inner_optimizer_options={"betas": (0.8, 0.99)},
+                        **run.loop_options)
+    assert last["x"] == pytest.approx(float(ref.x), rel=1e-12)

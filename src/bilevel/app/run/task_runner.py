@@ -60,7 +60,8 @@ def build_loop(run: TaskRun, config: Mapping[str, Any], loop_factory: Callable[.
     return loop_factory(run.x0, run.y0, method=c["method"], outer_lr=c["outer_lr"],
                         outer_optimizer=c["outer_optimizer"], inner_steps=c["inner_steps"], inner_lr=c["inner_lr"],
                         init_lr=c["init_lr"], **dict(run.loop_options or {}),
-                        **{k: schedules.from_config(v) for k, v in c["method_options"].items()})
+                        **{k: v if k == "inner_optimizer_options" else schedules.from_config(v)
+                           for k, v in c["method_options"].items()})
 
 
 class TaskRunner:
