@@ -60,6 +60,8 @@ RUNNER_OPTIONS: Dict[str, Tuple[Any, type, str]] = {
     "select_mode": ("min", str, "min | max: whether smaller or larger select_metric values are better"),
     "patience": (None, int, "stop after this many evaluations (every log_every steps) without an improvement "
                             "of select_metric; outer_steps is then the cap"),
+    "tensorboard": (None, str, "also write every metric of metrics.jsonl as TensorBoard scalars to this directory "
+                               "(needs the tensorboard package: pip install 'bilevel[tensorboard]')"),
 }
 
 #: keys of the runner that tasks may give defaults for in ``COMMON_DEFAULTS``

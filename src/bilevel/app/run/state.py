@@ -68,6 +68,8 @@ def restore(runner: Any, state: Mapping[str, Any]) -> None:
     runner.t = int(state["t"])
     runner.clock.restore(state["loop_seconds"], state.get("eval_seconds", 0.0))
     runner.metrics.truncate(int(state["metrics_bytes"]))
+    if getattr(runner, "tensorboard", None) is not None:
+        runner.tensorboard.resume_at(runner.t)
     if "metrics_lines" in state and len(runner.records) != int(state["metrics_lines"]):
         raise ValueError(f"{runner.metrics.path} holds {len(runner.records)} lines up to the checkpoint's offset, "
                          f"the checkpoint recorded {state['metrics_lines']}: the metrics file was changed")
@@ -135,6 +137,8 @@ def restore_latest(runner: Any) -> Optional[Path]:
     state, path = latest_checkpoint(runner.out, runner.config)
     if state is None:
         runner.metrics.truncate(0)
+        if getattr(runner, "tensorboard", None) is not None:
+            runner.tensorboard.resume_at(-1)  # starting over: every earlier event is dropped
         return None
     runner.load_state_dict(state)
     logger.info("resumed %s from %s (outer step %d)", runner.out, path, runner.t)

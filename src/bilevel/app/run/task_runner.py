@@ -25,6 +25,7 @@ from bilevel.app.run.metrics import MetricsFile, RunClock, _metrics_dict, _plain
 from bilevel.app.run.rundir import METRICS_FILE
 from bilevel.app.run.selection import Selection
 from bilevel.app.run.session import run_session
+from bilevel.app.run.tensorboard import TensorBoardLog
 from bilevel.app.tasks.base import TaskRun
 
 
@@ -113,6 +114,7 @@ class TaskRunner:
         self.loop: Optional[OuterLoop] = None
         self.t = 0
         self.metrics = MetricsFile()  # DIR/metrics.jsonl, open from setup() to the end of the run
+        self.tensorboard = TensorBoardLog(self.config["tensorboard"]) if self.config.get("tensorboard") else None
         self.clock = RunClock()
         self.checkpoint_every = ckpt.check_checkpoint_every(checkpoint_every)
         self.precision = check_precision(precision, self.config["dtype"])
@@ -219,8 +221,10 @@ class TaskRunner:
         return line
 
     def write(self, line: Mapping[str, Any]) -> None:
-        """Append one metrics line and flush it."""
+        """Append one metrics line and flush it (and mirror it to TensorBoard when ``tensorboard`` is set)."""
         self.metrics.write(line)
+        if self.tensorboard is not None:
+            self.tensorboard.write(line)
 
     # -- end -------------------------------------------------------------------------------------------
     def finish(self) -> Dict[str, Any]:
@@ -228,6 +232,8 @@ class TaskRunner:
         assert self.run is not None and self.loop is not None
         loop_seconds = self.clock.loop_seconds()
         self.metrics.close()  # the directory stays locked until the summary is written (execute releases it)
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         best = self.selection.best_state
         if best is not None and self.selection.best_step != self.t:  # summarize at the selected state
             self.loop.load_state_dict(best["loop"])
@@ -244,8 +250,10 @@ class TaskRunner:
         return summary
 
     def close(self) -> None:
-        """Close the metrics file and release the run directory's lock (idempotent)."""
+        """Close the metrics file (and the TensorBoard events) and release the run directory's lock (idempotent)."""
         self.metrics.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         self.release_lock()
 
     # -- checkpoints: the state of a run, implemented in bilevel.app.run.state ---------------------------
