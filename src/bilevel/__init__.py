@@ -12,7 +12,7 @@ This package is the core: it imports torch, numpy and the standard library only.
 torch.distributed helpers) is imported on demand; the command line, runs, tasks, data and reproductions live in
 ``bilevel.app`` on top (docs/architecture.md).
 """
-from . import dynamics, estimators, implicit_diff, linear_solve, models, problems, prox, schedules
+from . import callbacks, dynamics, estimators, implicit_diff, linear_solve, models, problems, prox, schedules
 from .api import HypergradCheck, HypergradResult, OuterLoop, SolveResult, check_hypergrad, hypergrad, solve
 from .errors import NonFiniteError
 from .methods import METHODS, Method, Plan, register
@@ -23,5 +23,5 @@ __version__ = "0.1.0"
 __all__ = [
     "METHODS", "Method", "OuterLoop", "Plan", "register", "hypergrad", "solve", "check_hypergrad", "HypergradResult",
     "SolveResult", "HypergradCheck", "NonFiniteError", "dynamics", "estimators", "implicit_diff", "linear_solve", "models",
-    "problems", "prox", "schedules", "Factored",
+    "problems", "prox", "schedules", "Factored", "callbacks",
 ]

@@ -16,6 +16,7 @@ from ._tree import Tree, as_box, flatten
 from .dynamics.base import nonfinite_kind
 from .errors import NonFiniteError
 from ._validate import check_bool, check_float, check_int
+from .callbacks import as_callback
 from .methods import Method, Plan
 from .problem import Problem
 
@@ -251,6 +252,9 @@ class OuterLoop:
     bad option value fails before any step. Parameters are those of :func:`solve` (without the objectives and
     ``outer_steps``), plus
 
+    callback : callable or list of callables, optional
+        ``callback(t, record)`` after every :meth:`step` (t = the 0-based index of the step just taken); see
+        :mod:`bilevel.callbacks`.
     reduce_grads : callable, optional
         ``reduce_grads(grad_x, grad_y0) -> (grad_x, grad_y0)`` on the flat hypergradient (and the
         flat initialization gradient of methods that learn it, else None) before the finiteness check, the
@@ -265,8 +269,9 @@ class OuterLoop:
                  inner_lr: float, x_bounds: Any = None, y_bounds: Any = None, warm_start: bool = False,
                  outer_kwargs: Optional[Dict[str, Any]] = None, init_lr: Optional[float] = None,
                  reduce_grads: Optional[Callable[[torch.Tensor, Optional[torch.Tensor]], tuple]] = None,
-                 **options: Any):
+                 callback: Any = None, **options: Any):
         self.method = _method(method)
+        self.callback = as_callback(callback)
         _check_keywords(OuterLoop.__init__, self.method, options)
         # optional hook on the flat (grad_x, grad_y0) before the step, e.g. an all-reduce across
         # ranks passed in by bilevel.parallel; returns the reduced pair (the core never imports it)
@@ -371,6 +376,8 @@ class OuterLoop:
         self._last_y = est.y.detach()
         self._start = self._last_y if self.warm_start else self._y_init
         self.t += 1
+        if self.callback is not None:
+            self.callback(self.t - 1, record)
         return record
 
     def evaluate(self, upper: Objective, lower: Objective) -> tuple:
@@ -409,7 +416,7 @@ def solve(upper: Objective, lower: Objective, x0: Tree, y0: Tree, *, method: Uni
           outer_lr: float, outer_optimizer: Union[str, Type[torch.optim.Optimizer]] = "adam",
           inner_steps: int, inner_lr: float, x_bounds: Any = None, y_bounds: Any = None,
           warm_start: bool = False, outer_kwargs: Optional[Dict[str, Any]] = None,
-          callback: Optional[Callable[[int, Dict[str, Any]], None]] = None, init_lr: Optional[float] = None,
+          callback: Any = None, init_lr: Optional[float] = None,
           **options: Any) -> SolveResult:
     """Minimize phi(x) = F(x, y*(x)) with an outer optimizer fed by :func:`hypergrad`.
 
@@ -430,7 +437,8 @@ def solve(upper: Objective, lower: Objective, x0: Tree, y0: Tree, *, method: Uni
     from the learned y0). A keyword that is neither a parameter of ``solve`` nor an option of the method raises
     ValueError with the closest valid name.
 
-    ``callback(t, record)`` is called after every outer step with that step's history record. A record holds
+    ``callback(t, record)`` is called after every outer step with that step's history record (a list of callbacks
+    runs them in order; :mod:`bilevel.callbacks` has a progress bar, ``every(n, ...)`` and a history). A record holds
     ``inner_diverged`` (and a ``RuntimeWarning`` is raised) when the inner loop diverged, and, for methods with
     a linear solve, ``solver_nonconverged_steps``: how many outer steps so far had a solve that stopped above
     its tolerance.
@@ -442,15 +450,13 @@ def solve(upper: Objective, lower: Objective, x0: Tree, y0: Tree, *, method: Uni
     T = check_int("outer_steps", outer_steps, 0)
     loop = OuterLoop(x0, y0, method=method, outer_lr=outer_lr, outer_optimizer=outer_optimizer,
                      inner_steps=inner_steps, inner_lr=inner_lr, x_bounds=x_bounds, y_bounds=y_bounds,
-                     warm_start=warm_start, outer_kwargs=outer_kwargs, init_lr=init_lr, **options)
+                     warm_start=warm_start, outer_kwargs=outer_kwargs, init_lr=init_lr, callback=callback,
+                     **options)
     if T == 0:  # validate the objectives once even when no step is taken
         _setup(upper, lower, x0, y0, method, inner_steps, inner_lr, y_bounds)
     history: List[Dict[str, Any]] = []
-    for t in range(T):
-        record = loop.step(upper, lower)
-        history.append(record)
-        if callback is not None:
-            callback(t, record)
+    for _ in range(T):
+        history.append(loop.step(upper, lower))
     final_upper, y_final = loop.evaluate(upper, lower)
     return SolveResult(loop.x, y_final, history, loop.y0, {"upper_final": final_upper})
 
