@@ -45,16 +45,18 @@ SETTINGS: Dict[str, Dict[str, Any]] = {
 
 def grids(scale: str) -> Dict[str, Grid]:
     """Three values per method of the one setting the paper leaves open (or fixes without a reason) for it: the
-    CG / Neumann iterations J around B.2's 20, the T-RHG window around B.2's T / 2, BDA's c in
-    alpha_k = c * 0.999^k around B.2's 0.5, BVFIM's common weight mu1 = theta = tau around B.2's 1 on loss sums
-    (1 / n on our means); RHG has no setting of its own and gets the same budget on the outer step."""
+    CG iterations J around B.2's 20, the step of the Neumann series (B.2 fixes its J = 20, not its step; the
+    series converges only when the step is below 2 / L_f, and the shared inner step 0.3 is above it here), the
+    T-RHG window around B.2's T / 2, BDA's c in alpha_k = c * 0.999^k around B.2's 0.5, BVFIM's common weight
+    mu1 = theta = tau around B.2's 1 on loss sums (1 / n on our means); RHG has no setting of its own and gets the
+    same budget on the outer step."""
     s = SETTINGS[scale]
     T, n = s["inner_steps"], s["sizes"][0]
     return {"RHG": Grid("outer_lr", around(s["outer_lr"])),
             "T-RHG": Grid("truncate", (max(1, T // 4), max(1, T // 2), max(1, 3 * T // 4))),
             "BDA": Grid("alpha_c", (0.2, 0.5, 0.8), path=("alpha", "c")),
             "CG": Grid("cg_steps", (10, 20, 40)),
-            "Neumann": Grid("neumann_terms", (10, 20, 40)),
+            "Neumann": Grid("neumann_lr", around(float(f"{s['inner_lr'] / 3:.4g}"))),
             "BVFIM": Grid("mu1", around(float(f"{1.0 / n:.4g}")), also=("theta", "tau"))}
 
 
