@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 TORCH_PIN := torch==2.13.0
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test test-matrix data venv clean
+.PHONY: demo test test-matrix data venv docs clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,5 +41,10 @@ test-matrix: venv data
 	BILEVEL_TEST_THREADS=1 ATEN_CPU_CAPABILITY=default $(PY) -m pytest -q -p no:cacheprovider
 	BILEVEL_TEST_THREADS=2 ATEN_CPU_CAPABILITY=avx2 $(PY) -m pytest -q -p no:cacheprovider
 
+# The API site (mkdocs-material + mkdocstrings, from docs/ and the docstrings) into site/; --strict: a broken link,
+# reference or docstring fails the build. The test suite builds it too (tests/test_docs_site.py).
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict -d site
+
 clean:
-	rm -rf $(VENV) .pytest_cache build src/*.egg-info
+	rm -rf $(VENV) .pytest_cache build src/*.egg-info site
