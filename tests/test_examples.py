@@ -10,6 +10,9 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 ARGS = {
     "tune_ridge.py": ["--steps", "60"],
     "hyperclean_digits.py": ["--outer-steps", "20", "--inner-steps", "30"],
+    "weight_decay_logreg.py": ["--outer-steps", "8", "--inner-steps", "30"],
+    "maml_sinusoid.py": ["--outer-steps", "30"],
+    "learn_lr_and_decay_fhg.py": ["--outer-steps", "6", "--inner-steps", "30"],
 }
 
 
