@@ -93,6 +93,7 @@ class DistributedTaskRunner(TaskRunner):
         if not self.ctx.is_main:
             self._scratch = tempfile.mkdtemp(prefix=f"bilevel-rank{self.ctx.rank}-")
             self.out = Path(self._scratch)
+            self.tensorboard = None  # rank 0 alone writes the run's files, the TensorBoard events included
         self.loop_factory = self._make_loop  # used by TaskRunner.setup
         self._full_run: Any = None
 

@@ -59,3 +59,16 @@ def test_bad_values_and_nested_metrics():
         TensorBoardLog(3)
     got = dict(scalars({"step": 4, "a": 1, "b": True, "c": "text", "d": {"e": 2.5}, "f": [1, 2], "g": math.inf}))
     assert got == {"a": 1.0, "b": 1.0, "d/e": 2.5, "g": math.inf}
+
+
+def test_only_rank_0_writes_events(tmp_path):
+    """Every rank of a distributed run builds a runner; ranks other than 0 write to a scratch directory, and must
+    not write TensorBoard events into the shared DIR either."""
+    from bilevel.app.launch import DistributedTaskRunner
+    from bilevel.parallel import DistContext
+
+    config = dict(TOY, tensorboard=str(tmp_path / "tb"))
+    main_rank = DistributedTaskRunner("toy", config, tmp_path / "r0", ctx=DistContext(rank=0, world_size=2))
+    other = DistributedTaskRunner("toy", config, tmp_path / "r1", ctx=DistContext(rank=1, world_size=2))
+    assert main_rank.tensorboard is not None and other.tensorboard is None
+    other._cleanup()
