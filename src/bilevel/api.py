@@ -12,6 +12,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Type, Union
 import torch
 
 from . import methods as _methods
+from .models import Buffers
 from ._tree import Tree, as_box, flatten
 from .dynamics.base import nonfinite_kind
 from .errors import NonFiniteError
@@ -43,12 +44,15 @@ class HypergradResult:
         ``lower_grad_norm_last`` above ``DIVERGENCE_RATIO`` times ``lower_grad_norm_first`` and f larger than at
         y0; a ``RuntimeWarning`` says so) and, for the implicit methods, ``solver_converged``,
         ``solver_residual`` and ``solver_nonconverged`` (1 when the linear solve stopped above its tolerance).
+    buffers : dict or None
+        With ``buffers=``: the module buffers ``y`` was reached with (copies), else None.
     """
 
     grad: Tree
     y: Tree
     grad_y0: Optional[Tree]
     info: Dict[str, Any] = field(default_factory=dict)
+    buffers: Optional[Dict[str, torch.Tensor]] = None
 
 
 @dataclass
@@ -68,6 +72,8 @@ class SolveResult:
         The initialization the last inner loop started from (the learned one for IA methods).
     info : dict
         ``upper_final``: F at the final (x, y).
+    buffers : dict or None
+        With ``buffers=``: the module buffers the final ``y`` was reached with (copies), else None.
     """
 
     x: Tree
@@ -75,6 +81,7 @@ class SolveResult:
     history: List[Dict[str, Any]]
     y0: Tree
     info: Dict[str, Any] = field(default_factory=dict)
+    buffers: Optional[Dict[str, torch.Tensor]] = None
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -106,16 +113,36 @@ def _to_float(v: Any) -> Any:
     return v
 
 
+def _check_buffers(buffers: Any) -> Optional[Buffers]:
+    if buffers is not None and not isinstance(buffers, Buffers):
+        raise ValueError(f"buffers must be a bilevel.models.Buffers object (the module buffers to carry through the "
+                         f"inner loop) or None, got {type(buffers).__name__}")
+    return buffers
+
+
 def _setup(upper: Objective, lower: Objective, x: Tree, y0: Tree, method: Union[str, Method], inner_steps: Any,
-           inner_lr: Any, y_bounds: Any):
+           inner_lr: Any, y_bounds: Any, buffers: Any = None):
     meth = _method(method)
     steps, lr = _check_common(inner_steps, inner_lr)
     if not callable(upper) or not callable(lower):
         raise ValueError("upper and lower must be callables f(x, y) returning scalar tensors")
     xf, xs = _flatten_input(x, "x")
     yf, ys = _flatten_input(y0, "y0")
-    problem = Problem.from_user(upper, lower, xs, ys, as_box(y_bounds, ys, "y_bounds"))
+    problem = Problem.from_user(upper, lower, xs, ys, as_box(y_bounds, ys, "y_bounds"), _check_buffers(buffers))
     return meth, steps, lr, problem, xf, yf
+
+
+def _estimate(meth: Method, plan: Plan, problem: Problem, x: torch.Tensor, y0: torch.Tensor, steps: int,
+              wrt_init: bool):
+    """``plan.estimate`` plus, with module buffers, the check that the method ran its inner loop through them."""
+    buffers = problem.buffers
+    loops = 0 if buffers is None else buffers.loops
+    est = plan.estimate(x, y0, steps, wrt_init=wrt_init)
+    if buffers is not None and buffers.loops == loops:
+        raise ValueError(f"method {meth.name!r} does not carry module buffers through its inner loop (its dynamics "
+                         "are not a gradient-type unroll of the lower objective); drop buffers=, or use one of "
+                         "any built-in method but bvfim")
+    return est
 
 
 #: the inner loop counts as diverging when ||grad_y f|| ends this many times above where it started and f grew
@@ -163,7 +190,10 @@ def _finish(problem: Problem, est, x: torch.Tensor, wrt_init: bool, y0: Optional
         info["solver_nonconverged"] = int(not info["solver_converged"])
     xs, ys = problem.x_spec, problem.y_spec
     gy0 = ys.unflatten(est.grad_y0) if (wrt_init and est.grad_y0 is not None) else None
-    return HypergradResult(xs.unflatten(est.grad_x), ys.unflatten(est.y), gy0, info)
+    buffers = None
+    if problem.buffers is not None:  # the buffers of the returned iterate: y_kbar for PTT, else the last step's
+        buffers = problem.buffers.after(int(info["k_bar"]) if "k_bar" in info else None)
+    return HypergradResult(xs.unflatten(est.grad_x), ys.unflatten(est.y), gy0, info, buffers)
 
 
 def _check_keywords(fn: Callable[..., Any], meth: Any, options: Dict[str, Any]) -> None:
@@ -188,7 +218,8 @@ def _check_keywords(fn: Callable[..., Any], meth: Any, options: Dict[str, Any]) 
 
 # ------------------------------------------------------------------------------------------ API
 def hypergrad(upper: Objective, lower: Objective, x: Tree, y0: Tree, *, method: Union[str, Method], inner_steps: int,
-              inner_lr: float, y_bounds: Any = None, **options: Any) -> HypergradResult:
+              inner_lr: float, y_bounds: Any = None, buffers: Optional[Buffers] = None,
+              **options: Any) -> HypergradResult:
     """Hypergradient of phi(x) = F(x, y*(x)) by the given method.
 
     Parameters
@@ -209,6 +240,9 @@ def hypergrad(upper: Objective, lower: Objective, x: Tree, y0: Tree, *, method: 
         Lower-level step size (> 0).
     y_bounds : (lo, hi) or callable, optional
         Box for the inner iterates (numbers, tensors or dicts), or a projection ``proj(y) -> y``.
+    buffers : bilevel.models.Buffers, optional
+        Module buffers (BatchNorm statistics) carried through the inner loop as a torch training loop would;
+        never differentiated; the final ones are ``res.buffers`` (:mod:`bilevel.models`).
     **options
         Method options (see ``bilevel.METHODS[method].options``); unknown ones raise ValueError.
 
@@ -217,9 +251,9 @@ def hypergrad(upper: Objective, lower: Objective, x: Tree, y0: Tree, *, method: 
     HypergradResult
     """
     _check_keywords(hypergrad, _method(method), options)
-    meth, steps, lr, problem, xf, yf = _setup(upper, lower, x, y0, method, inner_steps, inner_lr, y_bounds)
+    meth, steps, lr, problem, xf, yf = _setup(upper, lower, x, y0, method, inner_steps, inner_lr, y_bounds, buffers)
     plan = meth.bind(problem, lr, steps, options)
-    est = plan.estimate(xf, yf, steps, wrt_init=meth.learns_init)
+    est = _estimate(meth, plan, problem, xf, yf, steps, meth.learns_init)
     return _finish(problem, est, xf, meth.learns_init, yf if meth.descends_lower else None, stacklevel=4)
 
 
@@ -262,6 +296,10 @@ class OuterLoop:
     init_lr : float, optional
         Step size of the learned initialization (methods with ``learns_init``: iaptt, iagm, iagm-a, ...),
         default ``outer_lr``; IAPTT-GM's alpha_z, which need not equal the step alpha_x of x.
+    buffers : bilevel.models.Buffers, optional
+        Module buffers carried through every inner loop (:mod:`bilevel.models`): each loop starts from
+        ``buffers.start``, which ``warm_start=True`` moves to the buffers the previous loop ended with (as it
+        moves y0). :attr:`buffers` holds those of the last step; :meth:`state_dict` includes them.
     """
 
     def __init__(self, x0: Tree, y0: Tree, *, method: Union[str, Method], outer_lr: float,
@@ -269,8 +307,10 @@ class OuterLoop:
                  inner_lr: float, x_bounds: Any = None, y_bounds: Any = None, warm_start: bool = False,
                  outer_kwargs: Optional[Dict[str, Any]] = None, init_lr: Optional[float] = None,
                  reduce_grads: Optional[Callable[[torch.Tensor, Optional[torch.Tensor]], tuple]] = None,
-                 callback: Any = None, **options: Any):
+                 callback: Any = None, buffers: Optional[Buffers] = None, **options: Any):
         self.method = _method(method)
+        self._buffers = _check_buffers(buffers)
+        self._last_buffers = None if buffers is None else buffers.start
         self.callback = as_callback(callback)
         _check_keywords(OuterLoop.__init__, self.method, options)
         # optional hook on the flat (grad_x, grad_y0) before the step, e.g. an all-reduce across
@@ -328,7 +368,7 @@ class OuterLoop:
         return y if self._project_y is None else self._project_y(y)
 
     def _plan(self, upper: Objective, lower: Objective, t: int) -> tuple:
-        problem = Problem.from_user(upper, lower, self.x_spec, self.y_spec, self._project_y)
+        problem = Problem.from_user(upper, lower, self.x_spec, self.y_spec, self._project_y, self._buffers)
         opts = self.method.schedule(dict(self.options), t) if self.method.schedule else self.options
         return problem, self.method.bind(problem, self.inner_lr, self.inner_steps, opts)
 
@@ -347,11 +387,16 @@ class OuterLoop:
         """The lower-level iterate of the last step (at the x before that step's update)."""
         return self.y_spec.unflatten(self._last_y.detach().clone())
 
+    @property
+    def buffers(self) -> Optional[Dict[str, torch.Tensor]]:
+        """The module buffers :attr:`y` was reached with (copies; None without ``buffers=``)."""
+        return None if self._last_buffers is None else {k: v.clone() for k, v in self._last_buffers.items()}
+
     def step(self, upper: Objective, lower: Objective) -> Dict[str, Any]:
         """One outer step on these objectives; returns its record (``step``, ``upper``, ``lower``, ...)."""
         learns = self.method.learns_init
         problem, plan = self._plan(upper, lower, self.t)
-        est = plan.estimate(self._x, self._start, self.inner_steps, wrt_init=learns)
+        est = _estimate(self.method, plan, problem, self._x, self._start, self.inner_steps, learns)
         if self.reduce_grads is not None:  # reduce before the finiteness check and grad_norm
             est.grad_x, est.grad_y0 = self.reduce_grads(est.grad_x, est.grad_y0 if learns else None)
         res = _finish(problem, est, self._x, learns, self._start if self.method.descends_lower else None)
@@ -375,6 +420,10 @@ class OuterLoop:
             raise NonFiniteError(f"nan/inf in x after outer step {self.t + 1} (reduce outer_lr)")
         self._last_y = est.y.detach()
         self._start = self._last_y if self.warm_start else self._y_init
+        if self._buffers is not None:
+            self._last_buffers = res.buffers
+            if self.warm_start:
+                self._buffers.start = res.buffers
         self.t += 1
         if self.callback is not None:
             self.callback(self.t - 1, record)
@@ -387,6 +436,10 @@ class OuterLoop:
             value, y = plan.value(self._x.detach(), self._start, self.inner_steps)
         return float(value), self.y_spec.unflatten(y.detach())
 
+    def evaluate_buffers(self) -> Optional[Dict[str, torch.Tensor]]:
+        """The module buffers of the last :meth:`evaluate` (copies; None without ``buffers=``)."""
+        return None if self._buffers is None else self._buffers.after()
+
     def state_dict(self) -> Dict[str, Any]:
         """Everything needed to continue exactly: step counter, x, initialization, warm start, optimizer.
 
@@ -395,7 +448,9 @@ class OuterLoop:
         return {"t": self.t, "x": self._x.detach().clone(), "y_init": self._y_init.detach().clone(),
                 "start": self._start.detach().clone(), "last_y": self._last_y.detach().clone(),
                 "optimizer": copy.deepcopy(self.optimizer.state_dict()),
-                "solver_nonconverged_steps": self.solver_nonconverged_steps}
+                "solver_nonconverged_steps": self.solver_nonconverged_steps,
+                **({} if self._buffers is None else {"buffers_start": self._buffers.start,
+                                                     "buffers_last": self.buffers})}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         with torch.no_grad():
@@ -410,13 +465,18 @@ class OuterLoop:
         self.solver_nonconverged_steps = int(state.get("solver_nonconverged_steps", 0))
         self._last_y = state["last_y"].clone()
         self._start = self._y_init if not self.warm_start else state["start"].clone()
+        if self._buffers is not None:
+            if "buffers_start" not in state:
+                raise ValueError("the checkpoint holds no module buffers but this OuterLoop carries buffers=")
+            self._buffers.start = state["buffers_start"]
+            self._last_buffers = {k: v.clone() for k, v in state["buffers_last"].items()}
 
 
 def solve(upper: Objective, lower: Objective, x0: Tree, y0: Tree, *, method: Union[str, Method], outer_steps: int,
           outer_lr: float, outer_optimizer: Union[str, Type[torch.optim.Optimizer]] = "adam",
           inner_steps: int, inner_lr: float, x_bounds: Any = None, y_bounds: Any = None,
           warm_start: bool = False, outer_kwargs: Optional[Dict[str, Any]] = None,
-          callback: Any = None, init_lr: Optional[float] = None,
+          callback: Any = None, init_lr: Optional[float] = None, buffers: Optional[Buffers] = None,
           **options: Any) -> SolveResult:
     """Minimize phi(x) = F(x, y*(x)) with an outer optimizer fed by :func:`hypergrad`.
 
@@ -442,6 +502,8 @@ def solve(upper: Objective, lower: Objective, x0: Tree, y0: Tree, *, method: Uni
     ``inner_diverged`` (and a ``RuntimeWarning`` is raised) when the inner loop diverged, and, for methods with
     a linear solve, ``solver_nonconverged_steps``: how many outer steps so far had a solve that stopped above
     its tolerance.
+    ``buffers`` (a :class:`bilevel.models.Buffers`) carries module buffers through the inner loops
+    (:class:`OuterLoop`); ``out.buffers`` are those of the final ``y``.
     Returns a :class:`SolveResult`. For objectives that change between steps, see :class:`OuterLoop`.
     """
     if not callable(upper) or not callable(lower):
@@ -451,14 +513,14 @@ def solve(upper: Objective, lower: Objective, x0: Tree, y0: Tree, *, method: Uni
     loop = OuterLoop(x0, y0, method=method, outer_lr=outer_lr, outer_optimizer=outer_optimizer,
                      inner_steps=inner_steps, inner_lr=inner_lr, x_bounds=x_bounds, y_bounds=y_bounds,
                      warm_start=warm_start, outer_kwargs=outer_kwargs, init_lr=init_lr, callback=callback,
-                     **options)
+                     buffers=buffers, **options)
     if T == 0:  # validate the objectives once even when no step is taken
-        _setup(upper, lower, x0, y0, method, inner_steps, inner_lr, y_bounds)
+        _setup(upper, lower, x0, y0, method, inner_steps, inner_lr, y_bounds, buffers)
     history: List[Dict[str, Any]] = []
     for _ in range(T):
         history.append(loop.step(upper, lower))
     final_upper, y_final = loop.evaluate(upper, lower)
-    return SolveResult(loop.x, y_final, history, loop.y0, {"upper_final": final_upper})
+    return SolveResult(loop.x, y_final, history, loop.y0, {"upper_final": final_upper}, loop.evaluate_buffers())
 
 
 class _NotEvaluated(Exception):
@@ -505,7 +567,7 @@ class HypergradCheck:
 def check_hypergrad(upper: Objective, lower: Objective, x: Tree, y0: Tree, *, method: Union[str, Method],
                     inner_steps: int, inner_lr: float, y_bounds: Any = None, eps: Optional[float] = None,
                     rtol: float = 1e-5, atol: float = 1e-8, directions: Optional[int] = None, seed: int = 0,
-                    **options: Any) -> HypergradCheck:
+                    buffers: Optional[Buffers] = None, **options: Any) -> HypergradCheck:
     """Compare a method's hypergradient with central finite differences of the unrolled objective.
 
     The unrolled objective is the function of x the method differentiates: F(x, y_K(x)) for the unrolled
@@ -523,11 +585,15 @@ def check_hypergrad(upper: Objective, lower: Objective, x: Tree, y0: Tree, *, me
         else 8 random directions.
     seed : int
         Seed of the random directions.
+    buffers : bilevel.models.Buffers, optional
+        Module buffers carried through every inner loop, the finite-difference ones included; the comparison
+        is exact when the upper objective does not read the buffers (e.g. BatchNorm in training mode), since they
+        are never differentiated (:mod:`bilevel.models`).
     """
     _check_keywords(check_hypergrad, _method(method), options)
-    meth, steps, lr, problem, xf, yf = _setup(upper, lower, x, y0, method, inner_steps, inner_lr, y_bounds)
+    meth, steps, lr, problem, xf, yf = _setup(upper, lower, x, y0, method, inner_steps, inner_lr, y_bounds, buffers)
     plan: Plan = meth.bind(problem, lr, steps, options)
-    est = plan.estimate(xf, yf, steps, wrt_init=meth.learns_init)
+    est = _estimate(meth, plan, problem, xf, yf, steps, meth.learns_init)
     res = _finish(problem, est, xf, meth.learns_init, yf if meth.descends_lower else None, stacklevel=4)
     n = xf.numel()
     if directions is None and n <= 64:

@@ -180,6 +180,8 @@ class Problem:
         Structures of the user's variables.
     project_y : callable or None
         Projection of a flat ``y`` onto the lower-level constraint set (None: unconstrained).
+    buffers : bilevel.models.Buffers or None
+        Module buffers the inner dynamics carry from step to step (:func:`bilevel.dynamics.base.with_buffers`).
     """
 
     upper: FlatFn
@@ -187,18 +189,19 @@ class Problem:
     x_spec: Spec
     y_spec: Spec
     project_y: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+    buffers: Any = None
 
     @staticmethod
     def from_user(upper: Callable[[Tree, Tree], torch.Tensor], lower: Callable[[Tree, Tree], torch.Tensor],
                   x_spec: Spec, y_spec: Spec,
-                  project_y: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> "Problem":
+                  project_y: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, buffers: Any = None) -> "Problem":
         """Wrap user objectives on tensors/dicts into flat-vector objectives with scalar checks.
 
         A :class:`Factored` objective gets its own one-entry memo of ``features(x)``, living as long as the
         returned problem (the API builds one problem per hypergradient / outer step).
         """
         return Problem(_flat_objective(upper, x_spec, y_spec, "upper"),
-                       _flat_objective(lower, x_spec, y_spec, "lower"), x_spec, y_spec, project_y)
+                       _flat_objective(lower, x_spec, y_spec, "lower"), x_spec, y_spec, project_y, buffers)
 
     def project(self, y: torch.Tensor) -> torch.Tensor:
         return y if self.project_y is None else self.project_y(y)

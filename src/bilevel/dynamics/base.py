@@ -28,6 +28,30 @@ class Dynamics(NamedTuple):
     step: Callable[[int, torch.Tensor, State, bool], Tuple[State, torch.Tensor]]
 
 
+def with_buffers(dyn: Dynamics, buffers) -> Dynamics:
+    """``dyn`` with a module's buffers carried through its steps (:class:`bilevel.models.Buffers`; None: ``dyn``).
+
+    ``init`` begins a loop at the buffers' start; step k runs on the buffers recorded before it and records the
+    ones it ends with, so a recomputed step (checkpointing, a second pass) replays exactly. The buffers are not
+    part of the differentiated state.
+    """
+    if buffers is None:
+        return dyn
+
+    def init(x, y0):
+        buffers.begin_loop()
+        return dyn.init(x, y0)
+
+    def step(k, x, state, create_graph):
+        buffers.begin_step(k)
+        try:
+            return dyn.step(k, x, state, create_graph)
+        finally:
+            buffers.end_step(k)
+
+    return Dynamics(init, step)
+
+
 def nonfinite_kind(t: torch.Tensor) -> Optional[str]:
     """"nan", "inf" or None (one reduction and one host sync)."""
     if bool(torch.isfinite(t).all()):

@@ -48,6 +48,9 @@ def gd(problem: Problem, lr: float, prox: Optional[Prox] = None, compile_step: b
 
     ``compile_step``: run graph-free steps through ``torch.compile`` (module docstring).
     """
+    if compile_step and problem.buffers is not None:
+        raise ValueError("compile_step=True cannot carry module buffers (the compiled step would trace the "
+                         "Buffers object); leave compile_step False when passing buffers")
 
     def init(x, y0):
         return (y0,)
