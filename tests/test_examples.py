@@ -13,6 +13,9 @@ ARGS = {
     "weight_decay_logreg.py": ["--outer-steps", "8", "--inner-steps", "30"],
     "maml_sinusoid.py": ["--outer-steps", "30"],
     "learn_lr_and_decay_fhg.py": ["--outer-steps", "6", "--inner-steps", "30"],
+    "distill_digits.py": ["--outer-steps", "30", "--inner-steps", "10", "--inits", "5", "--draws", "3",
+                          "--full-steps", "50"],
+    "reweight_digits.py": ["--outer-steps", "50"],
 }
 
 
