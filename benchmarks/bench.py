@@ -8,6 +8,12 @@ untimed call: the autograd tape above the data baseline (:func:`saved_peak_mb`),
 resident memory of the process above its level before the call (:func:`rss_peak_mb`). Writes
 ``DIR/bench.json`` (list of records) and ``DIR/BENCHMARKS.md`` (table, machine, target checks). See
 docs/benchmarks.md.
+
+Devices (``--device``, default ``auto``: cuda when available, else cpu): the problems are built on the device (the
+tasks put their data there once), and on cuda every timed call is followed by ``torch.cuda.synchronize`` before
+the clock is read (:func:`time_round_robin`'s ``sync``), so a time covers the GPU's work, not its launches. The
+resident-memory records (fhg) then measure the GPU's allocator instead (:func:`cuda_peak_mb`, ``mem_measure=cuda``).
+The target checks were set for the CPU; on a GPU they are reported as measured.
 """
 from __future__ import annotations
 
@@ -29,6 +35,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 import bilevel
+from bilevel.app.device import resolve_device, synchronizer
 
 REQUIRED_KEYS = ("problem", "method", "inner_steps", "seconds_per_iter", "peak_mem_mb", "ratio_to_inner_loop",
                  "ratio_to_reference")
@@ -114,22 +121,25 @@ class Prob:
     extra: Dict[str, Any] = field(default_factory=dict)
 
 
-def make_toy(dtype: torch.dtype = torch.float64) -> Prob:
+def make_toy(dtype: torch.dtype = torch.float64, device: Any = None) -> Prob:
     """BDA's Eq. 5 counterexample (:mod:`bilevel.problems.bda_counterexample`, the toy task's problem "bda"):
-    x0 = 0, y0 = (2, 2), the paper's s_l = 0.2 and s_u = 0.7 (from the experiment script)."""
+    x0 = 0, y0 = (2, 2), the paper's s_l = 0.2 and s_u = 0.7 (from the experiment script); on ``device``
+    (default: the CPU)."""
     from bilevel.app.experiments import synthetic_bda
     from bilevel.problems import bda_counterexample as bda
 
-    return Prob("toy", bda.upper, bda.lower, torch.tensor([bda.X0], dtype=dtype),
-                torch.tensor(bda.Y0, dtype=dtype), synthetic_bda.S_L, "BDA Eq. 5, x0=0, y0=(2,2), s_l=0.2",
-                {"upper_lr": synthetic_bda.S_U})
+    return Prob("toy", bda.upper, bda.lower, torch.tensor([bda.X0], dtype=dtype, device=device),
+                torch.tensor(bda.Y0, dtype=dtype, device=device), synthetic_bda.S_L,
+                "BDA Eq. 5, x0=0, y0=(2,2), s_l=0.2", {"upper_lr": synthetic_bda.S_U})
 
 
-def _hyperclean_run(model: str, train: int, val: int, dataset: str, dtype: str, hidden: int = 100):
+def _hyperclean_run(model: str, train: int, val: int, dataset: str, dtype: str, hidden: int = 100,
+                    device: Any = None):
     from bilevel.app.tasks import hyperclean
 
     cfg = hyperclean.config_with_defaults(dataset=dataset, model=model, train_size=train, val_size=val,
-                                          test_size=min(100, val), hidden=hidden, dtype=dtype)
+                                          test_size=min(100, val), hidden=hidden, dtype=dtype,
+                                          device=str(torch.device(device or "cpu")))
     try:
         return hyperclean.build(cfg), dataset, ""
     except (OSError, ValueError) as err:
@@ -141,9 +151,10 @@ def _hyperclean_run(model: str, train: int, val: int, dataset: str, dtype: str, 
 
 
 def make_hyperclean(model: str = "linear", train: int = 5000, val: int = 5000, dataset: str = "fashion-mnist",
-                    dtype: str = "float32", hidden: int = 100, lr: float = 0.3) -> Prob:
-    """Data hyper-cleaning with the task's objectives (tasks/hyperclean.py): x = per-sample weight logits."""
-    run, ds, fallback = _hyperclean_run(model, train, val, dataset, dtype, hidden)
+                    dtype: str = "float32", hidden: int = 100, lr: float = 0.3, device: Any = None) -> Prob:
+    """Data hyper-cleaning with the task's objectives (tasks/hyperclean.py): x = per-sample weight logits; the data
+    on ``device`` (default: the CPU), put there once by the task."""
+    run, ds, fallback = _hyperclean_run(model, train, val, dataset, dtype, hidden, device)
     upper, lower = run.objectives(0)
     n = run.x0.shape[0]
     note = f"{ds} {n} train / {val if ds == dataset else min(val, 500)} val, {model}" + \
@@ -153,33 +164,35 @@ def make_hyperclean(model: str = "linear", train: int = 5000, val: int = 5000, d
 
 
 def make_hyperclean_wd(train: int = 5000, val: int = 5000, dataset: str = "fashion-mnist", dtype: str = "float32",
-                       lr: float = 0.3) -> Prob:
+                       lr: float = 0.3, device: Any = None) -> Prob:
     """A scalar hyperparameter on hyperclean-linear: x = log weight decay, lower = task's lower objective at
     uniform sample weights (sigmoid(0) = 1/2) + exp(x) ||W||^2, upper = the task's validation loss."""
-    p = make_hyperclean("linear", train, val, dataset, dtype, lr=lr)
+    p = make_hyperclean("linear", train, val, dataset, dtype, lr=lr, device=device)
     w = torch.zeros_like(p.x)
     task_lower = p.lower
 
     def lower(x, y):
         return task_lower(w, y) + torch.exp(x[0]) * (y["weight"] ** 2).sum()
 
-    x = torch.tensor([math.log(1e-3)], dtype=p.x.dtype)
+    x = torch.tensor([math.log(1e-3)], dtype=p.x.dtype, device=p.x.device)
     return Prob("hyperclean-linear-wd", p.upper, lower, x, p.y0, lr,
                 p.note + "; x = log weight decay (scalar), uniform sample weights", p.extra)
 
 
 def make_fewshot(meta_batch: int = 4, width: int = 64, queries: int = 15, image_size: int = 28, ways: int = 5,
-                 shots: int = 1, dtype: str = "float32", lr: float = 0.5, max_per_class: Optional[int] = None) -> Prob:
-    """Few-shot (tasks/fewshot.py): conv-4 backbone x, per-task linear heads y (vmapped objective)."""
+                 shots: int = 1, dtype: str = "float32", lr: float = 0.5, max_per_class: Optional[int] = None,
+                 device: Any = None) -> Prob:
+    """Few-shot (tasks/fewshot.py): conv-4 backbone x, per-task linear heads y (vmapped objective), on ``device``
+    (default: the CPU)."""
     from bilevel.app.tasks import fewshot
 
     cfg = fewshot.config_with_defaults(meta_batch=meta_batch, width=width, queries=queries, image_size=image_size,
                                        ways=ways, shots=shots, dtype=dtype, inner_lr=lr,
-                                       max_per_class=max_per_class)
+                                       max_per_class=max_per_class, device=str(torch.device(device or "cpu")))
     task = fewshot.FewShotTask(cfg)
-    ep = task.train_batch(0)
+    ep = task.train_index(0)  # gathered from the images the task put on the device
     upper, lower = task.objectives_for(ep)
-    sx, sy, qx, qy = fewshot.episode_tensors(ep, task.dtype)
+    sx, sy, qx, qy = task.batch_tensors(ep)
     note = (f"rotated Fashion-MNIST, {ways}-way {shots}-shot, {queries} queries, {image_size}x{image_size}, "
             f"width {width}, meta-batch {meta_batch}, {dtype}")
     return Prob("fewshot-conv4", upper, lower, task.x0(), task.y0(), lr, note,
@@ -240,7 +253,7 @@ def reference_call(R, prob: Prob, method: str, K: int) -> Callable[[], Any]:
 
 # ------------------------------------------------------------------------------------------ measurement
 def time_round_robin(fns: Dict[str, Callable[[], Any]], warmup: int, reps: int,
-                     min_sample: float = 0.0) -> Dict[str, List[float]]:
+                     min_sample: float = 0.0, sync: Optional[Callable[[], None]] = None) -> Dict[str, List[float]]:
     """Seconds per call of each callable, interleaved; entry ``r`` of every list comes from round ``r``.
 
     Every round times each callable once, in the order of ``fns`` rotated by one place per round, so that no
@@ -248,6 +261,8 @@ def time_round_robin(fns: Dict[str, Callable[[], Any]], warmup: int, reps: int,
     during a round) or always right after a given other one. A callable whose last warm-up call took less
     than ``min_sample`` seconds is timed over a batch of calls of about that length, and the batch's time
     divided by its size (timer resolution and per-round jitter matter less). Warm-up rounds are discarded.
+    ``sync`` (``torch.cuda.synchronize`` of the device, :func:`bilevel.app.device.synchronizer`; None on the CPU)
+    runs before the clock is read, at both ends of a measurement: CUDA work is asynchronous.
     """
     keys = list(fns)
     out: Dict[str, List[float]] = {k: [] for k in keys}
@@ -260,9 +275,13 @@ def time_round_robin(fns: Dict[str, Callable[[], Any]], warmup: int, reps: int,
             order = keys[r % len(keys):] + keys[:r % len(keys)]
             for k in order:
                 n = batch[k]
+                if sync is not None:
+                    sync()
                 t0 = time.perf_counter()
                 for _ in range(n):
                     fns[k]()
+                if sync is not None:
+                    sync()
                 dt = (time.perf_counter() - t0) / n
                 if r >= warmup:
                     out[k].append(dt)
@@ -458,11 +477,38 @@ def _rss_peaks(fns: Dict[str, Callable[[], Any]]) -> Dict[str, Optional[float]]:
     return {k: min_rss_peak_mb(fn) if k.startswith("lib:") else rss_peak_mb(fn) for k, fn in fns.items()}
 
 
+def cuda_peak_mb(fn: Callable[[], Any], device: Any) -> float:
+    """Peak memory (MB) the CUDA caching allocator of ``device`` held for tensors while ``fn`` ran, above what it
+    held just before (``torch.cuda.max_memory_allocated``): the resident-memory measure of a run on a GPU, whose
+    tensors are not in the process's RSS."""
+    gc.collect()
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return max(0, torch.cuda.max_memory_allocated(device) - before) / 2 ** 20
+
+
+def _resident_peaks(fns: Dict[str, Callable[[], Any]], device: Any) -> Dict[str, Optional[float]]:
+    """:func:`_rss_peaks` on the CPU; :func:`cuda_peak_mb` of each callable on a GPU."""
+    if device is not None and torch.device(device).type == "cuda":
+        return {k: cuda_peak_mb(fn, device) for k, fn in fns.items()}
+    return _rss_peaks(fns)
+
+
+def _mem_measure(device: Any) -> str:
+    """The ``mem_measure`` of resident-memory records: ``rss`` on the CPU, ``cuda`` on a GPU."""
+    return "cuda" if device is not None and torch.device(device).type == "cuda" else "rss"
+
+
 def _median(ts: Sequence[float]) -> float:
     return float(statistics.median(ts))
 
 
-def machine_info() -> Dict[str, Any]:
+def machine_info(device: Any = None) -> Dict[str, Any]:
+    """The machine of a benchmark run: torch, threads, CPU, platform; ``device`` (where the problems live) and, on
+    cuda, the GPU's name."""
     cpu = platform.processor() or "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -474,6 +520,10 @@ def machine_info() -> Dict[str, Any]:
     info = {"torch": torch.__version__, "threads": torch.get_num_threads(),
             "interop_threads": torch.get_num_interop_threads(), "cpu_model": cpu, "cpu_count": os.cpu_count(),
             "python": platform.python_version(), "platform": platform.platform()}
+    info["device"] = str(torch.device(device or "cpu"))
+    if torch.device(info["device"]).type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(torch.device(info["device"]))
+        info["cuda"] = torch.version.cuda
     try:
         info["loadavg_start"] = [round(v, 2) for v in os.getloadavg()]
     except OSError:
@@ -508,11 +558,13 @@ def _record(problem: str, method: str, K: int, times: Dict[str, List[float]], ke
 
 def bench_group(R, prob: Prob, K: int, methods: Sequence[str], warmup: int, reps: int, log: Callable[[str], None],
                 with_upper_evals: bool = False, memory: Optional[str] = "saved",
-                min_sample: float = 0.0) -> List[Dict[str, Any]]:
+                min_sample: float = 0.0, device: Any = None) -> List[Dict[str, Any]]:
     """Library, reference and plain inner loop of each method at one (problem, K), timed round-robin.
 
     ``memory``: ``"saved"`` (autograd tape above the data baseline, :func:`saved_peak_mb`), ``"rss"`` (resident
-    memory above the level before the call, :func:`rss_peak_mb`; the records get ``mem_measure="rss"``) or None.
+    memory above the level before the call, :func:`rss_peak_mb`, or on a GPU :func:`cuda_peak_mb`; the records
+    get ``mem_measure="rss"`` / ``"cuda"``) or None. ``device``: where ``prob`` lives (None: the CPU); on cuda the
+    timings synchronize (:func:`time_round_robin`).
     """
     fns: Dict[str, Callable[[], Any]] = {"inner_loop": lambda: R.inner_loop(prob.lower, prob.x, prob.y0, K, prob.lr)}
     for m in methods:
@@ -528,10 +580,10 @@ def bench_group(R, prob: Prob, K: int, methods: Sequence[str], warmup: int, reps
 
         fns["upper_evals"] = upper_evals
     t0 = time.perf_counter()
-    times = time_round_robin(fns, warmup, reps, min_sample)
+    times = time_round_robin(fns, warmup, reps, min_sample, sync=synchronizer(device or "cpu"))
     measured = {k: fn for k, fn in fns.items() if k != "upper_evals"}
-    mems = _rss_peaks(measured) if memory == "rss" else (_peaks(measured) if memory else {})
-    mem_extra = {"mem_measure": "rss"} if memory == "rss" else {}
+    mems = _resident_peaks(measured, device) if memory == "rss" else (_peaks(measured) if memory else {})
+    mem_extra = {"mem_measure": _mem_measure(device)} if memory == "rss" else {}
     out = [_record(prob.name, "inner_loop", K, times, "inner_loop", mems.get("inner_loop"), prob.note, **mem_extra)]
     for m in methods:
         ref_mem = mems.get("ref:" + m)
@@ -547,7 +599,8 @@ def bench_group(R, prob: Prob, K: int, methods: Sequence[str], warmup: int, reps
     return out
 
 
-def bench_fewshot(R, cfg: Dict[str, Any], warmup: int, log: Callable[[str], None]) -> List[Dict[str, Any]]:
+def bench_fewshot(R, cfg: Dict[str, Any], warmup: int, log: Callable[[str], None],
+                  device: Any = None) -> List[Dict[str, Any]]:
     """Few-shot RHG: the library on the vmapped objective against a per-task Python loop, at each meta-batch.
 
     Both compute each set's backbone features once per x (the library through :class:`bilevel.Factored`, the
@@ -561,7 +614,7 @@ def bench_fewshot(R, cfg: Dict[str, Any], warmup: int, log: Callable[[str], None
     out = []
     for mb in cfg["meta_batch"]:
         prob = make_fewshot(mb, cfg["width"], cfg["queries"], cfg["image_size"],
-                            max_per_class=cfg.get("max_per_class"))
+                            max_per_class=cfg.get("max_per_class"), device=device)
         sx, sy, qx, qy = prob.extra["tensors"]
         K = cfg["K"]
 
@@ -576,7 +629,7 @@ def bench_fewshot(R, cfg: Dict[str, Any], warmup: int, log: Callable[[str], None
                                                          sy, qx, qy, K, prob.lr),
                "backbone": backbone_only}
         t0 = time.perf_counter()
-        times = time_round_robin(fns, warmup, cfg["reps"])
+        times = time_round_robin(fns, warmup, cfg["reps"], sync=synchronizer(device or "cpu"))
         mems = _peaks({k: fn for k, fn in fns.items() if k != "backbone"})
         t_ref, t_bb = _median(times["ref:rhg"]), _median(times["backbone"])
         note = prob.note + "; reference = per-task Python loop (no vmap, one task's images at a time)"
@@ -595,9 +648,9 @@ def bench_fewshot(R, cfg: Dict[str, Any], warmup: int, log: Callable[[str], None
 
 
 def bench_memory_modes(R, cfg: Dict[str, Any], dataset: str, warmup: int, reps: int,
-                       log: Callable[[str], None]) -> List[Dict[str, Any]]:
+                       log: Callable[[str], None], device: Any = None) -> List[Dict[str, Any]]:
     """RHG vs ``checkpoint=round(sqrt(K))`` at large K on hyperclean-linear."""
-    prob = make_hyperclean("linear", cfg["train"], cfg["val"], dataset)
+    prob = make_hyperclean("linear", cfg["train"], cfg["val"], dataset, device=device)
     K = cfg["K"]
     S = max(1, int(round(math.sqrt(K))))
     ck = f"rhg+checkpoint={S}"
@@ -605,7 +658,7 @@ def bench_memory_modes(R, cfg: Dict[str, Any], dataset: str, warmup: int, reps: 
            "lib:rhg": library_call(prob, "rhg", K), "lib:" + ck: library_call(prob, ck, K),
            "ref:rhg": reference_call(R, prob, "rhg", K)}
     t0 = time.perf_counter()
-    times = time_round_robin(fns, warmup, reps)
+    times = time_round_robin(fns, warmup, reps, sync=synchronizer(device or "cpu"))
     mems = _peaks(fns)
     note = prob.note + "; memory mode"
     ref_mem = round(mems["ref:rhg"], 3)
@@ -623,7 +676,7 @@ def bench_memory_modes(R, cfg: Dict[str, Any], dataset: str, warmup: int, reps: 
 
 
 def bench_fhg(R, cfg: Dict[str, Any], dataset: str, warmup: int, reps: int,
-              log: Callable[[str], None]) -> List[Dict[str, Any]]:
+              log: Callable[[str], None], device: Any = None) -> List[Dict[str, Any]]:
     """fhg on a scalar hyperparameter at several K; memory as resident memory (RSS) above the pre-call level.
 
     Saved-tensor hooks overcount here: a pack hook that keeps the tensor forms a reference cycle through
@@ -631,11 +684,12 @@ def bench_fhg(R, cfg: Dict[str, Any], dataset: str, warmup: int, reps: int,
     stays counted and the count grows with K although the memory does not (docs/benchmarks.md). For contrast,
     the fhg record also holds ``rhg_peak_mem_mb``: RHG's resident peak at the same K (one untimed call).
     """
-    prob = make_hyperclean_wd(cfg["train"], cfg["val"], dataset)
+    prob = make_hyperclean_wd(cfg["train"], cfg["val"], dataset, device=device)
     out = []
     for K in cfg["K"]:
-        recs = bench_group(R, prob, K, ("fhg",), warmup, reps, log, memory="rss")
-        rhg_mem = min_rss_peak_mb(library_call(prob, "rhg", K))
+        recs = bench_group(R, prob, K, ("fhg",), warmup, reps, log, memory="rss", device=device)
+        rhg_call = library_call(prob, "rhg", K)
+        rhg_mem = (cuda_peak_mb(rhg_call, device) if _mem_measure(device) == "cuda" else min_rss_peak_mb(rhg_call))
         for r in recs:
             r["memory_mode"] = True
             if r["method"] == "fhg":
@@ -646,14 +700,15 @@ def bench_fhg(R, cfg: Dict[str, Any], dataset: str, warmup: int, reps: int,
     return out
 
 
-def bench_compile(R, cfg: Dict[str, Any], dataset: str, warmup: int, log: Callable[[str], None]
-                  ) -> List[Dict[str, Any]]:
+def bench_compile(R, cfg: Dict[str, Any], dataset: str, warmup: int, log: Callable[[str], None],
+                  device: Any = None) -> List[Dict[str, Any]]:
     """``compile_step=True`` against the eager library call (and both against the reference) on hyperclean-linear.
 
     The first call of the compiled variants compiles (``first_call_seconds``, outside the timed rounds).
     ``time_vs_eager`` is the paired ratio to the same method without ``compile_step``.
     """
-    prob = make_hyperclean("linear", cfg["train"], cfg["val"], dataset)
+    prob = make_hyperclean("linear", cfg["train"], cfg["val"], dataset, device=device)
+    sync = synchronizer(device or "cpu")
     out = []
     for K in cfg["K"]:
         fns: Dict[str, Callable[[], Any]] = {"inner_loop": lambda: R.inner_loop(prob.lower, prob.x, prob.y0, K,
@@ -662,12 +717,16 @@ def bench_compile(R, cfg: Dict[str, Any], dataset: str, warmup: int, log: Callab
         for m in cfg["methods"]:
             for variant in (m, m + "+compile_step"):
                 fns["lib:" + variant] = library_call(prob, variant, K)
+                if sync is not None:
+                    sync()
                 t0 = time.perf_counter()
                 fns["lib:" + variant]()
+                if sync is not None:
+                    sync()
                 first[variant] = time.perf_counter() - t0
             fns["ref:" + m] = reference_call(R, prob, m, K)
         t0 = time.perf_counter()
-        times = time_round_robin(fns, warmup, cfg["reps"])
+        times = time_round_robin(fns, warmup, cfg["reps"], sync=sync)
         note = prob.note + "; compile_step"
         out.append(_record(prob.name, "inner_loop", K, times, "inner_loop", None, note, compile_group=True))
         for m in cfg["methods"]:
@@ -870,13 +929,17 @@ def select_groups(only: Optional[Sequence[str]]) -> Tuple[str, ...]:
 
 
 def run(out: Path, mode: str = "full", log: Callable[[str], None] = print,
-        threads: Optional[int] = None, only: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
+        threads: Optional[int] = None, only: Optional[Sequence[str]] = None,
+        device: str = "auto") -> List[Dict[str, Any]]:
     """Run the benchmark and write ``out/bench.json`` and ``out/BENCHMARKS.md``; returns the records.
 
     ``threads``: ``torch.set_num_threads`` for the run (default: torch's default, usually the core count).
     The smoke mode uses 1 thread unless told otherwise (OpenMP barriers on a busy machine make tiny ops slow).
     ``only``: run just these groups (:func:`select_groups`); the target checks cover what was run.
+    ``device``: ``auto`` (cuda when available, else cpu) | ``cpu`` | ``cuda`` | ``cuda:N``; every record gets
+    ``device`` (resolved). ValueError for cuda without CUDA.
     """
+    dev = resolve_device(device)
     groups = select_groups(only)
     if not only:
         groups = tuple(g for g in groups if g not in DEFAULT_SKIP[mode])
@@ -888,7 +951,7 @@ def run(out: Path, mode: str = "full", log: Callable[[str], None] = print,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     R = load_references()
-    machine = machine_info()
+    machine = machine_info(dev)
     warmup, reps = cfg["warmup"], cfg["reps"]
     records: List[Dict[str, Any]] = []
     special = [f"toy: {cfg['toy_reps']}"] if "toy_reps" in cfg else []
@@ -902,6 +965,10 @@ def run(out: Path, mode: str = "full", log: Callable[[str], None] = print,
                      f"{cfg['mlp']['train']} train samples, few-shot conv-4 of width {cfg['fewshot']['width']} with "
                      f"{cfg['fewshot']['queries']} queries and K={cfg['fewshot']['K']}; fewer K values")
     notes.append("toy: cg is not benchmarked (the lower-level Hessian of Eq. 5 is singular, CG is undefined there)")
+    if dev.type == "cuda":
+        notes.append(f"device {dev} ({machine.get('gpu')}): every timed call ends with torch.cuda.synchronize; "
+                     "'peak MB' of the fhg records is the GPU allocator's peak (mem_measure=cuda); the targets "
+                     "were set for a CPU")
     if only and groups != GROUPS:
         notes.append("partial run: only " + ", ".join(groups))
     elif not only and DEFAULT_SKIP[mode]:
@@ -911,37 +978,39 @@ def run(out: Path, mode: str = "full", log: Callable[[str], None] = print,
         warnings.simplefilter("ignore")  # cg with exactly 10 iterations warns that it did not converge
         log(f"bilevel bench ({mode}) -> {out}")
         if "toy" in groups:
-            toy = make_toy()
+            toy = make_toy(device=dev)
             for K in cfg["toy_K"]:
                 records += bench_group(R, toy, K, cfg.get("toy_methods", TOY_METHODS), warmup,
-                                       cfg.get("toy_reps", reps), log, min_sample=TOY_MIN_SAMPLE if warmup else 0.0)
+                                       cfg.get("toy_reps", reps), log, min_sample=TOY_MIN_SAMPLE if warmup else 0.0,
+                                       device=dev)
         dataset = cfg["dataset"]  # each hyperclean problem falls back to digits by itself if it is missing
         if "hyperclean-linear" in groups:
             lin = cfg["linear"]
-            prob = make_hyperclean("linear", lin["train"], lin["val"], cfg["dataset"])
+            prob = make_hyperclean("linear", lin["train"], lin["val"], cfg["dataset"], device=dev)
             dataset = "digits" if prob.extra["fallback"] else cfg["dataset"]
             if prob.extra["fallback"]:
                 notes.append(prob.note)
             for K in lin["K"]:
                 records += bench_group(R, prob, K, lin.get("methods_by_K", {}).get(K, lin["methods"]),
                                        lin.get("warmup", {}).get(K, warmup), lin.get("reps", {}).get(K, reps), log,
-                                       with_upper_evals=True)
+                                       with_upper_evals=True, device=dev)
             del prob
         if "hyperclean-mlp" in groups:
             mlp = cfg["mlp"]
-            prob = make_hyperclean("mlp", mlp["train"], mlp["val"], dataset, hidden=mlp["hidden"])
+            prob = make_hyperclean("mlp", mlp["train"], mlp["val"], dataset, hidden=mlp["hidden"], device=dev)
             for K in mlp["K"]:
-                records += bench_group(R, prob, K, mlp["methods"], warmup, reps, log)
+                records += bench_group(R, prob, K, mlp["methods"], warmup, reps, log, device=dev)
             del prob
         if "memory" in groups:
-            records += bench_memory_modes(R, cfg["memory"], dataset, warmup, cfg["memory"].get("reps", reps), log)
+            records += bench_memory_modes(R, cfg["memory"], dataset, warmup, cfg["memory"].get("reps", reps), log,
+                                          device=dev)
         if "hyperclean-linear-wd" in groups:
-            records += bench_fhg(R, cfg["fhg"], dataset, warmup, cfg["fhg"].get("reps", reps), log)
+            records += bench_fhg(R, cfg["fhg"], dataset, warmup, cfg["fhg"].get("reps", reps), log, device=dev)
         if "compile" in groups:
-            records += bench_compile(R, cfg["compile"], dataset, warmup, log)
+            records += bench_compile(R, cfg["compile"], dataset, warmup, log, device=dev)
         if "fewshot-conv4" in groups:
             try:
-                records += bench_fewshot(R, cfg["fewshot"], warmup, log)
+                records += bench_fewshot(R, cfg["fewshot"], warmup, log, device=dev)
             except (OSError, ValueError) as err:
                 notes.append(f"fewshot-conv4 skipped: {err}")
     elapsed = time.perf_counter() - t_start
@@ -949,6 +1018,8 @@ def run(out: Path, mode: str = "full", log: Callable[[str], None] = print,
         machine["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
     except OSError:
         pass
+    for r in records:
+        r["device"] = str(dev)
     checks = check_targets(records)
     (out / "bench.json").write_text(json.dumps(records, indent=1))
     (out / "targets.json").write_text(json.dumps({"machine": machine, "checks": checks, "mode": mode,
@@ -968,14 +1039,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--only", metavar="GROUP[,GROUP...]", default=None,
                    help="run only these groups: " + ", ".join(GROUPS) + " (aliases: "
                    + ", ".join(f"{a}={b}" for a, b in _GROUP_ALIASES.items()) + ")")
+    p.add_argument("--device", default="auto", help="auto (cuda when available, else cpu) | cpu | cuda | cuda:N")
     p.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     only = [g.strip() for g in a.only.split(",") if g.strip()] if a.only else None
     try:
         select_groups(only)
+        resolve_device(a.device)
     except ValueError as err:
         p.error(str(err))
-    run(Path(a.out), "smoke" if a.smoke else ("quick" if a.quick else "full"), threads=a.threads, only=only)
+    run(Path(a.out), "smoke" if a.smoke else ("quick" if a.quick else "full"), threads=a.threads, only=only,
+        device=a.device)
     return 0
 
 

@@ -23,6 +23,28 @@ if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
     atexit.register(shutil.rmtree, _inductor_cache, ignore_errors=True)
 
 
+#: set to 1 to keep CUDA visible to the whole suite (by default only `pytest -m gpu` sees it)
+KEEP_CUDA_ENV = "BILEVEL_TEST_CUDA"
+
+
+def _selects_gpu_tests(markexpr: str) -> bool:
+    """Whether a `-m` expression asks for the gpu tests (`-m gpu`, `-m "gpu or slow"`; not `-m "not gpu"`)."""
+    words = markexpr.replace("(", " ").replace(")", " ").split()
+    return any(w == "gpu" and (i == 0 or words[i - 1] != "not") for i, w in enumerate(words))
+
+
+def pytest_configure(config):
+    # The suite's reference is the CPU: `bilevel run` and friends default to --device auto, so on a machine with a
+    # GPU the CPU tests (bitwise resume comparisons, reproduce smoke numbers, ...) would silently move to it. Unless
+    # the gpu tests are selected (`pytest -m gpu`, tests/app/test_gpu.py) or BILEVEL_TEST_CUDA=1, CUDA is hidden from
+    # this process and the CLI subprocesses it starts -- before anything initializes CUDA (is_available() reads
+    # CUDA_VISIBLE_DEVICES once). The gpu tests then skip, saying so.
+    if os.environ.get(KEEP_CUDA_ENV) == "1" or _selects_gpu_tests(config.getoption("markexpr", "") or ""):
+        return
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    os.environ["BILEVEL_TEST_CUDA_HIDDEN"] = "1"
+
+
 @pytest.fixture
 def quadratic():
     """The factory ``make_quadratic(n_x, n_y, seed, dtype=torch.float64)``."""

@@ -189,6 +189,6 @@ def _bound(b: Any, spec: Spec, name: str) -> Optional[torch.Tensor]:
         if spec.keys is not None:
             if b.numel() != 1:
                 raise ValueError(f"{name}: a tensor bound for a dict variable must be a scalar; use a dict")
-            return b.to(spec.dtype).expand(spec.numel).clone()
+            return b.to(dtype=spec.dtype, device=spec.device).reshape(()).expand(spec.numel).clone()
         return b.to(dtype=spec.dtype, device=spec.device).expand(spec.shapes[0]).reshape(-1)
     raise ValueError(f"{name} must be a number, tensor, dict or None, got {type(b).__name__}")

@@ -463,13 +463,16 @@ class OuterLoop:
         self.optimizer.load_state_dict(state["optimizer"])
         self.t = int(state["t"])
         self.solver_nonconverged_steps = int(state.get("solver_nonconverged_steps", 0))
-        self._last_y = state["last_y"].clone()
-        self._start = self._y_init if not self.warm_start else state["start"].clone()
+        # a checkpoint may have been read onto the CPU: its iterates go to the loop's device and dtype
+        like = {"device": self._y_init.device, "dtype": self._y_init.dtype}
+        self._last_y = state["last_y"].to(**like).clone()
+        self._start = self._y_init if not self.warm_start else state["start"].to(**like).clone()
         if self._buffers is not None:
             if "buffers_start" not in state:
                 raise ValueError("the checkpoint holds no module buffers but this OuterLoop carries buffers=")
-            self._buffers.start = state["buffers_start"]
-            self._last_buffers = {k: v.clone() for k, v in state["buffers_last"].items()}
+            at = self._y_init.device
+            self._buffers.start = {k: v.to(at) for k, v in state["buffers_start"].items()}
+            self._last_buffers = {k: v.to(at).clone() for k, v in state["buffers_last"].items()}
 
 
 def solve(upper: Objective, lower: Objective, x0: Tree, y0: Tree, *, method: Union[str, Method], outer_steps: int,

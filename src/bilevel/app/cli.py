@@ -103,7 +103,10 @@ def _run_guarded(runner_call, out: str, where) -> int:
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
-    """``bilevel run --resume DIR``: continue from the newest good checkpoint (other flags ignored)."""
+    """``bilevel run --resume DIR``: continue from the newest good checkpoint (other flags ignored, but ``--device``:
+    continue on that device instead of config.yaml's)."""
+    from bilevel.app import config as cfg
+    from bilevel.app.device import resolve_device
     from bilevel.app.run.runner import resume_run
 
     directory = getattr(args, "resume", None) or getattr(args, "resume_dir", None)
@@ -130,7 +133,22 @@ def _cmd_resume(args: argparse.Namespace) -> int:
         args._parser.error(str(err))
     if nproc is not None and nproc > 1 and not under_torchrun:
         return launch.launch(launch.strip_nproc(args._argv)[0], nproc)
-    result = _run_guarded(lambda: resume_run(directory, quiet=quiet), directory, lambda: "?")
+    device = getattr(args, "resume_device", None)
+    if device is None and "device" in (getattr(args, "_given", ()) or ()):  # bilevel run TASK --resume DIR --device D
+        device = args.device
+    try:  # a clear usage error before anything is locked: --device, or the device of config.yaml on this machine
+        if device is not None:
+            resolve_device(device)
+        else:
+            setting = cfg.load_yaml(Path(directory) / "config.yaml").get("device", "auto")
+            try:
+                resolve_device(setting)
+            except ValueError as err:
+                raise ValueError(f"cannot resume {directory!r} here: config.yaml: {err}; continue it on another "
+                                 f"device with: bilevel run --resume {directory} --device cpu") from None
+    except ValueError as err:
+        args._parser.error(str(err))
+    result = _run_guarded(lambda: resume_run(directory, quiet=quiet, device=device), directory, lambda: "?")
     if isinstance(result, int):
         return result
     if not context().is_main:  # rank 0 alone reports
@@ -285,6 +303,9 @@ def _add_run(sub: "argparse._SubParsersAction", argv: Optional[List[str]]) -> No
     p.add_argument("--nproc", dest="resume_nproc", type=int, metavar="N", default=None,
                    help="with --resume: the number of processes the run was made with (relaunches through torchrun; "
                         "a different number is refused)")
+    p.add_argument("--device", dest="resume_device", metavar="DEVICE", default=None, type=_device_arg,
+                   help="with --resume: continue on this device (auto | cpu | cuda | cuda:N) instead of the device of "
+                        "DIR/config.yaml (resolved again on this machine); checkpoints load onto any device")
     p.set_defaults(func=_cmd_resume, _parser=p)
     tasks = p.add_subparsers(dest="task", required=False, metavar="TASK")
     chosen, module_name = cfg.peek_task(argv if argv is not None else sys.argv[1:])
@@ -317,6 +338,27 @@ def _add_run(sub: "argparse._SubParsersAction", argv: Optional[List[str]]) -> No
             continue
         tp.set_defaults(_task_module_obj=module)
         cfg.add_option_arguments(tp, module)
+
+
+def _device_arg(text: str) -> str:
+    """``--device``: auto | cpu | cuda | cuda:N (spelling checked here; availability where it is used)."""
+    from bilevel.app.device import check_device
+
+    try:
+        return check_device(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _checked_device(args: argparse.Namespace) -> str:
+    """``args.device`` resolved on this machine (a usage error for cuda without CUDA); returns the setting."""
+    from bilevel.app.device import resolve_device
+
+    try:
+        resolve_device(args.device)
+    except ValueError as err:
+        args._parser.error(str(err))
+    return args.device
 
 
 def _nonneg(kind: type):
@@ -358,8 +400,8 @@ def _add_long_run_flags(tp: argparse.ArgumentParser) -> None:
     g.add_argument("--backtrack-warn", type=_nonneg(float), metavar="B", default=d.backtrack_warn,
                    help="bvfim: warn when the barrier step is halved B times per y-step or more (0 = off)")
     g.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
-                   help="bf16: objectives under torch.autocast(cpu, bfloat16), float32 hypergradient "
-                        "(needs --dtype float32)")
+                   help="bf16: objectives under torch.autocast(<the run's device type>, bfloat16), float32 "
+                        "hypergradient (needs --dtype float32)")
 
 
 def _add_compare(sub: "argparse._SubParsersAction") -> None:
@@ -380,8 +422,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     mode = "smoke" if args.smoke else ("quick" if args.quick else "full")
     only = [g for g in args.only.split(",") if g] if args.only else None
+    device = _checked_device(args)
     try:
-        bench_run(Path(args.out), mode, threads=args.threads, only=only)
+        bench_run(Path(args.out), mode, threads=args.threads, only=only, device=device)
     except ValueError as err:
         args._parser.error(str(err))
     return 0
@@ -399,6 +442,9 @@ def _add_bench(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--only", metavar="GROUP[,GROUP...]", default=None,
                    help="run only these groups: toy, hyperclean-linear, hyperclean-mlp, memory, hyperclean-linear-wd "
                         "(alias fhg), fewshot-conv4 (alias fewshot)")
+    p.add_argument("--device", metavar="DEVICE", default="auto", type=_device_arg,
+                   help="where the problems' tensors live: auto (cuda when available, else cpu) | cpu | cuda | cuda:N; "
+                        "on cuda every timing waits for the GPU (torch.cuda.synchronize) before reading the clock")
     p.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # tiny configuration for the tests
     p.set_defaults(func=_cmd_bench, _parser=p)
 
@@ -417,9 +463,10 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         if args.report_only:
             path = write_report(out, report, EXPERIMENTS, overwrite=args.overwrite)
         else:
+            device = _checked_device(args)
             path = reproduce(names, scale=args.scale, seeds=args.seeds, out_dir=out, report=report,
                              jobs=args.jobs, progress=not args.quiet, data_root=args.data_root,
-                             overwrite=args.overwrite)
+                             overwrite=args.overwrite, device=device)
     except ValueError as err:
         args._parser.error(str(err))
     print(f"wrote {path} (results in {out}/)")
@@ -436,7 +483,11 @@ def _add_reproduce(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--scale", default="cpu", help="smoke (seconds) | cpu (the most faithful settings that finish each "
                    "experiment in <= 45 min on 2 cores) | paper")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per setting")
-    p.add_argument("--jobs", type=int, default=2, help="parallel runs (one torch thread each)")
+    p.add_argument("--jobs", type=int, default=2, help="parallel runs (one torch thread each; on cuda they share the "
+                   "GPU, each process with a CUDA context of its own)")
+    p.add_argument("--device", metavar="DEVICE", default="auto", type=_device_arg,
+                   help="device of every run: auto (cuda when available, else cpu) | cpu | cuda | cuda:N; finished runs "
+                        "are read back whatever device they ran on, interrupted ones continue on this one")
     p.add_argument("--out", default=None, help="directory of the CSVs, figures and runs (default: results/reproduce "
                    "for --scale cpu, the committed results; results/reproduce-SCALE for other scales)")
     p.add_argument("--report", default=None, help="report file to regenerate (default: REPRODUCTION.md for "

@@ -24,6 +24,8 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
+from bilevel.app.device import check_device
+
 #: the tasks of ``bilevel run`` and the modules that implement them
 TASKS: Dict[str, str] = {
     "hyperclean": "bilevel.app.tasks.hyperclean",
@@ -50,7 +52,10 @@ RUNNER_OPTIONS: Dict[str, Tuple[Any, type, str]] = {
     "outer_lr": (0.01, float, "outer (upper-level) learning rate"),
     "outer_optimizer": ("adam", str, "outer optimizer"),
     "seed": (0, int, "random seed (torch, numpy, random; passed to the task)"),
-    "dtype": ("float32", str, "floating-point precision of the task's tensors"),
+    "dtype": ("float32", str, "floating-point precision of the task's tensors (float32 on every device unless "
+                              "asked)"),
+    "device": ("auto", str, "where the task's data and variables live: auto (cuda when available, else cpu) | cpu | "
+                            "cuda | cuda:N; moved there once, when the task is built"),
     "log_every": (10, int, "evaluate and write a metrics line every N outer steps (and at the last)"),
     "threads": (None, int, "torch.set_num_threads(N); default: torch's own choice"),
     "init_lr": (None, float, "step of the learned initialization of iaptt / iagm / iagm-a / maml ... "
@@ -62,15 +67,18 @@ RUNNER_OPTIONS: Dict[str, Tuple[Any, type, str]] = {
                             "of select_metric; outer_steps is then the cap"),
     "tensorboard": (None, str, "also write every metric of metrics.jsonl as TensorBoard scalars to this directory "
                                "(needs the tensorboard package: pip install 'bilevel[tensorboard]')"),
+    "wandb": (None, str, "also log every metric of metrics.jsonl to this Weights & Biases project (needs the wandb "
+                         "package: pip install 'bilevel[wandb]'; the W&B run id is kept in the run directory)"),
 }
 
 #: keys of the runner that tasks may give defaults for in ``COMMON_DEFAULTS``
 COMMON_KEYS: Tuple[str, ...] = ("method", "inner_steps", "inner_lr", "outer_steps", "outer_lr",
                                 "outer_optimizer", "log_every", "method_options")
 
-#: the runner keys passed to ``build`` (``threads`` is applied by the runner itself)
+#: the runner keys passed to ``build`` (``threads`` is applied by the runner itself; the runner hands ``device`` over
+#: resolved, as ``cpu`` or ``cuda:N``: :func:`bilevel.app.device.resolve_device`)
 BUILD_KEYS: Tuple[str, ...] = ("method", "inner_steps", "inner_lr", "outer_steps", "outer_lr", "outer_optimizer",
-                               "seed", "dtype", "method_options", "log_every")
+                               "seed", "dtype", "method_options", "log_every", "device")
 
 OUTER_OPTIMIZERS: Tuple[str, ...] = ("adam", "sgd")
 DTYPES: Tuple[str, ...] = ("float32", "float64")
@@ -81,6 +89,9 @@ _MINIMUM: Dict[str, Tuple[float, bool]] = {
     "seed": (0, False), "inner_lr": (0.0, True), "outer_lr": (0.0, True), "init_lr": (0.0, True),
     "patience": (1, False),
 }
+
+#: checks of string options beyond their type: name -> function returning the value normalized (or ValueError)
+_VALUE_CHECKS = {"device": check_device}
 
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 _TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
@@ -277,6 +288,8 @@ def coerce(name: str, value: Any, typ: type, default: Any = None) -> Any:
         out = value
     else:  # pragma: no cover - guarded by check_task_module
         raise TypeError(f"unsupported option type {typ!r}")
+    if name in _VALUE_CHECKS and out is not None:
+        out = _VALUE_CHECKS[name](out)
     if name in _MINIMUM and out is not None:
         bound, strict = _MINIMUM[name]
         if out < bound or (strict and out == bound):

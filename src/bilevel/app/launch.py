@@ -12,6 +12,9 @@ collectives, :class:`bilevel.parallel.DistributedOuterLoop`, :func:`bilevel.para
 * a multi-process run records its world size in ``run_options.yaml`` and ``--resume`` needs as many processes
   (:func:`recorded_world_size`, :func:`check_resume_world_size`).
 
+Devices: the process group's backend follows the run's device (:func:`backend_for`: nccl for cuda, gloo for
+cpu), and on cuda rank r computes on ``cuda:LOCAL_RANK`` (:meth:`DistributedTaskRunner.resolve_device`).
+
 See docs/distributed.md.
 """
 from __future__ import annotations
@@ -28,7 +31,9 @@ import numpy as np
 import torch
 
 from bilevel.app import config as cfg
+from bilevel.app.device import DEFAULT_DEVICE, resolve_device
 from bilevel.app.run import rundir
+from bilevel.app.run import state as run_state
 from bilevel.app.run.rundir import RUN_OPTIONS_FILE
 from bilevel.app.run.task_runner import TaskRunner
 from bilevel.parallel import (DistContext, DistributedOuterLoop, Objective, all_reduce_, context, data_parallel, init,
@@ -94,8 +99,28 @@ class DistributedTaskRunner(TaskRunner):
             self._scratch = tempfile.mkdtemp(prefix=f"bilevel-rank{self.ctx.rank}-")
             self.out = Path(self._scratch)
             self.tensorboard = None  # rank 0 alone writes the run's files, the TensorBoard events included
+            self.wandb = None  # and logs to W&B
         self.loop_factory = self._make_loop  # used by TaskRunner.setup
         self._full_run: Any = None
+
+    def resolve_device(self) -> torch.device:
+        """The device of this rank: ``cpu``, or ``cuda:LOCAL_RANK`` when the configuration's device resolves to
+        cuda (``auto`` with CUDA available, or ``cuda``): one GPU per rank, the one nccl uses.
+
+        Raises
+        ------
+        ValueError
+            ``cuda:N`` (every rank would share GPU N; give ``cuda`` or ``auto``), or what
+            :func:`bilevel.app.device.resolve_device` refuses.
+        """
+        requested = self.config["device"]
+        device = resolve_device(requested)
+        if device.type != "cuda":
+            return device
+        if requested.startswith("cuda:"):
+            raise ValueError(f"device {requested!r} with {self.ctx.world_size} processes: every rank would compute "
+                             "on that one GPU; give device cuda (or auto): rank r then uses cuda:LOCAL_RANK")
+        return resolve_device(f"cuda:{self.ctx.local_rank}")
 
     def _make_loop(self, x0: Any, y0: Any, **kwargs: Any) -> DistributedOuterLoop:
         kind = getattr(self.run, "shard_kind", "tasks")
@@ -160,6 +185,8 @@ class DistributedTaskRunner(TaskRunner):
                 payload = {"path": None if path is None else str(path), "t": self.t,
                            "loop": self.loop.state_dict(), "guards": self.guards.state_dict(),
                            "task": self.run.state_dict() if self.run.state_dict else None}
+                # pickled CUDA tensors would unpickle on rank 0's GPU: send CPU tensors, each rank moves them
+                payload = run_state.on_device(payload, torch.device("cpu"))
             except (ValueError, OSError) as err:
                 error = err
                 payload = {"error": f"{type(err).__name__}: {err}"}
@@ -172,9 +199,9 @@ class DistributedTaskRunner(TaskRunner):
             raise ValueError(f"resuming failed on rank 0: {payload['error']}")
         if not self.ctx.is_main and payload["path"] is not None:
             assert self.run is not None and self.loop is not None
-            self.loop.load_state_dict(payload["loop"])
+            self.loop.load_state_dict(run_state.on_device(payload["loop"], self.device))
             if payload["task"] is not None and self.run.load_state_dict is not None:
-                self.run.load_state_dict(payload["task"])
+                self.run.load_state_dict(run_state.on_device(payload["task"], self.device))
             self.guards.load_state_dict(payload["guards"])
             self.t = int(payload["t"])
         path = None if payload["path"] is None else Path(payload["path"])
@@ -251,9 +278,22 @@ def check_resume_world_size(run_dir: Any, world_size: int, options: Optional[Map
                          f"seeds belong to that number; resume it with {how}")
 
 
+def backend_for(config: Optional[Mapping[str, Any]]) -> str:
+    """The process-group backend of a run's device: ``nccl`` when its ``device`` (default ``auto``) resolves to
+    cuda, else ``gloo`` (a CPU run on a machine with GPUs keeps its collectives on the CPU).
+
+    Raises
+    ------
+    ValueError
+        What :func:`bilevel.app.device.resolve_device` refuses.
+    """
+    device = (config or {}).get("device") or DEFAULT_DEVICE
+    return "nccl" if resolve_device(cfg.coerce("device", device, str, DEFAULT_DEVICE)).type == "cuda" else "gloo"
+
+
 def task_runner(task: str, config: Optional[Mapping[str, Any]], out_dir: Any, **kwargs: Any) -> TaskRunner:
-    """A :class:`DistributedTaskRunner` under torchrun (``WORLD_SIZE`` > 1, after :func:`init`), else a plain
-    :class:`TaskRunner` (what ``bilevel run`` uses).
+    """A :class:`DistributedTaskRunner` under torchrun (``WORLD_SIZE`` > 1, after :func:`init` with the backend
+    of the run's device, :func:`backend_for`), else a plain :class:`TaskRunner` (what ``bilevel run`` uses).
 
     Parameters
     ----------
@@ -264,7 +304,7 @@ def task_runner(task: str, config: Optional[Mapping[str, Any]], out_dir: Any, **
     -------
     TaskRunner
     """
-    ctx = init()
+    ctx = init(backend_for(config))  # single process: no group, the backend is not used
     if ctx.enabled:
         return DistributedTaskRunner(task, config, out_dir, ctx=ctx, **kwargs)
     return TaskRunner(task, config, out_dir, **kwargs)
@@ -334,5 +374,5 @@ def launch(argv: Sequence[str], nproc: int, env: Optional[Mapping[str, str]] = N
     return subprocess.call(torchrun_command(argv, nproc), env=dict(env) if env is not None else None)
 
 
-__all__ = ["shard_objectives", "DistributedTaskRunner", "task_runner", "strip_nproc", "torchrun_command", "launch",
-           "step_seed", "recorded_world_size", "check_resume_world_size"]
+__all__ = ["shard_objectives", "DistributedTaskRunner", "task_runner", "backend_for", "strip_nproc", "torchrun_command",
+           "launch", "step_seed", "recorded_world_size", "check_resume_world_size"]

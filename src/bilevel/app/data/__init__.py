@@ -15,7 +15,7 @@ from bilevel.app.data.fetch import (
     DownloadError,
     download,
 )
-from bilevel.app.data.episodes import Episode, EpisodeSampler
+from bilevel.app.data.episodes import Episode, EpisodeIndex, EpisodeSampler
 from bilevel.app.data.hyperclean import DEFAULT_SIZES, HypercleanSplit, corrupt_labels, hyperclean_split
 from bilevel.app.data.idx import decode_idx, encode_idx, read_idx, write_idx
 from bilevel.app.data.images import FewShotData, add_rotations, load_image_folder, load_omniglot, read_image, resize_area
@@ -46,6 +46,7 @@ __all__ = [
     "DatasetNotFoundError",
     "DownloadError",
     "Episode",
+    "EpisodeIndex",
     "EpisodeSampler",
     "FewShotData",
     "HypercleanSplit",

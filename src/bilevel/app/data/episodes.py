@@ -53,6 +53,30 @@ class Episode:
         return Episode(**{f.name: torch.as_tensor(getattr(self, f.name), device=device) for f in fields(self)})
 
 
+@dataclass(eq=False)
+class EpisodeIndex:
+    """Where the images of one task (or of a batch of tasks, leading axis ``B``) are: indices into the images of
+    the :class:`EpisodeSampler` that drew them, in the order of :class:`Episode`'s sets.
+
+    ``sampler.take(index)`` gives the :class:`Episode`; a task that keeps the images on a device of its own
+    gathers them there with the indices instead (``bilevel.app.tasks.fewshot.DeviceImages``), so the images are
+    copied to the device once, not at every step.
+
+    Attributes
+    ----------
+    support, query : numpy.ndarray
+        ``int64`` ``([B,] ways*shots)`` / ``([B,] ways*queries)`` row indices into the sampler's ``images``.
+    support_y, query_y, classes : numpy.ndarray
+        As in :class:`Episode`.
+    """
+
+    support: np.ndarray
+    support_y: np.ndarray
+    query: np.ndarray
+    query_y: np.ndarray
+    classes: np.ndarray
+
+
 def _positive(label: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{label} must be a positive integer, got {value!r}")
@@ -129,6 +153,48 @@ class EpisodeSampler:
             return x.astype(np.float32) / np.float32(255)
         return x.astype(np.float32)
 
+    def sample_task_indices(self) -> EpisodeIndex:
+        """Draw one task, as indices into :attr:`images` (the draws of :meth:`sample_task`).
+
+        Returns
+        -------
+        EpisodeIndex
+            Unbatched arrays (no leading ``B`` axis).
+        """
+        rng = self._rng
+        picked = rng.choice(len(self.classes), size=self.ways, replace=False)
+        chosen = np.stack([rng.choice(self._pools[p], size=self.shots + self.queries, replace=False) for p in picked])
+        ids = np.arange(self.ways, dtype=np.int64)
+        return EpisodeIndex(
+            support=chosen[:, : self.shots].ravel().astype(np.int64),
+            support_y=np.repeat(ids, self.shots),
+            query=chosen[:, self.shots :].ravel().astype(np.int64),
+            query_y=np.repeat(ids, self.queries),
+            classes=self.classes[picked].astype(np.int64),
+        )
+
+    def sample_indices(self, batch_size: int) -> EpisodeIndex:
+        """Draw a meta-batch of tasks as indices (the draws of :meth:`sample`: the same generator steps).
+
+        Parameters
+        ----------
+        batch_size : int
+            Number of tasks ``B``.
+
+        Returns
+        -------
+        EpisodeIndex
+            Arrays with a leading axis of length ``B``.
+        """
+        batch_size = _positive("batch_size", batch_size)
+        tasks = [self.sample_task_indices() for _ in range(batch_size)]
+        return EpisodeIndex(**{f.name: np.stack([getattr(t, f.name) for t in tasks]) for f in fields(EpisodeIndex)})
+
+    def take(self, index: EpisodeIndex) -> Episode:
+        """The :class:`Episode` of drawn indices: the images gathered (and normalized, see ``normalize``)."""
+        return Episode(support_x=self._take(index.support), support_y=index.support_y, query_x=self._take(index.query),
+                       query_y=index.query_y, classes=index.classes)
+
     def sample_task(self) -> Episode:
         """Draw one task.
 
@@ -137,18 +203,7 @@ class EpisodeSampler:
         Episode
             Unbatched arrays (no leading ``B`` axis).
         """
-        rng = self._rng
-        picked = rng.choice(len(self.classes), size=self.ways, replace=False)
-        chosen = np.stack([rng.choice(self._pools[p], size=self.shots + self.queries, replace=False) for p in picked])
-        support, query = chosen[:, : self.shots].ravel(), chosen[:, self.shots :].ravel()
-        ids = np.arange(self.ways, dtype=np.int64)
-        return Episode(
-            support_x=self._take(support),
-            support_y=np.repeat(ids, self.shots),
-            query_x=self._take(query),
-            query_y=np.repeat(ids, self.queries),
-            classes=self.classes[picked].astype(np.int64),
-        )
+        return self.take(self.sample_task_indices())
 
     def sample(self, batch_size: int) -> Episode:
         """Draw a meta-batch of tasks stacked along axis 0.
@@ -163,9 +218,7 @@ class EpisodeSampler:
         Episode
             Arrays with a leading axis of length ``B`` (ready for ``torch.vmap``).
         """
-        batch_size = _positive("batch_size", batch_size)
-        tasks = [self.sample_task() for _ in range(batch_size)]
-        return Episode(**{f.name: np.stack([getattr(t, f.name) for t in tasks]) for f in fields(Episode)})
+        return self.take(self.sample_indices(batch_size))
 
     def _config(self) -> dict[str, Any]:
         return {

@@ -29,6 +29,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Dict, List, Optional, Sequence
 
+from bilevel.app.device import check_device, device_name, resolve_device
 from bilevel.app.reproduce import bda_table2, bvfim_fig2, fewshot, iaptt_table3, improved_table1, synthetic
 from bilevel.app.reproduce import bvfim_fig3, fewshot_baselines, improved_hyperrep
 from bilevel.app.reproduce.common import (SCALES, Context, ScaleConflictError, check_out_dir, check_scale, check_seeds, default_out_dir,
@@ -68,7 +69,7 @@ def check_names(names: Sequence[str]) -> List[str]:
 
 def run_experiment(name: str, *, scale: str = "cpu", seeds: int = 3, out_dir: Any = None,
                    jobs: int = 1, progress: bool = True, data_root: Optional[str] = None,
-                   overwrite: bool = False) -> List[Dict[str, Any]]:
+                   overwrite: bool = False, device: str = "auto") -> List[Dict[str, Any]]:
     """Run one experiment and write its CSV and metadata; returns the rows.
 
     Parameters
@@ -81,17 +82,21 @@ def run_experiment(name: str, *, scale: str = "cpu", seeds: int = 3, out_dir: An
     out_dir : str or Path, optional
         Default: :func:`default_out_dir` of ``scale``.
     jobs : int
-        Parallel run processes (one torch thread each).
+        Parallel run processes (one torch thread each; on cuda they share the GPU).
     progress : bool
     data_root : str, optional
         Directory searched first for data files (e.g. MNIST IDX files, Omniglot).
     overwrite : bool
         Write even if ``out_dir`` holds results of another scale (else :class:`ScaleConflictError`).
+    device : str
+        ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``: the device of every run (resolved by each run; the
+        experiment's ``<name>.json`` records it resolved, ``cpu`` or ``cuda:N``).
     """
     module = EXPERIMENTS[check_names([name])[0]]
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(scale)
     ctx = Context(scale=check_scale(scale), seeds=check_seeds(seeds), out_dir=out_dir, workers=jobs,
-                  progress=progress, data_root=data_root)
+                  progress=progress, data_root=data_root, device=check_device(device))
+    resolved = device_name(resolve_device(ctx.device))  # cuda without CUDA: a ValueError before any run
     check_out_dir(ctx.out_dir, scale, EXPERIMENTS, overwrite)
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -100,6 +105,7 @@ def run_experiment(name: str, *, scale: str = "cpu", seeds: int = 3, out_dir: An
     write_rows(ctx.out_dir / f"{module.NAME}.csv", rows)
     figure = ctx.out_dir / f"{module.NAME}.png"
     meta = {"experiment": module.NAME, "title": module.TITLE, "scale": scale, "seeds": seeds, "jobs": jobs,
+            "device": resolved,
             "seconds": round(seconds, 1), "run_seconds": round(ctx.run_seconds, 1), "settings": _plain(getattr(module, "SETTINGS", {}).get(scale, {})),
             "figure": figure.name if figure.exists() else None,
             "finished": time.strftime("%Y-%m-%d %H:%M:%S"), **_plain(ctx.meta)}
@@ -117,8 +123,10 @@ def _plain(value: Any) -> Any:
 
 def reproduce(names: Sequence[str] = (), *, scale: str = "cpu", seeds: int = 3, out_dir: Any = None,
               report: Any = None, jobs: int = 1, progress: bool = True,
-              data_root: Optional[str] = None, overwrite: bool = False) -> Path:
+              data_root: Optional[str] = None, overwrite: bool = False, device: str = "auto") -> Path:
     """Run the experiments (all when ``names`` is empty), then regenerate the report; returns its path.
+
+    ``device`` (``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``) goes to every run (:func:`run_experiment`).
 
     ``out_dir`` defaults to :func:`default_out_dir` of ``scale``, ``report`` to :func:`default_report` of
     ``out_dir``. Unless ``overwrite``, both are checked before anything runs: results of another scale in
@@ -126,6 +134,7 @@ def reproduce(names: Sequence[str] = (), *, scale: str = "cpu", seeds: int = 3, 
     """
     check_scale(scale)
     check_seeds(seeds)
+    device = check_device(device)
     names = check_names(names)
     out = Path(out_dir) if out_dir is not None else default_out_dir(scale)
     path = Path(report) if report is not None else default_report(out)
@@ -134,5 +143,5 @@ def reproduce(names: Sequence[str] = (), *, scale: str = "cpu", seeds: int = 3, 
     check_report(path, sorted(set(after.values())), overwrite)
     for name in names:
         run_experiment(name, scale=scale, seeds=seeds, out_dir=out, jobs=jobs, progress=progress,
-                       data_root=data_root, overwrite=True)
+                       data_root=data_root, overwrite=True, device=device)
     return write_report(out, path, EXPERIMENTS, overwrite=True)

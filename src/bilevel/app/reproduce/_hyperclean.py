@@ -121,7 +121,7 @@ def reference_summaries(cfg: Mapping[str, Any]) -> Dict[str, Dict[str, float]]:
                              noise=full["noise"], seed=full["seed"], root=full["data_root"])
     corrupted = torch.as_tensor(split.corrupted)
     dtype = run.x0.dtype
-    oracle = torch.where(corrupted, -20.0, 20.0).to(dtype)
+    oracle = torch.where(corrupted, -20.0, 20.0).to(device=run.x0.device, dtype=dtype)  # where the task's data are
     xs = {"oracle": (oracle, 1), "oracle-10K": (oracle, 10), "no-cleaning": (torch.zeros_like(run.x0), 1)}
 
     def loop_from(x: torch.Tensor, start: Any, mult: int = 1) -> OuterLoop:
@@ -162,7 +162,11 @@ def _references(cfg: Mapping[str, Any], path: str) -> Dict[str, Dict[str, float]
     p = Path(path)
     if p.exists():
         saved = json.loads(p.read_text())
-        if saved.get("config") == json.loads(json.dumps(dict(cfg))):
+
+        def setting(c: Mapping[str, Any]) -> Dict[str, Any]:  # the device does not tell reference points apart
+            return {k: v for k, v in dict(c).items() if k != "device"}
+
+        if setting(saved.get("config") or {}) == setting(json.loads(json.dumps(dict(cfg)))):
             return saved["summaries"]
     out = reference_summaries(cfg)
     p.parent.mkdir(parents=True, exist_ok=True)
@@ -174,10 +178,12 @@ def _references(cfg: Mapping[str, Any], path: str) -> Dict[str, Dict[str, float]
 
 def reference_grid(ctx: Any, experiment: str, configs: Sequence[Mapping[str, Any]]) -> List[Dict[str, Dict[str, float]]]:
     """:func:`reference_summaries` of each configuration, in ``ctx.workers`` processes, kept under
-    ``<runs>/<experiment>/references/`` so that a rerun reads them back."""
+    ``<runs>/<experiment>/references/`` so that a rerun reads them back (whatever device they were measured on);
+    computed on ``ctx.device`` (unless a configuration sets its own ``device``)."""
     import concurrent.futures as cf
     import multiprocessing
 
+    configs = [{"device": getattr(ctx, "device", "auto"), **c} for c in configs]
     paths = [str(ctx.runs_dir / experiment / "references" / f"seed{c['seed']}-{i}.json") for i, c in enumerate(configs)]
     if ctx.workers == 1 or len(configs) == 1:
         return [_references(c, p) for c, p in zip(configs, paths)]

@@ -11,7 +11,8 @@ y-loops) more than the others. Instead the four methods of one follower and seed
 timed **round-robin** in one process (one torch thread): ``warmup`` untimed rounds, then ``reps`` rounds in which
 each method takes one real outer step (inner loop, hypergradient, Adam update of x) timed alone with
 ``time.perf_counter``; the method order rotates between rounds, and ``seconds_per_step`` is the median of the
-``reps`` step times. Load changes on the machine thus hit every method of a group alike. Results are kept in
+``reps`` step times (on cuda the clock is read after ``torch.cuda.synchronize``). Load changes on the machine thus hit
+every method of a group alike. Results are kept in
 ``runs/bvfim-fig3/<dataset>/<setting>/seed<k>/timing.json`` (read back when the configuration is unchanged);
 groups run in ``--jobs`` processes. Besides the CSV this writes ``bvfim-fig3-steps.csv`` (every timed step, with
 the CG / Neumann solver iterations and BVFIM's backtracks) and ``bvfim-fig3.png``.
@@ -92,7 +93,8 @@ def jobs(scale: str, seeds: int, data_root: Any = None) -> List[Job]:
 
 
 # ------------------------------------------------------------------------------------------ timing
-def time_group(configs: Mapping[str, Mapping[str, Any]], warmup: int, reps: int) -> Dict[str, Any]:
+def time_group(configs: Mapping[str, Mapping[str, Any]], warmup: int, reps: int,
+               device: str = "cpu") -> Dict[str, Any]:
     """Time one outer step of each method round-robin on one shared hyper-cleaning problem.
 
     Parameters
@@ -101,6 +103,9 @@ def time_group(configs: Mapping[str, Mapping[str, Any]], warmup: int, reps: int)
         Method label -> ``hyperclean`` configuration; they may differ only in ``method`` / ``method_options``.
     warmup, reps : int
         Untimed rounds, then timed rounds (each method takes one outer step per round).
+    device : str
+        Where the problem lives (``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``); on cuda each timed step ends with
+        ``torch.cuda.synchronize``.
 
     Returns
     -------
@@ -113,6 +118,7 @@ def time_group(configs: Mapping[str, Mapping[str, Any]], warmup: int, reps: int)
 
     from bilevel import schedules
     from bilevel.api import OuterLoop
+    from bilevel.app.device import resolve_device, synchronizer
     from bilevel.app.tasks import hyperclean as H
 
     torch.set_num_threads(1)
@@ -121,7 +127,9 @@ def time_group(configs: Mapping[str, Mapping[str, Any]], warmup: int, reps: int)
     if any(s != shared[0] for s in shared[1:]):
         raise ValueError("the configurations of a timing group must differ only in method and method_options")
     base = dict(configs[labels[0]])
-    run = H.build(H.config_with_defaults(**{k: v for k, v in base.items() if k != "method_options"}))
+    where = resolve_device(device)
+    run = H.build(H.config_with_defaults(**{k: v for k, v in base.items() if k not in ("method_options", "device")},
+                                         device=str(where)))
     upper, lower = run.objectives(0)
     loops = {}
     for label in labels:
@@ -138,15 +146,16 @@ def time_group(configs: Mapping[str, Mapping[str, Any]], warmup: int, reps: int)
     try:
         with warnings.catch_warnings():  # CG's "not converged" warnings: its iterations are recorded instead
             warnings.simplefilter("ignore")
-            _rounds(loops, labels, upper, lower, warmup, reps, out["methods"])
+            _rounds(loops, labels, upper, lower, warmup, reps, out["methods"], synchronizer(where))
     finally:
         gc.unfreeze()
     return out
 
 
 def _rounds(loops: Mapping[str, Any], labels: Sequence[str], upper: Any, lower: Any, warmup: int, reps: int,
-            results: Dict[str, Any]) -> None:
-    """``warmup + reps`` rounds of one outer step per method (order rotated every round); fills ``results``."""
+            results: Dict[str, Any], sync: Any = None) -> None:
+    """``warmup + reps`` rounds of one outer step per method (order rotated every round); fills ``results``.
+    ``sync`` (``torch.cuda.synchronize`` of the device, None on the CPU) runs before each clock reading."""
     for r in range(warmup + reps):
         order = labels[r % len(labels):] + labels[:r % len(labels)]
         for label in order:
@@ -155,8 +164,12 @@ def _rounds(loops: Mapping[str, Any], labels: Sequence[str], upper: Any, lower: 
                 continue
             gc.collect()
             try:
+                if sync is not None:
+                    sync()
                 t0 = time.perf_counter()
                 record = loops[label].step(upper, lower)
+                if sync is not None:
+                    sync()
                 dt = time.perf_counter() - t0
             except Exception as err:  # noqa: BLE001 - recorded: the report shows the method as failed
                 res["error"] = f"{type(err).__name__}: {err}"
@@ -173,15 +186,21 @@ def _group_key(job: Job) -> Tuple[str, str, int]:
     return job.dataset, job.setting, job.seed
 
 
-def _run_group(configs: Dict[str, Dict[str, Any]], warmup: int, reps: int, path: str) -> Dict[str, Any]:
-    """Time a group (or read its ``timing.json`` back when the configurations are unchanged)."""
+def _run_group(configs: Dict[str, Dict[str, Any]], warmup: int, reps: int, path: str,
+               device: str = "cpu") -> Dict[str, Any]:
+    """Time a group (or read its ``timing.json`` back when the configurations, the rounds and the device --
+    ``cpu`` for files written before devices were recorded -- are unchanged)."""
+    from bilevel.app.device import device_name, resolve_device
+
+    where = device_name(resolve_device(device))
     p = Path(path)
     if p.exists():
         saved = json.loads(p.read_text())
-        if saved.get("configs") == _plain(configs) and saved.get("warmup") == warmup and saved.get("reps") == reps:
+        if (saved.get("configs") == _plain(configs) and saved.get("warmup") == warmup and saved.get("reps") == reps
+                and saved.get("device", "cpu") == where):
             return saved
-    result = time_group(configs, warmup, reps)
-    result.update(configs=_plain(configs), warmup=warmup, reps=reps)
+    result = time_group(configs, warmup, reps, where)
+    result.update(configs=_plain(configs), warmup=warmup, reps=reps, device=where)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=1))
@@ -205,7 +224,7 @@ def run(ctx: Context) -> List[Dict[str, Any]]:
     order = sorted(groups, key=lambda k: -lower_params(groups[k][0].config))
     root = ctx.runs_dir / NAME
     args = {k: ({j.method: j.config for j in groups[k]}, s["warmup"], s["reps"],
-                str(root / f"{k[0]}/{k[1]}/seed{k[2]}" / TIMING_FILE)) for k in order}
+                str(root / f"{k[0]}/{k[1]}/seed{k[2]}" / TIMING_FILE), ctx.device) for k in order}
     results: Dict[Tuple[str, str, int], Dict[str, Any]] = {}
     bar = tqdm(total=len(order), desc=NAME, disable=not ctx.progress, unit="group")
     try:

@@ -9,6 +9,12 @@ the outer steps since each run's last checkpoint.
 
 Result rows have the columns of :data:`COLUMNS` (``experiment, dataset, setting, method, seed, metric,
 value``); metric names are those of the runs' ``summary.json``.
+
+Devices: every run of a grid gets the grid's ``device`` (``bilevel reproduce --device``; each run resolves it, and
+its summary.json records where it ran). A finished run is read back whatever device it ran on (the device is no
+part of the comparison of configurations, like ``threads``); an interrupted one continues from its checkpoint on
+the grid's device. On cuda the ``workers`` processes share the GPU (each holds a CUDA context of its own, a few
+hundred MB; the runs are small, so several fit) and each keeps one CPU thread.
 """
 from __future__ import annotations
 
@@ -150,6 +156,10 @@ def _slug(text: str) -> str:
     return "".join(keep).strip("_") or "_"
 
 
+#: configuration keys that do not tell runs apart: a run made with other threads or on another device is the same run
+NOT_COMPARED = ("threads", "device")
+
+
 def _same_config(run_dir: Path, config: Mapping[str, Any]) -> bool:
     import yaml
 
@@ -157,7 +167,7 @@ def _same_config(run_dir: Path, config: Mapping[str, Any]) -> bool:
     if not path.exists():
         return False
     saved = yaml.safe_load(path.read_text()) or {}
-    return all(_plain(saved.get(k)) == _plain(v) for k, v in config.items() if k != "threads")
+    return all(_plain(saved.get(k)) == _plain(v) for k, v in config.items() if k not in NOT_COMPARED)
 
 
 def _plain(value: Any) -> Any:
@@ -197,8 +207,8 @@ def _run_one(task: str, config: Mapping[str, Any], out_dir: str) -> Dict[str, An
     if (out / SUMMARY_FILE).exists() and _same_config(out, config):
         return json.loads((out / SUMMARY_FILE).read_text())
     if ckpt.list_checkpoints(out) and _same_config(out, config):
-        try:
-            return resume_run(out, quiet=True)
+        try:  # on this grid's device, whichever device the run started on
+            return resume_run(out, quiet=True, device=config.get("device"))
         except ValueError:  # unusable checkpoints: start over
             pass
     try:
@@ -210,7 +220,7 @@ def _run_one(task: str, config: Mapping[str, Any], out_dir: str) -> Dict[str, An
 
 
 def run_grid(jobs: Sequence[Job], out_dir: Path, *, workers: int = 1, progress: bool = True,
-             label: str = "") -> List[Tuple[Job, Dict[str, Any]]]:
+             label: str = "", device: str = "auto") -> List[Tuple[Job, Dict[str, Any]]]:
     """Run every job (in ``workers`` processes) and return ``(job, summary)`` pairs in the jobs' order.
 
     Parameters
@@ -219,11 +229,14 @@ def run_grid(jobs: Sequence[Job], out_dir: Path, *, workers: int = 1, progress: 
     out_dir : Path
         Run directories are ``out_dir / job.name``.
     workers : int
-        Parallel processes (>= 1); each run uses one torch thread.
+        Parallel processes (>= 1); each run uses one torch thread (on cuda the processes share the GPU).
     progress : bool
         Show a progress bar over the runs.
     label : str
         Progress bar label.
+    device : str
+        ``device`` of every run (``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``), unless a job's configuration sets
+        its own.
     """
     from tqdm.auto import tqdm
 
@@ -234,12 +247,12 @@ def run_grid(jobs: Sequence[Job], out_dir: Path, *, workers: int = 1, progress: 
     try:
         if workers == 1:
             for i, job in enumerate(jobs):
-                results[i] = run_one(job.task, dict(job.config, threads=1), str(out_dir / job.name))
+                results[i] = run_one(job.task, _job_config(job, device), str(out_dir / job.name))
                 bar.update(1)
         else:
             ctx = multiprocessing.get_context("spawn")
             with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-                futures = {pool.submit(run_one, job.task, dict(job.config, threads=1), str(out_dir / job.name)): i
+                futures = {pool.submit(run_one, job.task, _job_config(job, device), str(out_dir / job.name)): i
                            for i, job in enumerate(jobs)}
                 for fut in cf.as_completed(futures):
                     results[futures[fut]] = fut.result()
@@ -247,6 +260,11 @@ def run_grid(jobs: Sequence[Job], out_dir: Path, *, workers: int = 1, progress: 
     finally:
         bar.close()
     return [(job, results[i]) for i, job in enumerate(jobs)]
+
+
+def _job_config(job: Job, device: str) -> Dict[str, Any]:
+    """The configuration a grid runs a job with: one torch thread, the grid's device (unless the job sets one)."""
+    return {"device": device, **job.config, "threads": 1}
 
 
 def rows_from(experiment: str, pairs: Iterable[Tuple[Job, Mapping[str, Any]]]) -> List[Dict[str, Any]]:
@@ -349,7 +367,7 @@ def deviation(ours: Optional[Tuple[float, float, int]], paper: Optional[float], 
 
 @dataclass
 class Context:
-    """What an experiment's ``run`` gets: scale, seeds, output directory, worker count, progress flag."""
+    """What an experiment's ``run`` gets: scale, seeds, output directory, worker count, progress flag, device."""
 
     scale: str
     seeds: int
@@ -357,6 +375,8 @@ class Context:
     workers: int = 1
     progress: bool = True
     data_root: Optional[str] = None
+    #: ``device`` of every run (``bilevel reproduce --device``)
+    device: str = "auto"
     started: float = field(default_factory=time.perf_counter)
 
     @property
@@ -372,7 +392,7 @@ class Context:
         """:func:`run_grid` of the jobs under ``runs/<experiment>/``; adds the runs' own wall times (also of runs
         read back from an earlier invocation) to :attr:`run_seconds`."""
         pairs = run_grid(jobs, self.runs_dir / experiment, workers=self.workers, progress=self.progress,
-                         label=experiment)
+                         label=experiment, device=self.device)
         for job, s in pairs:  # a run read back again (a tuned seed-0 run among the finals) counts once
             key = f"{experiment}/{job.name}"
             if key not in self._counted:

@@ -14,7 +14,7 @@ from bilevel.app.run.rundir import load_run
 
 #: summary keys that describe the run rather than measure it (left out of the metric columns of tables)
 META_KEYS: Tuple[str, ...] = ("method", "task", "outer_steps", "inner_steps", "seed", "wall_seconds",
-                              "loop_seconds", "peak_rss_mb")
+                              "loop_seconds", "peak_rss_mb", "peak_gpu_mb", "device")
 
 
 def _labels(dirs: Sequence[Path]) -> List[str]:

@@ -453,9 +453,9 @@ def check_precision(precision: str, dtype: str) -> str:
                          f"dtype {dtype}")
     return precision
 
-def autocast_objective(fn: Callable[[Any, Any], torch.Tensor], dtype: torch.dtype = torch.float32
-                       ) -> Callable[[Any, Any], torch.Tensor]:
-    """Run ``fn(x, y)`` under ``torch.autocast("cpu", dtype=torch.bfloat16)`` and return a ``dtype`` scalar.
+def autocast_objective(fn: Callable[[Any, Any], torch.Tensor], dtype: torch.dtype = torch.float32,
+                       device_type: str = "cpu") -> Callable[[Any, Any], torch.Tensor]:
+    """Run ``fn(x, y)`` under ``torch.autocast(device_type, dtype=torch.bfloat16)`` and return a ``dtype`` scalar.
 
     Parameters
     ----------
@@ -463,13 +463,15 @@ def autocast_objective(fn: Callable[[Any, Any], torch.Tensor], dtype: torch.dtyp
         An objective ``f(x, y) -> scalar tensor``.
     dtype : torch.dtype
         Dtype of the returned value (float32: the hypergradient is accumulated in float32).
+    device_type : {"cpu", "cuda"}
+        The type of the device the objective computes on (the run's device: autocast acts on one device type).
 
     Returns
     -------
     callable
     """
     def wrapped(x: Any, y: Any) -> torch.Tensor:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(device_type, dtype=torch.bfloat16):
             value = fn(x, y)
         return value.to(dtype)
 
@@ -478,13 +480,16 @@ def autocast_objective(fn: Callable[[Any, Any], torch.Tensor], dtype: torch.dtyp
     return wrapped
 
 
-def autocast_objectives(pair: Tuple[Callable, Callable], precision: str) -> Tuple[Callable, Callable]:
+def autocast_objectives(pair: Tuple[Callable, Callable], precision: str,
+                        device_type: str = "cpu") -> Tuple[Callable, Callable]:
     """The ``(upper, lower)`` of ``TaskRun.objectives(t)`` for a precision (unchanged for ``fp32``).
 
     Parameters
     ----------
     pair : (callable, callable)
     precision : {"fp32", "bf16"}
+    device_type : {"cpu", "cuda"}
+        The type of the run's device (where autocast acts).
 
     Returns
     -------
@@ -495,7 +500,8 @@ def autocast_objectives(pair: Tuple[Callable, Callable], precision: str) -> Tupl
     if precision != "bf16":
         raise ValueError(f"unknown precision {precision!r}; choose from: {', '.join(PRECISIONS)}")
     upper, lower = pair
-    return autocast_objective(upper), autocast_objective(lower)
+    return (autocast_objective(upper, device_type=device_type),
+            autocast_objective(lower, device_type=device_type))
 
 
 # ------------------------------------------------------------------------------------------ signals

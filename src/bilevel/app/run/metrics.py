@@ -131,13 +131,16 @@ def step_line(step: int, record: Mapping[str, Any], metrics: Mapping[str, Any], 
 
 
 def run_summary(summary: Dict[str, Any], config: Mapping[str, Any], task: str, steps: int, loop_seconds: float,
-                clock: "RunClock", warnings: Mapping[str, int]) -> Dict[str, Any]:
+                clock: "RunClock", warnings: Mapping[str, int], device: Optional[str] = None) -> Dict[str, Any]:
     """``summary`` (the task's ``summarize()`` with ``upper_final``) completed in place with ``method``, ``task``,
-    ``outer_steps``, ``inner_steps``, ``seed``, ``loop_seconds``, ``wall_seconds``, ``peak_rss_mb`` and, when any,
-    the guards' ``warnings`` counts; returned."""
+    ``outer_steps``, ``inner_steps``, ``seed``, ``loop_seconds``, ``wall_seconds``, ``peak_rss_mb``, ``device``
+    (where the run ran, resolved: ``cpu`` or ``cuda:N``; when given) and, when any, the guards' ``warnings``
+    counts; returned."""
     summary.update(method=config["method"], task=task, outer_steps=steps, inner_steps=config["inner_steps"],
                    seed=config["seed"], loop_seconds=round(loop_seconds, 3),
                    wall_seconds=round(clock.wall_seconds(), 3), peak_rss_mb=round(peak_rss_mb(), 1))
+    if device is not None:
+        summary["device"] = str(device)
     if warnings:
         summary["warnings"] = warnings
     return summary

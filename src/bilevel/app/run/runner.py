@@ -15,7 +15,8 @@ It writes into the output directory (:mod:`bilevel.app.run.rundir`)
   is optimization), the task's ``evaluate()`` metrics (at the x after the update) and ``info`` (the method's
   numeric diagnostics); the first line (``step`` 0, :meth:`TaskRunner.log_start`) holds the task's metrics at x0;
 * ``summary.json`` -- the task's ``summarize()`` plus ``upper_final``, ``wall_seconds``, ``peak_rss_mb``,
-  ``method``, ``task``, ``outer_steps``, ``inner_steps``, ``seed``;
+  ``method``, ``task``, ``outer_steps``, ``inner_steps``, ``seed`` and ``device`` (where the run ran: ``cpu`` or
+  ``cuda:N``; config.yaml keeps the ``device`` setting as given, e.g. ``auto``; on cuda also ``peak_gpu_mb``);
 * ``curves.png`` -- the upper objective, the hypergradient norm, the inner loop's stationarity and the task's
   metrics against the outer step (:mod:`bilevel.app.run.plots`);
 * ``.lock`` / ``.lock.pid`` -- the directory's lock and its holder's PID while a run writes it (one writer at a
@@ -39,6 +40,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 from bilevel import parallel
 from bilevel.app import config as cfg
 from bilevel.app import launch
+from bilevel.app.device import check_device
 from bilevel.app.run.checkpoint import CHECKPOINTS_KEPT, DEFAULT_CHECKPOINT_EVERY
 from bilevel.app.run.compare import META_KEYS, compare_runs, summary_columns
 from bilevel.app.run.guards import GuardOptions
@@ -84,7 +86,7 @@ def run_task(task: str, config: Optional[Mapping[str, Any]], out_dir: Any, quiet
     return runner.execute()
 
 
-def resume_run(out_dir: Any, quiet: bool = False) -> Dict[str, Any]:
+def resume_run(out_dir: Any, quiet: bool = False, device: Optional[str] = None) -> Dict[str, Any]:
     """Continue an interrupted run from its newest good checkpoint (``bilevel run --resume DIR``).
 
     Reads ``DIR/config.yaml`` and ``DIR/run_options.yaml``, rebuilds the task, loads the newest checkpoint
@@ -94,12 +96,19 @@ def resume_run(out_dir: Any, quiet: bool = False) -> Dict[str, Any]:
     all done but whose summary.json is missing (stopped while writing it) gets it from its final checkpoint,
     without running any step again.
 
+    The run continues on the ``device`` of its config.yaml, resolved again on this machine (``auto``: cuda when
+    available, else cpu), or on ``device`` when given; checkpoints load onto any device (a run may stop on a GPU
+    and continue on the CPU, or the other way round; the summary records where it finished).
+
     Parameters
     ----------
     out_dir : str or Path
         The run directory.
     quiet : bool
         No progress bar.
+    device : str, optional
+        ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``: continue there instead of on config.yaml's ``device`` (which is
+        left as it is).
 
     Returns
     -------
@@ -109,8 +118,9 @@ def resume_run(out_dir: Any, quiet: bool = False) -> Dict[str, Any]:
     Raises
     ------
     ValueError
-        Not a run directory, an unreadable config.yaml / run_options.yaml, or a run made with another
-        number of processes (``world_size`` of run_options.yaml; under torchrun the resume runs on every rank).
+        Not a run directory, an unreadable config.yaml / run_options.yaml, a run made with another
+        number of processes (``world_size`` of run_options.yaml; under torchrun the resume runs on every rank), or
+        a device that is not available (``cuda`` without CUDA).
     bilevel.app.run.checkpoint.RunLockedError
         The run is still going (another process holds ``DIR/.lock``; the message names its PID).
     """
@@ -124,7 +134,9 @@ def resume_run(out_dir: Any, quiet: bool = False) -> Dict[str, Any]:
         return summary
     guard_keys = set(GuardOptions().as_dict())
     config, options = read_settings(d, [*guard_keys, "checkpoint_every", "precision", "task_module", "world_size"])
-    launch.check_resume_world_size(d, parallel.init().world_size, options)
+    if device is not None:
+        config["device"] = check_device(device)
+    launch.check_resume_world_size(d, parallel.init(launch.backend_for(config)).world_size, options)
     runner = launch.task_runner(config["task"], config, d, quiet=quiet, task_module=options.get("task_module"),
                                 checkpoint_every=options.get("checkpoint_every", DEFAULT_CHECKPOINT_EVERY),
                                 precision=options.get("precision", "fp32"),

@@ -6,6 +6,11 @@ the guards' state and the run options -- so that the checkpoints of :mod:`bileve
 with ``weights_only=True``. These functions act on a :class:`bilevel.app.run.runner.TaskRunner`: they are its
 methods ``state_dict``, ``load_state_dict``, ``save_checkpoint`` and ``restore_latest``. Costs: a deep copy of
 the loop, task and guard state per capture; a checkpoint write (fsync-ed) per save.
+
+Devices: checkpoints are read onto the CPU (``map_location="cpu"``, :func:`bilevel.app.run.checkpoint.decode`) and
+:func:`restore` puts the loop, task and selection state on the run's device (:func:`on_device`), so a checkpoint
+written on a GPU resumes on the CPU and the other way round. A state records the device it was taken on
+(``device``); a resume on another one is logged.
 """
 from __future__ import annotations
 
@@ -14,11 +19,30 @@ import logging
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple
 
+import torch
+
 from bilevel.app.run import checkpoint as ckpt
 from bilevel.app.run import rundir
 from bilevel.app.run.rundir import CONFIG_FILE, METRICS_FILE
 
 logger = logging.getLogger(rundir.LOGGER)
+
+
+#: subtrees :func:`on_device` leaves where they are: an optimizer's state is placed by
+#: ``torch.optim.Optimizer.load_state_dict`` itself (on its parameters' device; Adam's step counter stays on the CPU)
+KEEP_PLACE = ("optimizer",)
+
+
+def on_device(value: Any, device: Any) -> Any:
+    """``value`` (plain data: dicts, lists, tuples, tensors, scalars) with every tensor on ``device``, except under
+    the keys of :data:`KEEP_PLACE`. Tensors already there are returned as they are (no copy)."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, Mapping):
+        return {k: (v if k in KEEP_PLACE else on_device(v, device)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(on_device(v, device) for v in value)
+    return value
 
 
 def capture(runner: Any) -> Dict[str, Any]:
@@ -30,14 +54,16 @@ def capture(runner: Any) -> Dict[str, Any]:
         ``t``, ``loop`` (OuterLoop state), ``task`` (TaskRun state or None), ``rng``
         (:func:`~bilevel.app.run.checkpoint.rng_state`), ``metrics_bytes`` (length of metrics.jsonl to keep),
         ``loop_seconds``, ``eval_seconds``, ``config``, ``metrics_lines`` (its lines), ``guards``
-        (:class:`~bilevel.app.run.guards.Guards` state), ``run_options`` and ``selection``
+        (:class:`~bilevel.app.run.guards.Guards` state), ``run_options``, ``device`` (where the run computes,
+        ``cpu`` or ``cuda:N``) and ``selection``
         (:class:`~bilevel.app.run.selection.Selection` state, the kept best state included). Plain data only (tensors, lists,
         tuples, dicts, numbers, strs, None): checkpoints are read with ``weights_only=True``.
     """
     assert runner.run is not None and runner.loop is not None
     runner.metrics.flush()
     extra = {"metrics_lines": len(runner.records), "guards": copy.deepcopy(runner.guards.state_dict()),
-             "run_options": runner.run_options(), "selection": runner.selection.state_dict()}
+             "run_options": runner.run_options(), "selection": runner.selection.state_dict(),
+             "device": str(runner.device)}
     # deep copies: OuterLoop.state_dict() shares the optimizer's state tensors, which later steps mutate
     return {"t": runner.t, "loop": copy.deepcopy(runner.loop.state_dict()),
             "task": copy.deepcopy(runner.run.state_dict()) if runner.run.state_dict else None,
@@ -49,22 +75,29 @@ def capture(runner: Any) -> Dict[str, Any]:
 def restore(runner: Any, state: Mapping[str, Any]) -> None:
     """Load a :func:`capture` into ``runner`` (after set-up) and cut metrics.jsonl to the captured length.
 
+    The loop, task and selection state go to the runner's device first (:func:`on_device`): the state may come
+    from a checkpoint (read onto the CPU) or from a run on another device.
+
     Raises
     ------
     ValueError
         Task state for a task that cannot load it, or a metrics file changed behind the checkpoint's back.
     """
     assert runner.run is not None and runner.loop is not None and runner.metrics.is_open
-    runner.loop.load_state_dict(state["loop"])
+    device = runner.device
+    saved_on = state.get("device")
+    if saved_on is not None and str(saved_on) != str(device):
+        logger.info("the state was taken on %s; the run continues on %s", saved_on, device)
+    runner.loop.load_state_dict(on_device(state["loop"], device))
     if state.get("task") is not None:
         if runner.run.load_state_dict is None:
             raise ValueError("the checkpoint holds task state but the task has no load_state_dict")
-        runner.run.load_state_dict(state["task"])
+        runner.run.load_state_dict(on_device(state["task"], device))
     ckpt.set_rng_state(state["rng"])
     if state.get("guards") is not None:
         runner.guards.load_state_dict(state["guards"])
     if state.get("selection") is not None:
-        runner.selection.load_state_dict(state["selection"])
+        runner.selection.load_state_dict(on_device(state["selection"], device))
     runner.t = int(state["t"])
     runner.clock.restore(state["loop_seconds"], state.get("eval_seconds", 0.0))
     runner.metrics.truncate(int(state["metrics_bytes"]))
@@ -94,11 +127,16 @@ def save(runner: Any, state: Optional[Mapping[str, Any]] = None) -> Optional[Pat
     return runner.last_checkpoint
 
 
+#: configuration keys a checkpoint may differ in from the run that resumes it
+MAY_DIFFER = ("threads", "device")
+
+
 def latest_checkpoint(out: Path, config: Mapping[str, Any]) -> Tuple[Optional[Dict[str, Any]], Optional[Path]]:
     """The newest checkpoint of ``out`` that verifies and belongs to this run (older ones when it does not).
 
-    Checkpoints that fail their checksum, were made with another configuration (``threads`` aside) or point
-    past the end of metrics.jsonl are skipped with a warning naming the file.
+    Checkpoints that fail their checksum, were made with another configuration (``threads`` and ``device`` aside:
+    a run may continue with other threads or on another device) or point past the end of metrics.jsonl are skipped
+    with a warning naming the file.
 
     Returns
     -------
@@ -108,8 +146,8 @@ def latest_checkpoint(out: Path, config: Mapping[str, Any]) -> Tuple[Optional[Di
     size = (out / METRICS_FILE).stat().st_size
 
     def accept(state: Dict[str, Any]) -> Optional[str]:
-        saved = {k: v for k, v in dict(state.get("config") or {}).items() if k != "threads"}
-        if saved != {k: v for k, v in config.items() if k != "threads"}:
+        saved = {k: v for k, v in dict(state.get("config") or {}).items() if k not in MAY_DIFFER}
+        if saved != {k: v for k, v in config.items() if k not in MAY_DIFFER}:
             return f"its configuration differs from {out / CONFIG_FILE}"
         if int(state.get("metrics_bytes", 0)) > size:
             return f"it records {state['metrics_bytes']} bytes of {METRICS_FILE} but the file has only {size}"
@@ -146,4 +184,5 @@ def restore_latest(runner: Any) -> Optional[Path]:
     return path
 
 
-__all__ = ["capture", "restore", "save", "latest_checkpoint", "restore_latest"]
+__all__ = ["capture", "restore", "save", "latest_checkpoint", "restore_latest", "on_device", "KEEP_PLACE",
+           "MAY_DIFFER"]

@@ -5,6 +5,12 @@ ties the parts together: the run directory (:mod:`bilevel.app.run.rundir`), the 
 (:mod:`bilevel.app.run.metrics`), the guards (:mod:`bilevel.app.run.guards`), the state in checkpoints
 (:mod:`bilevel.app.run.state`) and the session loop of :meth:`TaskRunner.execute`
 (:mod:`bilevel.app.run.session`). Import it from :mod:`bilevel.app.run.runner`.
+
+Devices: the ``device`` of the configuration (``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``) is resolved when the
+runner is made (:attr:`TaskRunner.device`; ``cuda`` without CUDA is a ValueError) and handed to the task's
+``build`` resolved, which puts the data and the starting points there once; the runner checks that x0 and y0 are
+there (:func:`build_run`). config.yaml keeps the setting as given (a resume resolves it again, on the machine it
+runs on); summary.json records the resolved device (``device``).
 """
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ import torch
 from bilevel import schedules
 from bilevel.api import OuterLoop
 from bilevel.app import config as cfg
+from bilevel.app.device import resolve_device
 from bilevel.app.run import checkpoint as ckpt
 from bilevel.app.run import rundir
 from bilevel.app.run import state as run_state
@@ -26,6 +33,7 @@ from bilevel.app.run.rundir import METRICS_FILE
 from bilevel.app.run.selection import Selection
 from bilevel.app.run.session import run_session
 from bilevel.app.run.tensorboard import TensorBoardLog
+from bilevel.app.run.wandb_log import WandbLog
 from bilevel.app.tasks.base import TaskRun
 
 
@@ -39,17 +47,44 @@ def _task_and_config(task: str, config: Optional[Mapping[str, Any]], task_module
     return module, cfg.resolve_config(task, module, dict(config or {}), names=("config",))
 
 
-def build_run(module: ModuleType, config: Mapping[str, Any]) -> TaskRun:
-    """The task's run (``module.build``) for a resolved configuration.
+def _devices(tree: Any) -> set:
+    """The devices of the tensors of a tensor or a dict of tensors."""
+    if isinstance(tree, torch.Tensor):
+        return {tree.device}
+    if isinstance(tree, Mapping):
+        return set().union(*(_devices(v) for v in tree.values())) if tree else set()
+    return set()
+
+
+def build_run(module: ModuleType, config: Mapping[str, Any], device: Optional[torch.device] = None) -> TaskRun:
+    """The task's run (``module.build``) for a resolved configuration, on ``device``.
+
+    Parameters
+    ----------
+    module : module
+    config : mapping
+        A resolved configuration.
+    device : torch.device, optional
+        Where the run computes: ``build`` gets it as ``device`` (``cpu`` or ``cuda:N``). Default: the
+        configuration's ``device`` resolved (:func:`bilevel.app.device.resolve_device`).
 
     Raises
     ------
     TypeError
         ``module.build`` did not return a :class:`bilevel.app.tasks.TaskRun`.
+    ValueError
+        The run's x0 or y0 lies on another device than ``device`` (a task that ignores ``device``).
     """
-    run = module.build(cfg.build_config(config, module))
+    device = resolve_device(config["device"]) if device is None else device
+    run = module.build(dict(cfg.build_config(config, module), device=str(device)))
     if not isinstance(run, TaskRun):
         raise TypeError(f"{module.__name__}.build must return a bilevel.app.tasks.TaskRun, got {type(run).__name__}")
+    elsewhere = sorted(str(d) for d in _devices(run.x0) | _devices(run.y0) if d != device)
+    if elsewhere:
+        hint = "; a task that only runs on the CPU: --device cpu" if elsewhere == ["cpu"] else ""
+        raise ValueError(f"task {module.__name__} was asked to build on device {device} but its x0 / y0 lie on "
+                         f"{', '.join(elsewhere)}: a task's build must put its data and starting points on "
+                         f"config['device'] (bilevel.app.tasks.base.task_device){hint}")
     return run
 
 
@@ -84,7 +119,8 @@ class TaskRunner:
     checkpoint_every : int
         Write ``DIR/checkpoints/step-NNNNNN.pt`` every N outer steps and after the last one (0: never).
     precision : {"fp32", "bf16"}
-        ``bf16``: the objectives under CPU bfloat16 autocast, float32 hypergradient (needs ``dtype`` float32).
+        ``bf16``: the objectives under bfloat16 autocast (on the run's device type), float32 hypergradient (needs
+        ``dtype`` float32).
     guards : GuardOptions, optional
         Divergence and warning thresholds (default :class:`bilevel.app.run.guards.GuardOptions()`).
 
@@ -92,6 +128,8 @@ class TaskRunner:
     ----------
     config : dict
         The resolved configuration.
+    device : torch.device
+        Where the run computes: the configuration's ``device`` resolved (:meth:`resolve_device`).
     run : TaskRun or None
         The task's run (after :meth:`setup`).
     loop : OuterLoop or None
@@ -109,12 +147,14 @@ class TaskRunner:
                  precision: str = "fp32", guards: Optional[GuardOptions] = None):
         self.task, self.task_module = task, task_module
         self.module, self.config = _task_and_config(task, config, task_module, module)
+        self.device = self.resolve_device()  # ValueError for cuda without CUDA: before anything is written
         self.out, self.quiet, self.overwrite = Path(out_dir), quiet, overwrite
         self.run: Optional[TaskRun] = None
         self.loop: Optional[OuterLoop] = None
         self.t = 0
         self.metrics = MetricsFile()  # DIR/metrics.jsonl, open from setup() to the end of the run
         self.tensorboard = TensorBoardLog(self.config["tensorboard"]) if self.config.get("tensorboard") else None
+        self.wandb = WandbLog(self.config["wandb"], self.out, self.config) if self.config.get("wandb") else None
         self.clock = RunClock()
         self.checkpoint_every = ckpt.check_checkpoint_every(checkpoint_every)
         self.precision = check_precision(precision, self.config["dtype"])
@@ -124,6 +164,17 @@ class TaskRunner:
                                    self.config.get("patience"))
         self.last_checkpoint: Optional[Path] = None
         self._lock = rundir.DirLock()  # DIR/.lock, held from setup() to the end of the run
+
+    def resolve_device(self) -> torch.device:
+        """The device of this run: the configuration's ``device`` resolved (``auto``: cuda when available, else
+        cpu; :func:`bilevel.app.device.resolve_device`).
+
+        Raises
+        ------
+        ValueError
+            ``cuda`` / ``cuda:N`` while CUDA is not available, or a GPU index this machine does not have.
+        """
+        return resolve_device(self.config["device"])
 
     @property
     def records(self) -> List[Dict[str, Any]]:
@@ -149,7 +200,7 @@ class TaskRunner:
         if self.config["threads"] is not None:
             torch.set_num_threads(self.config["threads"])
         self.seed()
-        self.run = build_run(self.module, self.config)
+        self.run = build_run(self.module, self.config, self.device)
         self.loop = build_loop(self.run, self.config, self.loop_factory)  # a loop_factory may read self.run
         if not resume:  # nothing is deleted or written before this process holds the directory's lock
             self.out.mkdir(parents=True, exist_ok=True)
@@ -192,7 +243,7 @@ class TaskRunner:
         self.clock.start_loop()
         if self.t == 0 and not self.records:  # a fresh run (or one restarted from step 0): log x0 first
             self.log_start()
-        upper, lower = autocast_objectives(self.run.objectives(self.t), self.precision)
+        upper, lower = autocast_objectives(self.run.objectives(self.t), self.precision, self.device.type)
         record, core = guarded_step(self.guards, self.loop, upper, lower, self.t + 1, self.config["outer_steps"])
         self.t += 1
         self.guards.diagnose(self.t, record, core)
@@ -221,10 +272,13 @@ class TaskRunner:
         return line
 
     def write(self, line: Mapping[str, Any]) -> None:
-        """Append one metrics line and flush it (and mirror it to TensorBoard when ``tensorboard`` is set)."""
+        """Append one metrics line and flush it (and mirror it to TensorBoard / W&B when ``tensorboard`` / ``wandb``
+        is set)."""
         self.metrics.write(line)
         if self.tensorboard is not None:
             self.tensorboard.write(line)
+        if self.wandb is not None:
+            self.wandb.write(line)
 
     # -- end -------------------------------------------------------------------------------------------
     def finish(self) -> Dict[str, Any]:
@@ -234,8 +288,11 @@ class TaskRunner:
         self.metrics.close()  # the directory stays locked until the summary is written (execute releases it)
         if self.tensorboard is not None:
             self.tensorboard.close()
+        if self.wandb is not None:
+            self.wandb.close()
         best = self.selection.best_state
         if best is not None and self.selection.best_step != self.t:  # summarize at the selected state
+            best = run_state.on_device(best, self.device)  # it may come from a checkpoint (read onto the CPU)
             self.loop.load_state_dict(best["loop"])
             if best.get("task") is not None and self.run.load_state_dict is not None:
                 self.run.load_state_dict(best["task"])
@@ -245,7 +302,9 @@ class TaskRunner:
             upper, lower = self.run.objectives(max(self.t - 1, 0))
             summary["upper_final"] = _plain(self.loop.evaluate(upper, lower)[0])
         summary = run_summary(summary, self.config, self.task, self.t, loop_seconds, self.clock,
-                              self.guards.summary())
+                              self.guards.summary(), device=str(self.device))
+        if self.device.type == "cuda":  # the GPU's own peak (peak_rss_mb is the host's)
+            summary["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(self.device) / 2 ** 20, 1)
         rundir.write_results(self.out, self.records, summary, rundir.curves_title(self.task, self.config, self.t))
         return summary
 
@@ -254,6 +313,8 @@ class TaskRunner:
         self.metrics.close()
         if self.tensorboard is not None:
             self.tensorboard.close()
+        if self.wandb is not None:
+            self.wandb.close()
         self.release_lock()
 
     # -- checkpoints: the state of a run, implemented in bilevel.app.run.state ---------------------------

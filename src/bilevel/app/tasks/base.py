@@ -4,6 +4,11 @@ A task turns a configuration into a :class:`TaskRun`: starting points, the objec
 (fixed for hyper-cleaning, a fresh meta-batch for few-shot learning), and metric functions. The runner owns
 the outer loop (:class:`bilevel.OuterLoop`), progress, logging, checkpoints and files; tasks never write
 files.
+
+Devices: the runner hands ``build`` a resolved ``device`` (``cpu`` or ``cuda:N``, :func:`task_device`). A task
+creates (or moves) its data tensors and its starting points there once, in ``build``; the objectives of a step
+then only touch tensors that already live there. Random initializations are drawn on the CPU (seeded
+``torch.Generator``) and moved, so a run starts from the same numbers on every device.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 import torch
 
 from bilevel.api import OuterLoop
+from bilevel.app.device import resolve_device
 
 Objective = Callable[[Any, Any], torch.Tensor]
 
@@ -24,7 +30,8 @@ class TaskRun:
     Attributes
     ----------
     x0, y0 : Tensor or dict
-        Upper-level start and inner initialization.
+        Upper-level start and inner initialization, on the run's device (:func:`task_device`); the runner refuses
+        a run whose x0 or y0 lies elsewhere.
     objectives : callable
         ``objectives(t) -> (upper, lower)`` for outer step t (t = 0, 1, ...). Must be deterministic in t
         given the task's seed, so a resumed run sees the same data.
@@ -63,11 +70,25 @@ class TaskRun:
     shard_kind: str = "tasks"
 
 
+def task_device(config: Mapping[str, Any]) -> torch.device:
+    """The device a task builds on: ``config["device"]`` resolved (:func:`bilevel.app.device.resolve_device`).
+
+    The runner always passes ``device`` (resolved: ``cpu`` or ``cuda:N``); a configuration without it -- a script
+    calling ``build`` on a configuration of its own -- builds on the CPU, as before devices existed.
+
+    Raises
+    ------
+    ValueError
+        A bad value, or ``cuda`` while CUDA is not available.
+    """
+    return resolve_device(config.get("device", "cpu"))
+
+
 def full_config(task: str, options: Mapping[str, Tuple[Any, type, str]], common_defaults: Mapping[str, Any],
                 overrides: Mapping[str, Any], dtype: str = "float32") -> Dict[str, Any]:
-    """A task's complete configuration: its ``OPTIONS`` and ``COMMON_DEFAULTS`` defaults, ``seed=0`` and
-    ``dtype``, updated with ``overrides`` (what each task's ``config_with_defaults`` returns; the runner builds
-    its own through :mod:`bilevel.app.config`).
+    """A task's complete configuration: its ``OPTIONS`` and ``COMMON_DEFAULTS`` defaults, ``seed=0``,
+    ``dtype`` and ``device="cpu"``, updated with ``overrides`` (what each task's ``config_with_defaults`` returns;
+    the runner builds its own through :mod:`bilevel.app.config`, whose ``device`` defaults to ``auto``).
 
     Raises
     ------
@@ -76,7 +97,7 @@ def full_config(task: str, options: Mapping[str, Tuple[Any, type, str]], common_
     """
     cfg: Dict[str, Any] = {k: v[0] for k, v in options.items()}
     cfg.update({k: (dict(v) if isinstance(v, dict) else v) for k, v in common_defaults.items()})
-    cfg.update(seed=0, dtype=dtype)
+    cfg.update(seed=0, dtype=dtype, device="cpu")
     unknown = sorted(set(overrides) - set(cfg))
     if unknown:
         raise ValueError(f"unknown {task} config key(s) {unknown}; allowed: {sorted(cfg)}")

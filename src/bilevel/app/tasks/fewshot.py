@@ -22,6 +22,11 @@ statistics are taken per task by reshaping to ``(B, n, C, H, W)``), and the head
 ``torch.func.vmap`` over the task axis. Each outer step ``t`` draws its meta-batch from a sampler seeded with
 ``(seed, t)``, so ``objectives(t)`` is a pure function of (seed, t) and a resumed run needs no task state.
 
+Devices: the images of each meta split go to the run's device once, when the task is built (:class:`DeviceImages`,
+in their stored ``uint8``); a step draws its meta-batch as indices (:meth:`FewShotTask.train_index`, on the CPU:
+the draws are the same on every device), copies only those indices and labels to the device and gathers the images
+there.
+
 Features computed once: both objectives are :class:`bilevel.Factored` -- ``features(x) = phi_x(set)`` and a
 head part ``(feats, y) -> loss`` -- so within one hypergradient the core runs the backbone on the support set
 once per x (not at every inner step, x being fixed during the inner loop) and on the query set once per x;
@@ -40,7 +45,8 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Dict, Mapping, Optional, Tuple
+import warnings
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -49,11 +55,12 @@ import torch.nn.functional as F
 from bilevel import methods as _methods
 from bilevel.api import OuterLoop
 from bilevel.problem import Factored
-from bilevel.app.data import Episode, EpisodeSampler, load_image_folder, load_omniglot, rotated_fashion_mnist
+from bilevel.app.data import (Episode, EpisodeIndex, EpisodeSampler, load_image_folder, load_omniglot,
+                              rotated_fashion_mnist)
 from bilevel.app.data.images import FewShotData
 from bilevel.app.data.rotated import DEFAULT_META_TRAIN_CLASSES
 from bilevel.app.tasks import metrics
-from bilevel.app.tasks.base import TaskRun, full_config
+from bilevel.app.tasks.base import TaskRun, full_config, task_device
 
 DATASETS = ("rotated-fashion-mnist", "omniglot", "image-folder")
 BN_EPS = 1e-5
@@ -125,8 +132,11 @@ def feature_dim(width: int, image_size: int) -> int:
 
 
 def init_backbone(width: int, in_channels: int, batch_norm: bool, dtype: torch.dtype,
-                  generator: torch.Generator) -> Dict[str, torch.Tensor]:
+                  generator: torch.Generator, device: Any = None) -> Dict[str, torch.Tensor]:
     """``x0``: conv weights Kaiming-normal (fan-in, ReLU gain); batch-norm scale 1, shift 0 (or conv bias 0).
+
+    The weights are drawn from ``generator`` (a CPU generator) and then moved to ``device`` (default: the CPU), so
+    that every device starts from the same numbers.
 
     Parameters
     ----------
@@ -138,6 +148,7 @@ def init_backbone(width: int, in_channels: int, batch_norm: bool, dtype: torch.d
         With batch norm (``bn{i}.weight``, ``bn{i}.bias``) or with conv biases (``conv{i}.bias``).
     dtype : torch.dtype
     generator : torch.Generator
+    device : torch.device or str, optional
 
     Returns
     -------
@@ -148,12 +159,12 @@ def init_backbone(width: int, in_channels: int, batch_norm: bool, dtype: torch.d
     for i in range(4):
         std = math.sqrt(2.0 / (cin * 9))
         params[f"conv{i}.weight"] = (torch.randn(width, cin, 3, 3, generator=generator, dtype=torch.float64)
-                                     * std).to(dtype)
+                                     * std).to(device=device, dtype=dtype)
         if batch_norm:
-            params[f"bn{i}.weight"] = torch.ones(width, dtype=dtype)
-            params[f"bn{i}.bias"] = torch.zeros(width, dtype=dtype)
+            params[f"bn{i}.weight"] = torch.ones(width, dtype=dtype, device=device)
+            params[f"bn{i}.bias"] = torch.zeros(width, dtype=dtype, device=device)
         else:
-            params[f"conv{i}.bias"] = torch.zeros(width, dtype=dtype)
+            params[f"conv{i}.bias"] = torch.zeros(width, dtype=dtype, device=device)
         cin = width
     return params
 
@@ -339,15 +350,56 @@ def _omniglot_part(data: FewShotData, split: str) -> FewShotData:
     return FewShotData(data.images[keep], labels, {int(c): data.class_names[int(c)] for c in np.unique(labels)})
 
 
-def episode_tensors(ep: Episode, dtype: torch.dtype) -> Tuple[torch.Tensor, ...]:
-    """``(support_x, support_y, query_x, query_y)`` as tensors, images ``(B, n, C, H, W)`` in ``dtype``."""
+def episode_tensors(ep: Episode, dtype: torch.dtype, device: Any = None) -> Tuple[torch.Tensor, ...]:
+    """``(support_x, support_y, query_x, query_y)`` as tensors, images ``(B, n, C, H, W)`` in ``dtype``, on
+    ``device`` (default: the CPU).
+
+    A copy of the episode's arrays: the runs themselves gather their meta-batches from images that were put on the
+    device once (:class:`DeviceImages`, :meth:`FewShotTask.batch_tensors`); this is for episodes drawn elsewhere.
+    """
 
     def images(a: np.ndarray) -> torch.Tensor:
-        t = torch.as_tensor(a).to(dtype)
+        t = torch.as_tensor(a).to(device=device, dtype=dtype)
         return t.unsqueeze(2) if t.dim() == 4 else t.permute(0, 1, 4, 2, 3)
 
-    return (images(ep.support_x), torch.as_tensor(ep.support_y), images(ep.query_x),
-            torch.as_tensor(ep.query_y))
+    return (images(ep.support_x), torch.as_tensor(ep.support_y).to(device), images(ep.query_x),
+            torch.as_tensor(ep.query_y).to(device))
+
+
+class DeviceImages:
+    """The images of one meta split on the run's device, put there once; episodes are gathered from them by index.
+
+    A meta-batch then costs the copy of its indices (and labels) to the device, not of its images; the images
+    keep their stored type (``uint8`` for the loaders: a quarter of float32) and are converted after the gather
+    exactly as :class:`bilevel.app.data.EpisodeSampler` normalizes them (``uint8 / 255`` in float32, then
+    ``dtype``), so the tensors equal :func:`episode_tensors` of the same draws. On the CPU the images are shared
+    with the numpy array, not copied.
+
+    Parameters
+    ----------
+    images : numpy.ndarray
+        ``(N, H, W)`` or ``(N, H, W, C)`` images (the ``images`` of a :class:`bilevel.app.data.FewShotData`).
+    dtype : torch.dtype
+    device : torch.device
+    """
+
+    def __init__(self, images: np.ndarray, dtype: torch.dtype, device: Any):
+        with warnings.catch_warnings():  # a read-only array is shared read-only: nothing here writes to it
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            stored = torch.as_tensor(images)
+        self.images = stored.to(device)
+        self.dtype, self.device = dtype, self.images.device
+        # a 0-dim tensor on the device (not a Python number): CUDA would multiply by a rounded 1/255 instead
+        self._scale = torch.tensor(255.0, device=self.device) if stored.dtype == torch.uint8 else None
+
+    def gather(self, index: np.ndarray) -> torch.Tensor:
+        """Images ``(B, n, C, H, W)`` in ``dtype`` of an index array ``(B, n)`` (an :class:`EpisodeIndex` field)."""
+        idx = torch.as_tensor(np.asarray(index, dtype=np.int64)).to(self.device)
+        x = self.images[idx].to(torch.float32)
+        if self._scale is not None:
+            x = x / self._scale
+        x = x.to(self.dtype)
+        return x.unsqueeze(2) if x.dim() == 4 else x.permute(0, 1, 4, 2, 3)
 
 
 class FewShotTask:
@@ -361,11 +413,14 @@ class FewShotTask:
         Meta-train and meta-test images.
     feat : int
         Feature length of the backbone.
+    device : torch.device
+        Where the images (:class:`DeviceImages`, one per meta split, put there once), x0, y0 and every step's
+        tensors live.
     """
 
     def __init__(self, config: Mapping[str, Any]):
         o = self.options = self._validate(config)
-        self.dtype = o["dtype"]
+        self.dtype, self.device = o["dtype"], o["device"]
         with_val = o["val_episodes"] > 0
         self.train_data, self.val_data, self.test_data = (
             _load(o["dataset"], o["data_root"], o["image_size"], o["max_per_class"], o["seed"], split, with_val)
@@ -379,7 +434,10 @@ class FewShotTask:
         if shape[1] < 16 or shape[2] < 16:
             raise ValueError(f"images must be at least 16x16 for four 2x2 poolings, got {shape[1]}x{shape[2]}")
         self.feat = o["width"] * (shape[1] // 16) * (shape[2] // 16)
-        self._eval_batch = self.train_batch(0, stream=_EVAL)
+        self.images = {split: DeviceImages(data.images, self.dtype, self.device)
+                       for split, data in (("train", self.train_data), ("val", self.val_data),
+                                           ("test", self.test_data)) if data is not None}
+        self._eval_index = self.train_index(0, stream=_EVAL)
 
     # -------------------------------------------------------------------------------- config
     @staticmethod
@@ -405,6 +463,7 @@ class FewShotTask:
         o["data_root"] = root
         o["seed"] = metrics.check_seed(config["seed"])
         o["dtype"] = metrics.check_dtype(config["dtype"])
+        o["device"] = task_device(config)
         _methods.get(config["method"])
         o["method"] = config["method"]
         o["inner_steps"] = metrics.check_int("inner_steps", config["inner_steps"], 1)
@@ -424,27 +483,44 @@ class FewShotTask:
         sampler = self._sampler(self.train_data, _derive(self.options["seed"], stream, t))
         return sampler.sample(self.options["meta_batch"])
 
+    def train_index(self, t: int, stream: int = _TRAIN) -> EpisodeIndex:
+        """:meth:`train_batch` as indices into the meta-train images (the same draws)."""
+        sampler = self._sampler(self.train_data, _derive(self.options["seed"], stream, t))
+        return sampler.sample_indices(self.options["meta_batch"])
+
+    def batch_tensors(self, batch: Union[Episode, EpisodeIndex], split: str = "train") -> Tuple[torch.Tensor, ...]:
+        """``(support_x, support_y, query_x, query_y)`` on :attr:`device`: an :class:`EpisodeIndex` of ``split``
+        (``train``, ``val`` or ``test``) gathered from that split's :class:`DeviceImages`; an :class:`Episode`
+        copied (:func:`episode_tensors`)."""
+        if isinstance(batch, Episode):
+            return episode_tensors(batch, self.dtype, self.device)
+        images = self.images[split]
+        return (images.gather(batch.support), torch.as_tensor(batch.support_y).to(self.device),
+                images.gather(batch.query), torch.as_tensor(batch.query_y).to(self.device))
+
     def test_sampler(self) -> EpisodeSampler:
         """The (seeded) sampler of the meta-test episodes, over the meta-test classes."""
         return self._sampler(self.test_data, _derive(self.options["seed"], _TEST))
 
     # -------------------------------------------------------------------------------- objectives
     def x0(self) -> Dict[str, torch.Tensor]:
-        gen = torch.Generator().manual_seed(_derive(self.options["seed"], _INIT))
-        return init_backbone(self.options["width"], self.in_channels, self.options["batch_norm"], self.dtype, gen)
+        gen = torch.Generator().manual_seed(_derive(self.options["seed"], _INIT))  # drawn on the CPU, then moved
+        return init_backbone(self.options["width"], self.in_channels, self.options["batch_norm"], self.dtype, gen,
+                             self.device)
 
     def y0(self) -> torch.Tensor:
         o = self.options
-        return torch.zeros(o["meta_batch"], o["ways"], self.feat + 1, dtype=self.dtype)
+        return torch.zeros(o["meta_batch"], o["ways"], self.feat + 1, dtype=self.dtype, device=self.device)
 
-    def objectives_for(self, ep: Episode):
-        """``(upper, lower)`` of one meta-batch (:func:`make_objectives`: features computed once per x)."""
-        sx, sy, qx, qy = episode_tensors(ep, self.dtype)
+    def objectives_for(self, ep: Union[Episode, EpisodeIndex]):
+        """``(upper, lower)`` of one meta-batch of meta-train tasks (:func:`make_objectives`: features computed once
+        per x); ``ep`` an :class:`Episode` or an :class:`EpisodeIndex` (:meth:`batch_tensors`)."""
+        sx, sy, qx, qy = self.batch_tensors(ep)
         return make_objectives(sx, sy, qx, qy, self.options["lq"], self.options["q"], self.options["lq_eps"])
 
     def objectives(self, t: int):
         """``(upper, lower)`` of outer step ``t``."""
-        return self.objectives_for(self.train_batch(t))
+        return self.objectives_for(self.train_index(t))
 
     def shard_objectives(self, t: int, rank: int, world_size: int):
         """This rank's share of step ``t``: the tasks ``[lo, hi)`` of the meta-batch (contiguous, balanced blocks).
@@ -460,7 +536,7 @@ class FewShotTask:
         base, extra = divmod(B, world_size)  # the first B % world_size ranks take one task more
         lo = rank * base + min(rank, extra)
         hi = lo + base + (1 if rank < extra else 0)
-        sx, sy, qx, qy = (a[lo:hi] for a in episode_tensors(self.train_batch(t), self.dtype))
+        sx, sy, qx, qy = (a[lo:hi] for a in self.batch_tensors(self.train_index(t)))
         upper, lower = make_objectives(sx, sy, qx, qy, self.options["lq"], self.options["q"], self.options["lq_eps"],
                                        total_tasks=B)
         # the rank's rows of the replicated head tensor
@@ -470,15 +546,16 @@ class FewShotTask:
     # -------------------------------------------------------------------------------- metrics
     def evaluate(self, loop: OuterLoop) -> Dict[str, float]:
         """Query loss / accuracy of the method's heads on a fixed meta-batch of meta-train classes."""
-        upper, lower = self.objectives_for(self._eval_batch)
+        upper, lower = self.objectives_for(self._eval_index)
         value, y = loop.evaluate(upper, lower)
-        _, _, qx, qy = episode_tensors(self._eval_batch, self.dtype)
+        _, _, qx, qy = self.batch_tensors(self._eval_index)
         with torch.no_grad():
             acc = metrics.accuracy(_batched_logits(y, backbone(loop.x, qx)), qy)
         out = {"upper": value, "train_query_accuracy": acc}
         if self.val_data is not None:  # the same episodes at every evaluation
             sampler = self._sampler(self.val_data, _derive(self.options["seed"], _VAL))
-            out["meta_val_accuracy"] = self.episodes_accuracy(loop, sampler, self.options["val_episodes"])[0]
+            out["meta_val_accuracy"] = self.episodes_accuracy(loop, sampler, self.options["val_episodes"],
+                                                              split="val")[0]
         return out
 
     def adapt(self, x: Mapping[str, torch.Tensor], init: torch.Tensor, feats: torch.Tensor, labels: torch.Tensor,
@@ -515,12 +592,13 @@ class FewShotTask:
     def meta_test(self, loop: OuterLoop, episodes: Optional[int] = None) -> Dict[str, float]:
         """Accuracy over meta-test episodes at the loop's current x, with its 95% half-width."""
         n = self.options["test_episodes"] if episodes is None else episodes
-        mean, ci = self.episodes_accuracy(loop, self.test_sampler(), n)
+        mean, ci = self.episodes_accuracy(loop, self.test_sampler(), n, split="test")
         return {"meta_test_accuracy": mean, "meta_test_ci95": ci, "meta_test_episodes": float(n)}
 
-    def episodes_accuracy(self, loop: OuterLoop, sampler: EpisodeSampler, n: int) -> Tuple[float, float]:
-        """Mean query accuracy of fresh heads (:meth:`adapt`) over ``n`` episodes of ``sampler`` at the loop's x,
-        and its 95% half-width."""
+    def episodes_accuracy(self, loop: OuterLoop, sampler: EpisodeSampler, n: int,
+                          split: str = "test") -> Tuple[float, float]:
+        """Mean query accuracy of fresh heads (:meth:`adapt`) over ``n`` episodes of ``sampler`` (drawn over the
+        images of ``split``) at the loop's x, and its 95% half-width."""
         o = self.options
         steps = o["inner_steps"] if o["test_inner_steps"] is None else o["test_inner_steps"]
         x = loop.x
@@ -531,7 +609,7 @@ class FewShotTask:
         with torch.no_grad():
             while done < n:
                 b = min(o["test_chunk"], n - done)
-                sx, sy, qx, qy = episode_tensors(sampler.sample(b), self.dtype)
+                sx, sy, qx, qy = self.batch_tensors(sampler.sample_indices(b), split)
                 heads = self.adapt(x, init, backbone(x, sx), sy, steps)
                 pred = _batched_logits(heads, backbone(x, qx)).argmax(-1)
                 accs.append((pred == qy).to(torch.float64).mean(dim=1))
@@ -558,7 +636,8 @@ def build(config: Mapping[str, Any]) -> TaskRun:
     config : mapping
         Every key of :data:`OPTIONS` plus the runner keys (``method``, ``inner_steps``, ``inner_lr``,
         ``outer_steps``, ``outer_lr``, ``outer_optimizer``, ``seed``, ``dtype``, ``method_options``,
-        ``log_every``).
+        ``log_every``), and optionally ``device`` (default cpu): the images of the meta splits, x0 and y0 are put
+        there once, here.
 
     Returns
     -------

@@ -38,7 +38,7 @@ from bilevel.api import OuterLoop
 from bilevel.app.tasks import fewshot as _fs
 from bilevel.app.tasks import metrics
 from bilevel.app.tasks.base import TaskRun, full_config
-from bilevel.app.tasks.fewshot import backbone, episode_tensors, head_logits
+from bilevel.app.tasks.fewshot import backbone, head_logits
 
 #: The methods this task runs: the meta-learners that learn a shared initialization.
 META_METHODS = ("maml", "fomaml", "reptile", "metasgd")
@@ -140,14 +140,14 @@ class FewShotInitTask:
         base_cfg["lq"] = 0.0
         self.base = _fs.FewShotTask(base_cfg)
         self.options = dict(self.base.options)
-        self.dtype = self.base.dtype
-        self._eval_batch = self.base.train_batch(0, stream=getattr(_fs, "_EVAL", 2))
+        self.dtype, self.device = self.base.dtype, self.base.device
+        self._eval_index = self.base.train_index(0, stream=_fs._EVAL)
 
     # -------------------------------------------------------------------------------- variables
     def init(self) -> Dict[str, torch.Tensor]:
         """theta_0: the backbone initialization of ``fewshot`` (seeded) and a zero head."""
         theta = dict(self.base.x0())
-        theta[HEAD] = torch.zeros(self.options["ways"], self.base.feat + 1, dtype=self.dtype)
+        theta[HEAD] = torch.zeros(self.options["ways"], self.base.feat + 1, dtype=self.dtype, device=self.device)
         return theta
 
     def y0(self) -> Dict[str, torch.Tensor]:
@@ -159,12 +159,14 @@ class FewShotInitTask:
         """Step multipliers (ones, theta's structure) for ``metasgd``; an empty tensor otherwise."""
         if self.options["method"] == "metasgd":
             return {k: torch.ones_like(v) for k, v in self.init().items()}
-        return torch.zeros(0, dtype=self.dtype)
+        return torch.zeros(0, dtype=self.dtype, device=self.device)
 
     # -------------------------------------------------------------------------------- objectives
     def objectives_for(self, ep):
-        """``(upper, lower)`` of one meta-batch (an :class:`bilevel.app.data.Episode` of ``meta_batch`` tasks)."""
-        sx, sy, qx, qy = episode_tensors(ep, self.dtype)
+        """``(upper, lower)`` of one meta-batch of ``meta_batch`` meta-train tasks (an
+        :class:`bilevel.app.data.Episode`, or an :class:`bilevel.app.data.EpisodeIndex` gathered on the device:
+        :meth:`bilevel.app.tasks.fewshot.FewShotTask.batch_tensors`)."""
+        sx, sy, qx, qy = self.base.batch_tensors(ep)
 
         def lower(x: Any, y: Mapping[str, torch.Tensor]) -> torch.Tensor:
             return lower_value(y, sx, sy)
@@ -176,14 +178,14 @@ class FewShotInitTask:
 
     def objectives(self, t: int):
         """``(upper, lower)`` of outer step ``t``."""
-        return self.objectives_for(self.base.train_batch(t))
+        return self.objectives_for(self.base.train_index(t))
 
     # -------------------------------------------------------------------------------- metrics
     def evaluate(self, loop: OuterLoop) -> Dict[str, float]:
         """Query loss / accuracy after the inner loop on a fixed meta-batch of meta-train classes."""
-        upper, lower = self.objectives_for(self._eval_batch)
+        upper, lower = self.objectives_for(self._eval_index)
         value, y = loop.evaluate(upper, lower)
-        _, _, qx, qy = episode_tensors(self._eval_batch, self.dtype)
+        _, _, qx, qy = self.base.batch_tensors(self._eval_index)
         with torch.no_grad():
             acc = metrics.accuracy(batched_logits(y, qx), qy)
         return {"upper": value, "train_query_accuracy": acc}
@@ -233,7 +235,7 @@ class FewShotInitTask:
         with torch.no_grad():
             while done < n:
                 b = min(o["test_chunk"], n - done)
-                sx, sy, qx, qy = episode_tensors(sampler.sample(b), self.dtype)
+                sx, sy, qx, qy = self.base.batch_tensors(sampler.sample_indices(b), "test")
                 weights = self.adapt(theta, steps_x, sx, sy, steps)
                 pred = batched_logits(weights, qx).argmax(-1)
                 accs.append((pred == qy).to(torch.float64).mean(dim=1))

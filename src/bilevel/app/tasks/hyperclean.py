@@ -36,7 +36,7 @@ from bilevel.api import OuterLoop
 from bilevel.app.data import hyperclean_split
 from bilevel.app.data.hyperclean import DEFAULT_SIZES
 from bilevel.app.tasks import metrics
-from bilevel.app.tasks.base import TaskRun, full_config
+from bilevel.app.tasks.base import TaskRun, full_config, task_device
 
 MODELS = ("linear", "mlp")
 DATASETS = ("digits", "fashion-mnist", "mnist")
@@ -112,18 +112,23 @@ def weighted_loss(x: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -
 
 
 def init_params(model: str, dim: int, classes: int, hidden: int, dtype: torch.dtype,
-                generator: torch.Generator) -> Dict[str, torch.Tensor]:
-    """``y0``: zeros for the linear model; for the MLP, weights uniform in ``+-1/sqrt(fan_in)``, zero biases."""
+                generator: torch.Generator, device: Any = None) -> Dict[str, torch.Tensor]:
+    """``y0``: zeros for the linear model; for the MLP, weights uniform in ``+-1/sqrt(fan_in)``, zero biases.
+
+    The weights are drawn from ``generator`` (a CPU generator) and then moved to ``device`` (default: the CPU), so
+    that every device starts from the same numbers.
+    """
     if model == "linear":
-        return {"weight": torch.zeros(classes, dim, dtype=dtype), "bias": torch.zeros(classes, dtype=dtype)}
+        return {"weight": torch.zeros(classes, dim, dtype=dtype, device=device),
+                "bias": torch.zeros(classes, dtype=dtype, device=device)}
 
     def uniform(rows: int, cols: int) -> torch.Tensor:
         bound = 1.0 / math.sqrt(cols)
         w = torch.rand(rows, cols, generator=generator, dtype=torch.float64) * 2 - 1
-        return (w * bound).to(dtype)
+        return (w * bound).to(device=device, dtype=dtype)
 
-    return {"w1": uniform(hidden, dim), "b1": torch.zeros(hidden, dtype=dtype),
-            "w2": uniform(classes, hidden), "b2": torch.zeros(classes, dtype=dtype)}
+    return {"w1": uniform(hidden, dim), "b1": torch.zeros(hidden, dtype=dtype, device=device),
+            "w2": uniform(classes, hidden), "b2": torch.zeros(classes, dtype=dtype, device=device)}
 
 
 def flag_corrupted(x: torch.Tensor) -> torch.Tensor:
@@ -152,6 +157,7 @@ def _options(config: Mapping[str, Any]) -> Dict[str, Any]:
     o["data_root"] = root
     o["seed"] = metrics.check_seed(config["seed"])
     o["dtype"] = metrics.check_dtype(config["dtype"])
+    o["device"] = task_device(config)
     method = _methods.get(config["method"])  # unknown method -> ValueError listing the valid ones
     if not isinstance(config["warm_start"], bool):
         raise ValueError(f"warm_start must be true or false, got {config['warm_start']!r}")
@@ -170,7 +176,8 @@ def build(config: Mapping[str, Any]) -> TaskRun:
     config : mapping
         Every key of :data:`OPTIONS` plus the runner keys (``method``, ``inner_steps``, ``inner_lr``,
         ``outer_steps``, ``outer_lr``, ``outer_optimizer``, ``seed``, ``dtype``, ``method_options``,
-        ``log_every``).
+        ``log_every``), and optionally ``device`` (default cpu; :func:`bilevel.app.tasks.base.task_device`): the
+        data sets, x0 and y0 are put there once, here.
 
     Returns
     -------
@@ -185,13 +192,16 @@ def build(config: Mapping[str, Any]) -> TaskRun:
     o = _options(config)
     split = hyperclean_split(o["dataset"], o["train_size"], o["val_size"], o["test_size"], noise=o["noise"],
                              seed=o["seed"], root=o["data_root"], holdout_size=o["holdout_size"])
-    dtype = o["dtype"]
-    X_tr = torch.as_tensor(split.X_train).to(dtype)
-    X_val = torch.as_tensor(split.X_val).to(dtype)
-    X_te = torch.as_tensor(split.X_test).to(dtype)
-    y_tr, y_val, y_te = (torch.as_tensor(a) for a in (split.y_train, split.y_val, split.y_test))
-    corrupted = torch.as_tensor(split.corrupted)
-    X_ho, y_ho = torch.as_tensor(split.X_holdout).to(dtype), torch.as_tensor(split.y_holdout)
+    dtype, device = o["dtype"], o["device"]
+
+    def on_device(a: np.ndarray, float_dtype: Any = None) -> torch.Tensor:  # once, here: never in a step
+        return torch.as_tensor(a).to(device=device, dtype=float_dtype)
+
+    X_tr, X_val, X_te, X_ho = (on_device(a, dtype) for a in (split.X_train, split.X_val, split.X_test,
+                                                             split.X_holdout))
+    y_tr, y_val, y_te, y_ho, y_tr_clean, corrupted = (
+        on_device(a) for a in (split.y_train, split.y_val, split.y_test, split.y_holdout, split.y_train_clean,
+                               split.corrupted))
     model, l2, act = o["model"], o["l2"], o["activation"]
     weights = ("weight",) if model == "linear" else ("w1", "w2")
 
@@ -216,8 +226,8 @@ def build(config: Mapping[str, Any]) -> TaskRun:
         return F.cross_entropy(net(y, X_val), y_val)
 
     gen = torch.Generator().manual_seed(int(np.random.SeedSequence([o["seed"], 1]).generate_state(1)[0]))
-    y0 = init_params(model, X_tr.shape[1], split.num_classes, o["hidden"], dtype, gen)
-    x0 = torch.zeros(X_tr.shape[0], dtype=dtype)
+    y0 = init_params(model, X_tr.shape[1], split.num_classes, o["hidden"], dtype, gen, device)
+    x0 = torch.zeros(X_tr.shape[0], dtype=dtype, device=device)
 
     def cleaning(loop: OuterLoop) -> Dict[str, float]:
         x = loop.x
@@ -242,8 +252,7 @@ def build(config: Mapping[str, Any]) -> TaskRun:
         with torch.no_grad():
             out = {"test_accuracy": metrics.accuracy(net(y, X_te), y_te),
                    "val_accuracy": metrics.accuracy(net(y, X_val), y_val),
-                   "train_accuracy_clean_labels": metrics.accuracy(net(y, X_tr),
-                                                                   torch.as_tensor(split.y_train_clean)),
+                   "train_accuracy_clean_labels": metrics.accuracy(net(y, X_tr), y_tr_clean),
                    "upper": value}
         c = cleaning(loop)
         out.update({k: c[k] for k in ("f1", "precision", "recall", "weight_mean_clean", "weight_mean_corrupted")})

@@ -31,7 +31,7 @@ import torch
 from bilevel import methods as _methods
 from bilevel.api import OuterLoop
 from bilevel.app.tasks import metrics
-from bilevel.app.tasks.base import TaskRun, full_config
+from bilevel.app.tasks.base import TaskRun, full_config, task_device
 from bilevel.problems import bda_counterexample as _bda, iaptt_toy as _iaptt
 
 PROBLEMS = ("bda", "iaptt")
@@ -90,7 +90,7 @@ def build(config: Mapping[str, Any]) -> TaskRun:
     Parameters
     ----------
     config : mapping
-        Every key of :data:`OPTIONS` plus the runner keys.
+        Every key of :data:`OPTIONS` plus the runner keys, and optionally ``device`` (default cpu).
 
     Returns
     -------
@@ -106,6 +106,7 @@ def build(config: Mapping[str, Any]) -> TaskRun:
     name = metrics.check_choice("problem", config["problem"], PROBLEMS)
     p = _PROBLEMS[name]
     dtype = metrics.check_dtype(config["dtype"])
+    device = task_device(config)
     metrics.check_seed(config["seed"])
     _methods.get(config["method"])
     lo, hi = p["x_bounds"]
@@ -139,7 +140,7 @@ def build(config: Mapping[str, Any]) -> TaskRun:
         out["y_distance_to_solution"] = float(torch.linalg.vector_norm(y - y_star))
         return out
 
-    return TaskRun(x0=torch.tensor([x0], dtype=dtype), y0=torch.tensor(y0, dtype=dtype),
+    return TaskRun(x0=torch.tensor([x0], dtype=dtype, device=device), y0=torch.tensor(y0, dtype=dtype, device=device),
                    objectives=lambda t: (upper, lower), evaluate=state, summarize=summarize,
                    loop_options=loop_options)
 
