@@ -133,11 +133,12 @@ def _setup(upper: Objective, lower: Objective, x: Tree, y0: Tree, method: Union[
 
 
 def _estimate(meth: Method, plan: Plan, problem: Problem, x: torch.Tensor, y0: torch.Tensor, steps: int,
-              wrt_init: bool):
-    """``plan.estimate`` plus, with module buffers, the check that the method ran its inner loop through them."""
+              wrt_init: bool, **carry: Any):
+    """``plan.estimate`` plus, with module buffers, the check that the method ran its inner loop through them.
+    ``carry``: the state of a ``carries_y`` method, passed on."""
     buffers = problem.buffers
     loops = 0 if buffers is None else buffers.loops
-    est = plan.estimate(x, y0, steps, wrt_init=wrt_init)
+    est = plan.estimate(x, y0, steps, wrt_init=wrt_init, **carry)
     if buffers is not None and buffers.loops == loops:
         raise ValueError(f"method {meth.name!r} does not carry module buffers through its inner loop (its dynamics "
                          "are not a gradient-type unroll of the lower objective); drop buffers=, or use one of "
@@ -322,6 +323,8 @@ class OuterLoop:
         self.inner_steps, self.inner_lr = _check_common(inner_steps, inner_lr)
         self.outer_lr = check_float("outer_lr", outer_lr, positive=True)
         check_bool("warm_start", warm_start)
+        if self.method.carries_y:  # the first-order family continues from the y of the previous step
+            warm_start = True
         if warm_start and self.method.learns_init:
             raise ValueError(f"warm_start=True cannot be used with method {self.method.name!r}: it learns the inner "
                              "initialization, and every inner loop starts from that learned y0 (warm starting "
@@ -349,6 +352,7 @@ class OuterLoop:
         except _NotEvaluated:  # a method that evaluates the objectives while binding: nothing more to check
             pass
         self.solver_nonconverged_steps = 0  # outer steps whose linear solve stopped above its tolerance
+        self._carry: Optional[Dict[str, torch.Tensor]] = None  # state of a carries_y method across outer steps
 
     def synchronize(self, fn: Callable[[torch.Tensor], Any]) -> None:
         """Apply ``fn(tensor)`` in place, without a tape, to the state that every process must share.
@@ -396,7 +400,8 @@ class OuterLoop:
         """One outer step on these objectives; returns its record (``step``, ``upper``, ``lower``, ...)."""
         learns = self.method.learns_init
         problem, plan = self._plan(upper, lower, self.t)
-        est = _estimate(self.method, plan, problem, self._x, self._start, self.inner_steps, learns)
+        est = _estimate(self.method, plan, problem, self._x, self._start, self.inner_steps, learns,
+                        **({"carry": self._carry} if self.method.carries_y else {}))
         if self.reduce_grads is not None:  # reduce before the finiteness check and grad_norm
             est.grad_x, est.grad_y0 = self.reduce_grads(est.grad_x, est.grad_y0 if learns else None)
         res = _finish(problem, est, self._x, learns, self._start if self.method.descends_lower else None)
@@ -420,6 +425,8 @@ class OuterLoop:
             raise NonFiniteError(f"nan/inf in x after outer step {self.t + 1} (reduce outer_lr)")
         self._last_y = est.y.detach()
         self._start = self._last_y if self.warm_start else self._y_init
+        if self.method.carries_y:
+            self._carry = None if est.carry is None else {k: v.detach() for k, v in est.carry.items()}
         if self._buffers is not None:
             self._last_buffers = res.buffers
             if self.warm_start:
@@ -449,6 +456,7 @@ class OuterLoop:
                 "start": self._start.detach().clone(), "last_y": self._last_y.detach().clone(),
                 "optimizer": copy.deepcopy(self.optimizer.state_dict()),
                 "solver_nonconverged_steps": self.solver_nonconverged_steps,
+                "carry": None if self._carry is None else {k: v.clone() for k, v in self._carry.items()},
                 **({} if self._buffers is None else {"buffers_start": self._buffers.start,
                                                      "buffers_last": self.buffers})}
 
@@ -466,6 +474,8 @@ class OuterLoop:
         # a checkpoint may have been read onto the CPU: its iterates go to the loop's device and dtype
         like = {"device": self._y_init.device, "dtype": self._y_init.dtype}
         self._last_y = state["last_y"].to(**like).clone()
+        carry = state.get("carry")
+        self._carry = None if carry is None else {k: v.to(self._x.device).clone() for k, v in carry.items()}
         self._start = self._y_init if not self.warm_start else state["start"].to(**like).clone()
         if self._buffers is not None:
             if "buffers_start" not in state:

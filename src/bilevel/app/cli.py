@@ -176,7 +176,7 @@ def _cmd_methods(args: argparse.Namespace) -> int:
     for name in sorted(METHODS):
         m = METHODS[name]
         opts = ", ".join(method_option_defaults(m)) or "-"
-        extra = " [learns y0]" if m.learns_init else ""
+        extra = (" [learns y0]" if m.learns_init else "") + (" [carries y across outer steps]" if m.carries_y else "")
         print(f"{name:10s} {m.summary}{extra}\n{'':10s} options: {opts}")
     return 0
 

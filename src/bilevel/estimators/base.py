@@ -25,12 +25,17 @@ class Estimate:
         The lower-level iterate the estimate was taken at (flat, detached).
     info : dict
         Diagnostics; tensors are converted to floats by the public API.
+    carry : dict or None
+        Method state that lives across outer steps (a multiplier, an auxiliary variable; methods with
+        ``Method.carries_y``): handed back to the method's next ``estimate(..., carry=...)`` by
+        :class:`bilevel.OuterLoop`, which checkpoints it. None for the others.
     """
 
     grad_x: torch.Tensor
     grad_y0: Optional[torch.Tensor]
     y: torch.Tensor
     info: Dict[str, object] = field(default_factory=dict)
+    carry: Optional[Dict[str, torch.Tensor]] = None
 
 
 def check_finite(t: torch.Tensor, what: str) -> torch.Tensor:

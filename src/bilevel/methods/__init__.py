@@ -8,5 +8,6 @@ from . import bda  # noqa: F401
 from . import iaptt  # noqa: F401
 from . import bvfim  # noqa: F401
 from . import meta  # noqa: F401  (registers maml, fomaml, reptile, metasgd)
+from . import first_order  # noqa: F401  (registers the first-order family: alternating, darts, ...)
 
 __all__ = ["METHODS", "Method", "Plan", "check_checkpoint", "check_float", "check_int", "get", "register", "unrolled"]

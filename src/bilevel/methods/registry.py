@@ -58,6 +58,11 @@ class Method:
     own_dynamics : str
         For methods whose inner dynamics are part of the method (BDA's aggregation, Meta-SGD's learned steps,
         ...): what they are, for the error that refuses ``inner_optimizer``. Empty for the others.
+    carries_y : bool
+        True for the methods that update y alongside x (the first-order family: alternating, DARTS, BOME, ...):
+        each outer step continues from the y the previous one ended at (``res.y``), whatever ``warm_start``
+        says, and the method's own state across steps (``Estimate.carry``) is passed back to its plan's
+        ``estimate(x, y, steps, wrt_init, carry=...)`` by :class:`bilevel.OuterLoop` (None at the first step).
     """
 
     name: str
@@ -67,6 +72,7 @@ class Method:
     schedule: Optional[Callable[[Dict[str, Any], int], Dict[str, Any]]] = None
     descends_lower: bool = True
     own_dynamics: str = ""
+    carries_y: bool = False
 
     @property
     def options(self) -> Tuple[str, ...]:
