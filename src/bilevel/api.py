@@ -604,6 +604,11 @@ def check_hypergrad(upper: Objective, lower: Objective, x: Tree, y0: Tree, *, me
         are never differentiated (:mod:`bilevel.models`).
     """
     _check_keywords(check_hypergrad, _method(method), options)
+    joint = _method(method)
+    if joint.carries_y and joint.own_dynamics:  # a joint (x, y) step (bilevel.joint): no function of x to compare
+        raise ValueError(f"method {joint.name!r} takes a joint (x, y) step and does not differentiate a function of "
+                         "x, so there is nothing for finite differences to check; its update is tested against the "
+                         "paper's formula instead (docs/methods/)")
     meth, steps, lr, problem, xf, yf = _setup(upper, lower, x, y0, method, inner_steps, inner_lr, y_bounds, buffers)
     plan: Plan = meth.bind(problem, lr, steps, options)
     est = _estimate(meth, plan, problem, xf, yf, steps, meth.learns_init)

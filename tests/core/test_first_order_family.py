@@ -273,3 +273,12 @@ def test_gaffa_steps_are_the_jacobi_iteration_with_a_lower_level_constraint():
             assert lam.max() > 0  # the constraint is active, so its terms are tested
     torch.testing.assert_close(loop.x, x, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(loop.y, y, rtol=1e-10, atol=1e-12)
+
+
+def test_check_hypergrad_refuses_joint_steps_and_checks_darts_exact():
+    with pytest.raises(ValueError, match="joint"):
+        bilevel.check_hypergrad(upper, lower, X0, Y0, method="bome", inner_steps=K, inner_lr=LR)
+    # darts with exact=True differentiates F(x, y_K - xi grad_y f(x, y_K)) with y_K frozen; finite differences of
+    # that function with y_K recomputed at each x include d y_K / dx, which darts drops: they differ
+    chk = bilevel.check_hypergrad(upper, lower, X0, Y0, method="darts", inner_steps=K, inner_lr=LR, exact=True)
+    assert not chk.ok and chk.max_rel_error > 1e-3

@@ -24,6 +24,7 @@ See ``docs/methods/<name>.md`` for each method's update, cost and assumptions.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable, Optional
 
 import torch
@@ -133,7 +134,8 @@ def _bamm(problem: Problem, inner_lr: float, inner_steps: int, *, mu0: float = 0
     mu = check_float("mu0", mu0, nonnegative=True)
     if mu >= 1.0:
         raise ValueError(f"mu0 must lie in [0, 1) (the weight of F in mu F + (1 - mu) f), got {mu0!r}")
-    opts = {"lr": inner_lr, "mu0": mu, "p": check_float("p", p, positive=True),
+    power = math.inf if p == math.inf else check_float("p", p, positive=True)  # inf: mu stays mu0
+    opts = {"lr": inner_lr, "mu0": mu, "p": power,
             "z_lr": inner_lr if z_lr is None else check_float("z_lr", z_lr, positive=True),
             "line_search": check_bool("line_search", line_search)}
     return carried(lambda x, y, steps, wrt_init, carry: bamm.step(problem, x, y, steps, carry, **opts),
