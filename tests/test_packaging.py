@@ -28,6 +28,8 @@ def test_every_package_folder_is_listed_in_pyproject():
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     folders = {str(p.parent.relative_to(ROOT / "src")).replace("/", ".")
                for p in (ROOT / "src" / "bilevel").rglob("__init__.py")}
-    assert set(data["packages"]) == folders | {"bilevel_benchmarks"}
+    bench = {("bilevel_benchmarks." + str(p.parent.relative_to(ROOT / "benchmarks")).replace("/", ".")).rstrip(".")
+             for p in (ROOT / "benchmarks").rglob("__init__.py") if ".venv" not in p.parts}  # "." for the root
+    assert set(data["packages"]) == folders | bench  # benchmarks/ is bilevel_benchmarks, its subfolders too
     assert data["package-dir"]["bilevel_benchmarks"] == "benchmarks"
     assert (ROOT / "benchmarks" / "__init__.py").is_file()
