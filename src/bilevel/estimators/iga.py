@@ -7,7 +7,8 @@ The exact hypergradient ``grad_x F - grad^2_xy f (grad^2_yy f)^-1 grad_y F`` wit
     d = grad_x F(x, y_K) - rho grad_x f(x, y_K),    rho = <grad_y F(x, y_K), g> / ||g||^2   (0 when g = 0)
 
 Cost: K graph-free inner steps, one gradient of F and one of f; no Hessian-vector product. An approximation: exact
-only where the rank-one models hold (e.g. a scalar y); it does not vanish with K.
+only where the rank-one models hold; its bias does not vanish with K, and near the follower's minimizer (g -> 0)
+rho is ill-conditioned.
 """
 from __future__ import annotations
 

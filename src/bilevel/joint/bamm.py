@@ -1,4 +1,4 @@
-"""BAMM, the averaged method of multipliers (Liu, Gao, Ye, Zeng & Zhang, ICML 2023), single-loop form.
+"""BAMM, the averaged method of multipliers (Liu et al., ICML 2023), single-loop form.
 
 The follower minimizes the average ``phi_mu = mu F + (1 - mu) f`` with ``mu_k = mu0 (k + 1)^(-1/p)`` shrinking to 0
 (the optimistic selection among f's minimizers when f is merely convex), and a multiplier z tracks

@@ -16,8 +16,7 @@ the paper's deterministic schedule b = a = 1/3 with a constant z step (c = 0), s
 F is no stiffer than f. The paper's x step is ``xi alpha_k``; here x's step is the outer optimizer's (decay it
 with a ``torch.optim.lr_scheduler`` on ``loop.optimizer`` to follow the paper exactly).
 
-Cost per outer step: 2T gradients of f, T + 1 gradients of F and one more gradient of f; no Hessian-vector
-product; memory O(1) in T. Assumptions: f(x, .) strongly convex (lam_0 >= 2 L_F / mu_f makes F + lam f strongly
+Cost per outer step: 2T + 2 gradients of f and T + 1 gradients of F; no Hessian-vector product; memory O(1) in T. Assumptions: f(x, .) strongly convex (lam_0 >= 2 L_F / mu_f makes F + lam f strongly
 convex in y). Bias O(1/lam_k): the method approaches the bilevel solution as lam grows.
 """
 from __future__ import annotations

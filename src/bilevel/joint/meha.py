@@ -1,4 +1,4 @@
-"""MEHA (Liu, Chen, Ye, Zhang et al., ICML 2024): the Moreau-envelope reformulation, single loop, Hessian-free.
+"""MEHA (Liu et al., ICML 2024): the Moreau-envelope reformulation, single loop, Hessian-free.
 
 With the Moreau envelope ``v_gamma(x, y) = min_theta f(x, theta) + ||theta - y||^2 / (2 gamma)``, the bilevel
 problem is ``min F`` s.t. ``f(x, y) - v_gamma(x, y) <= 0``, penalized as ``F / c_k + f - v_gamma`` with
