@@ -70,7 +70,7 @@ def test_compare_prints_a_table_and_writes_the_overlay(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--method", "nope"], "invalid choice: 'nope' (choose from 'bda', 'bigsam',"),
+    (["--method", "nope"], "invalid choice: 'nope' (choose from 'alternating', 'bamm', 'bda',"),
     (["--dim", "2.5"], "bad value '2.5' for option 'dim': expected an integer"),
     (["--inner-lr", "0"], "option 'inner_lr': must be > 0"),
     (["--dtype", "float16"], "invalid choice: 'float16'"),
