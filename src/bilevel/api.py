@@ -141,8 +141,8 @@ def _estimate(meth: Method, plan: Plan, problem: Problem, x: torch.Tensor, y0: t
     est = plan.estimate(x, y0, steps, wrt_init=wrt_init, **carry)
     if buffers is not None and buffers.loops == loops:
         raise ValueError(f"method {meth.name!r} does not carry module buffers through its inner loop (its dynamics "
-                         "are not a gradient-type unroll of the lower objective); drop buffers=, or use one of "
-                         "any built-in method but bvfim")
+                         "are not a gradient-type unroll of the lower objective); drop buffers=, or use another method "
+                         "(every built-in method but bvfim carries them)")
     return est
 
 

@@ -1,6 +1,8 @@
 """The first-order family (methods that carry y across outer steps): one outer step equals a brute-force
 re-implementation of the paper's update written here (float64, non-quadratic problem), the OuterLoop carries y and
 the method state, and DARTS's finite-difference direction converges to the exact one-step unroll at order 2."""
+import math
+
 import pytest
 import torch
 
@@ -282,3 +284,36 @@ def test_check_hypergrad_refuses_joint_steps_and_checks_darts_exact():
     # that function with y_K recomputed at each x include d y_K / dx, which darts drops: they differ
     chk = bilevel.check_hypergrad(upper, lower, X0, Y0, method="darts", inner_steps=K, inner_lr=LR, exact=True)
     assert not chk.ok and chk.max_rel_error > 1e-3
+
+
+def test_bamm_line_search_takes_the_exact_step_along_the_residual():
+    mu0, s, xlr = 0.5, 0.2, 0.05
+    loop = bilevel.OuterLoop(X0, Y0, method="bamm", outer_lr=xlr, outer_optimizer="sgd", inner_steps=1, inner_lr=s,
+                             mu0=mu0, p=math.inf, line_search=True)
+    x, y, z = X0.clone(), Y0.clone(), torch.zeros(4, dtype=D)
+
+    def phi(a, b):
+        return mu0 * upper(a, b) + (1 - mu0) * lower(a, b)
+    for _ in range(3):
+        rec = loop.step(upper, lower)
+        r = _hvp(phi, x, y, z, 1) - _grad(upper, 1, x, y)
+        eta = (r @ r) / (r @ _hvp(phi, x, y, r, 1))
+        assert abs(rec["bamm_eta"] - float(eta)) < 1e-10
+        dx = _grad(upper, 0, x, y) - _hvp(phi, x, y, z, 0)
+        x, y, z = x - xlr * dx, y - s * _grad(phi, 1, x, y), z - eta * r
+    torch.testing.assert_close(loop.x, x, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(loop.y, y, rtol=1e-10, atol=1e-12)
+
+
+def test_vpbgd_yhat_start_y_restarts_the_inner_estimate_at_y():
+    gamma, beta, alpha, xlr = 3.0, LR, 0.04, 0.02
+    loop = bilevel.OuterLoop(X0, Y0, method="vpbgd", outer_lr=xlr, outer_optimizer="sgd", inner_steps=K, inner_lr=beta,
+                             gamma=gamma, y_lr=alpha, yhat_start="y")
+    x, y = X0.clone(), Y0.clone()
+    for _ in range(3):
+        loop.step(upper, lower)
+        y_hat = _gd(x, y, lr=beta)  # from the current y every step
+        dx = _grad(upper, 0, x, y) + gamma * (_grad(lower, 0, x, y) - _grad(lower, 0, x, y_hat))
+        x, y = x - xlr * dx, y - alpha * (_grad(upper, 1, x, y) + gamma * _grad(lower, 1, x, y))
+    torch.testing.assert_close(loop.x, x, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(loop.y, y, rtol=1e-10, atol=1e-12)

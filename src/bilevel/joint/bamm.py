@@ -47,7 +47,8 @@ def step(problem: Problem, x: torch.Tensor, y: torch.Tensor, steps: int, carry: 
         upper = problem.upper(xl, yl)
         gFx, gFy = grads_or_zeros(upper, (xl, yl))
         (gphi,) = torch.autograd.grad(phi(xl, yl), yl, create_graph=True)
-        mixed, hz = grads_or_zeros(gphi, (xl, yl), grad_outputs=z)  # grad^2_xy phi z, grad^2_yy phi z
+        # grad^2_xy phi z and grad^2_yy phi z (the graph kept for the line search's second product)
+        mixed, hz = grads_or_zeros(gphi, (xl, yl), grad_outputs=z, retain_graph=line_search)
         r = hz - gFy
         if line_search:
             (hr,) = grads_or_zeros(gphi, (yl,), grad_outputs=r.detach())
