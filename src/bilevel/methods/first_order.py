@@ -118,11 +118,17 @@ def _iga(problem: Problem, inner_lr: float, inner_steps: int, *, inner_optimizer
                    functools.partial(reverse.value, problem, dyn))
 
 
-def _meha(problem: Problem, inner_lr: float, inner_steps: int, *, gamma: float = 1.0, c: float = 1.0,
-          p: float = 0.25, y_lr: Optional[float] = None) -> Plan:
+def _penalty_power(p: Any) -> float:
+    """The exponent p of a growing penalty ``c_k = c (k + 1)^p`` (MEHA, BiC-GAFFA): in [0, 1/2)."""
     power = check_float("p", p, nonnegative=True)
     if power >= 0.5:
         raise ValueError(f"p must lie in [0, 1/2) (the penalty c_k = c (k + 1)^p), got {p!r}")
+    return power
+
+
+def _meha(problem: Problem, inner_lr: float, inner_steps: int, *, gamma: float = 1.0, c: float = 1.0,
+          p: float = 0.25, y_lr: Optional[float] = None) -> Plan:
+    power = _penalty_power(p)
     opts = {"lr": inner_lr, "gamma": check_float("gamma", gamma, positive=True), "c": check_float("c", c, positive=True),
             "p": power, "y_lr": inner_lr if y_lr is None else check_float("y_lr", y_lr, positive=True)}
     return carried(lambda x, y, steps, wrt_init, carry: meha.step(problem, x, y, steps, carry, **opts),
@@ -145,9 +151,7 @@ def _bamm(problem: Problem, inner_lr: float, inner_steps: int, *, mu0: float = 0
 def _gaffo(problem: Problem, inner_lr: float, inner_steps: int, *, gamma1: float = 1.0, gamma2: float = 1.0,
            c: float = 1.0, p: float = 0.25, r: float = 1e3, y_lr: Optional[float] = None,
            z_lr: Optional[float] = None, ll_constraint: Optional[Callable] = None) -> Plan:
-    power = check_float("p", p, nonnegative=True)
-    if power >= 0.5:
-        raise ValueError(f"p must lie in [0, 1/2) (the penalty c_k = c (k + 1)^p), got {p!r}")
+    power = _penalty_power(p)
     if ll_constraint is not None and not callable(ll_constraint):
         raise ValueError(f"ll_constraint must be a callable g(x, y) -> tensor (<= 0 where feasible), got "
                          f"{ll_constraint!r}")
