@@ -20,6 +20,7 @@ from ._validate import check_bool, check_float, check_int
 from .callbacks import as_callback
 from .methods import Method, Plan
 from .problem import Problem
+from .stochastic.sampler import MiniBatches, derive_seed
 
 Objective = Callable[[Tree, Tree], torch.Tensor]
 
@@ -120,15 +121,32 @@ def _check_buffers(buffers: Any) -> Optional[Buffers]:
     return buffers
 
 
+def _minibatches(n_lower: Any, batch_size: Any, batch_seed: Any, device: torch.device, t: Optional[int] = None):
+    """The mini-batch draws of a finite-sum lower objective (None without ``n_lower``); ``t``: the outer step, whose
+    draws are seeded from ``(batch_seed, t)``."""
+    if n_lower is None and batch_size is None:
+        return None
+    if n_lower is None or batch_size is None:
+        raise ValueError("mini-batching needs both n_lower (the number of lower-level samples) and batch_size, got "
+                         f"n_lower={n_lower!r}, batch_size={batch_size!r}")
+    n = check_int("n_lower", n_lower, 1)
+    bs = check_int("batch_size", batch_size, 1, n, who=f"n_lower={n}")
+    seed = check_int("batch_seed", batch_seed, 0)
+    return MiniBatches(n, bs, seed if t is None else derive_seed(seed, t), device)
+
+
 def _setup(upper: Objective, lower: Objective, x: Tree, y0: Tree, method: Union[str, Method], inner_steps: Any,
-           inner_lr: Any, y_bounds: Any, buffers: Any = None):
+           inner_lr: Any, y_bounds: Any, buffers: Any = None, n_lower: Any = None, batch_size: Any = None,
+           batch_seed: Any = 0):
     meth = _method(method)
     steps, lr = _check_common(inner_steps, inner_lr)
     if not callable(upper) or not callable(lower):
         raise ValueError("upper and lower must be callables f(x, y) returning scalar tensors")
     xf, xs = _flatten_input(x, "x")
     yf, ys = _flatten_input(y0, "y0")
-    problem = Problem.from_user(upper, lower, xs, ys, as_box(y_bounds, ys, "y_bounds"), _check_buffers(buffers))
+    batches = _minibatches(n_lower, batch_size, batch_seed, xf.device)
+    problem = Problem.from_user(upper, lower, xs, ys, as_box(y_bounds, ys, "y_bounds"), _check_buffers(buffers),
+                                batches)
     return meth, steps, lr, problem, xf, yf
 
 
@@ -136,13 +154,18 @@ def _estimate(meth: Method, plan: Plan, problem: Problem, x: torch.Tensor, y0: t
               wrt_init: bool, **carry: Any):
     """``plan.estimate`` plus, with module buffers, the check that the method ran its inner loop through them.
     ``carry``: the state of a ``carries_y`` method, passed on."""
-    buffers = problem.buffers
+    buffers, batches = problem.buffers, problem.batches
     loops = 0 if buffers is None else buffers.loops
+    batch_loops = 0 if batches is None else batches.loops
     est = plan.estimate(x, y0, steps, wrt_init=wrt_init, **carry)
     if buffers is not None and buffers.loops == loops:
         raise ValueError(f"method {meth.name!r} does not carry module buffers through its inner loop (its dynamics "
                          "are not a gradient-type unroll of the lower objective); drop buffers=, or use another method "
                          "(every built-in method but bvfim carries them)")
+    if batches is not None and batches.loops == batch_loops:
+        raise ValueError(f"method {meth.name!r} does not run its inner loop through the mini-batch draws (n_lower/"
+                         "batch_size); use an unrolled or implicit method (rhg, fhg, trhg, cg, neumann, ...) or "
+                         "bilevel.stochastic.solve")
     return est
 
 
@@ -219,8 +242,8 @@ def _check_keywords(fn: Callable[..., Any], meth: Any, options: Dict[str, Any]) 
 
 # ------------------------------------------------------------------------------------------ API
 def hypergrad(upper: Objective, lower: Objective, x: Tree, y0: Tree, *, method: Union[str, Method], inner_steps: int,
-              inner_lr: float, y_bounds: Any = None, buffers: Optional[Buffers] = None,
-              **options: Any) -> HypergradResult:
+              inner_lr: float, y_bounds: Any = None, buffers: Optional[Buffers] = None, n_lower: Optional[int] = None,
+              batch_size: Optional[int] = None, batch_seed: int = 0, **options: Any) -> HypergradResult:
     """Hypergradient of phi(x) = F(x, y*(x)) by the given method.
 
     Parameters
@@ -244,6 +267,15 @@ def hypergrad(upper: Objective, lower: Objective, x: Tree, y0: Tree, *, method: 
     buffers : bilevel.models.Buffers, optional
         Module buffers (BatchNorm statistics) carried through the inner loop as a torch training loop would;
         never differentiated; the final ones are ``res.buffers`` (:mod:`bilevel.models`).
+    n_lower, batch_size : int, optional
+        Mini-batching (both or neither): ``lower(x, y, idx)`` and ``upper(x, y, idx)`` are then means over the
+        samples ``idx`` (a LongTensor; ``None``: all). Inner step k evaluates the lower objective on its own batch of
+        ``batch_size`` of the ``n_lower`` samples, a function of ``(batch_seed, k)`` that recomputed steps
+        (``checkpoint``, forward mode, finite differences) replay exactly; the upper objective sees all samples, and
+        the implicit methods' Hessian-vector products the batch after the last step
+        (:class:`bilevel.stochastic.MiniBatches`). ``batch_size = n_lower`` is the full batch.
+    batch_seed : int
+        Seed of the draws (default 0).
     **options
         Method options (see ``bilevel.METHODS[method].options``); unknown ones raise ValueError.
 
@@ -252,7 +284,8 @@ def hypergrad(upper: Objective, lower: Objective, x: Tree, y0: Tree, *, method: 
     HypergradResult
     """
     _check_keywords(hypergrad, _method(method), options)
-    meth, steps, lr, problem, xf, yf = _setup(upper, lower, x, y0, method, inner_steps, inner_lr, y_bounds, buffers)
+    meth, steps, lr, problem, xf, yf = _setup(upper, lower, x, y0, method, inner_steps, inner_lr, y_bounds, buffers,
+                                              n_lower, batch_size, batch_seed)
     plan = meth.bind(problem, lr, steps, options)
     est = _estimate(meth, plan, problem, xf, yf, steps, meth.learns_init)
     return _finish(problem, est, xf, meth.learns_init, yf if meth.descends_lower else None, stacklevel=4)
@@ -308,7 +341,8 @@ class OuterLoop:
                  inner_lr: float, x_bounds: Any = None, y_bounds: Any = None, warm_start: bool = False,
                  outer_kwargs: Optional[Dict[str, Any]] = None, init_lr: Optional[float] = None,
                  reduce_grads: Optional[Callable[[torch.Tensor, Optional[torch.Tensor]], tuple]] = None,
-                 callback: Any = None, buffers: Optional[Buffers] = None, **options: Any):
+                 callback: Any = None, buffers: Optional[Buffers] = None, n_lower: Optional[int] = None,
+                 batch_size: Optional[int] = None, batch_seed: int = 0, **options: Any):
         self.method = _method(method)
         self._buffers = _check_buffers(buffers)
         self._last_buffers = None if buffers is None else buffers.start
@@ -334,6 +368,8 @@ class OuterLoop:
         self.options = dict(options)
         xf, self.x_spec = _flatten_input(x0, "x0")
         yf, self.y_spec = _flatten_input(y0, "y0")
+        _minibatches(n_lower, batch_size, batch_seed, xf.device)  # checks the arguments now
+        self._batching = (n_lower, batch_size, batch_seed)
         self._project_x = as_box(x_bounds, self.x_spec, "x_bounds")
         self._project_y = as_box(y_bounds, self.y_spec, "y_bounds")
         self._x = xf.clone() if self._project_x is None else self._project_x(xf).detach().clone()
@@ -372,7 +408,8 @@ class OuterLoop:
         return y if self._project_y is None else self._project_y(y)
 
     def _plan(self, upper: Objective, lower: Objective, t: int) -> tuple:
-        problem = Problem.from_user(upper, lower, self.x_spec, self.y_spec, self._project_y, self._buffers)
+        batches = _minibatches(*self._batching, self._x.device, t)
+        problem = Problem.from_user(upper, lower, self.x_spec, self.y_spec, self._project_y, self._buffers, batches)
         opts = self.method.schedule(dict(self.options), t) if self.method.schedule else self.options
         return problem, self.method.bind(problem, self.inner_lr, self.inner_steps, opts)
 
@@ -490,6 +527,7 @@ def solve(upper: Objective, lower: Objective, x0: Tree, y0: Tree, *, method: Uni
           inner_steps: int, inner_lr: float, x_bounds: Any = None, y_bounds: Any = None,
           warm_start: bool = False, outer_kwargs: Optional[Dict[str, Any]] = None,
           callback: Any = None, init_lr: Optional[float] = None, buffers: Optional[Buffers] = None,
+          n_lower: Optional[int] = None, batch_size: Optional[int] = None, batch_seed: int = 0,
           **options: Any) -> SolveResult:
     """Minimize phi(x) = F(x, y*(x)) with an outer optimizer fed by :func:`hypergrad`.
 
@@ -510,6 +548,10 @@ def solve(upper: Objective, lower: Objective, x0: Tree, y0: Tree, *, method: Uni
     from the learned y0). A keyword that is neither a parameter of ``solve`` nor an option of the method raises
     ValueError with the closest valid name.
 
+    ``n_lower`` / ``batch_size`` / ``batch_seed`` mini-batch a finite-sum lower objective as in :func:`hypergrad`;
+    outer step t draws its inner batches from the seed ``(batch_seed, t)``, so every step sees new batches and a
+    resumed run the same ones.
+
     ``callback(t, record)`` is called after every outer step with that step's history record (a list of callbacks
     runs them in order; :mod:`bilevel.callbacks` has a progress bar, ``every(n, ...)`` and a history). A record holds
     ``inner_diverged`` (and a ``RuntimeWarning`` is raised) when the inner loop diverged, and, for methods with
@@ -526,9 +568,10 @@ def solve(upper: Objective, lower: Objective, x0: Tree, y0: Tree, *, method: Uni
     loop = OuterLoop(x0, y0, method=method, outer_lr=outer_lr, outer_optimizer=outer_optimizer,
                      inner_steps=inner_steps, inner_lr=inner_lr, x_bounds=x_bounds, y_bounds=y_bounds,
                      warm_start=warm_start, outer_kwargs=outer_kwargs, init_lr=init_lr, callback=callback,
-                     buffers=buffers, **options)
+                     buffers=buffers, n_lower=n_lower, batch_size=batch_size, batch_seed=batch_seed, **options)
     if T == 0:  # validate the objectives once even when no step is taken
-        _setup(upper, lower, x0, y0, method, inner_steps, inner_lr, y_bounds, buffers)
+        _setup(upper, lower, x0, y0, method, inner_steps, inner_lr, y_bounds, buffers, n_lower, batch_size,
+               batch_seed)
     history: List[Dict[str, Any]] = []
     for _ in range(T):
         history.append(loop.step(upper, lower))
@@ -540,7 +583,7 @@ class _NotEvaluated(Exception):
     """Raised by :func:`_placeholder`: the objectives of the option check in ``OuterLoop.__init__``."""
 
 
-def _placeholder(x: Any, y: Any) -> torch.Tensor:
+def _placeholder(*args: Any) -> torch.Tensor:
     raise _NotEvaluated
 
 
@@ -580,7 +623,8 @@ class HypergradCheck:
 def check_hypergrad(upper: Objective, lower: Objective, x: Tree, y0: Tree, *, method: Union[str, Method],
                     inner_steps: int, inner_lr: float, y_bounds: Any = None, eps: Optional[float] = None,
                     rtol: float = 1e-5, atol: float = 1e-8, directions: Optional[int] = None, seed: int = 0,
-                    buffers: Optional[Buffers] = None, **options: Any) -> HypergradCheck:
+                    buffers: Optional[Buffers] = None, n_lower: Optional[int] = None,
+                    batch_size: Optional[int] = None, batch_seed: int = 0, **options: Any) -> HypergradCheck:
     """Compare a method's hypergradient with central finite differences of the unrolled objective.
 
     The unrolled objective is the function of x the method differentiates: F(x, y_K(x)) for the unrolled
@@ -602,6 +646,8 @@ def check_hypergrad(upper: Objective, lower: Objective, x: Tree, y0: Tree, *, me
         Module buffers carried through every inner loop, the finite-difference ones included; the comparison
         is exact when the upper objective does not read the buffers (e.g. BatchNorm in training mode), since they
         are never differentiated (:mod:`bilevel.models`).
+    n_lower, batch_size, batch_seed : int, optional
+        Mini-batching, as in :func:`hypergrad`: the finite differences replay the same draws.
     """
     _check_keywords(check_hypergrad, _method(method), options)
     joint = _method(method)
@@ -609,7 +655,8 @@ def check_hypergrad(upper: Objective, lower: Objective, x: Tree, y0: Tree, *, me
         raise ValueError(f"method {joint.name!r} takes a joint (x, y) step and does not differentiate a function of "
                          "x, so there is nothing for finite differences to check; its update is tested against the "
                          "paper's formula instead (docs/methods/)")
-    meth, steps, lr, problem, xf, yf = _setup(upper, lower, x, y0, method, inner_steps, inner_lr, y_bounds, buffers)
+    meth, steps, lr, problem, xf, yf = _setup(upper, lower, x, y0, method, inner_steps, inner_lr, y_bounds, buffers,
+                                              n_lower, batch_size, batch_seed)
     plan: Plan = meth.bind(problem, lr, steps, options)
     est = _estimate(meth, plan, problem, xf, yf, steps, meth.learns_init)
     res = _finish(problem, est, xf, meth.learns_init, yf if meth.descends_lower else None, stacklevel=4)

@@ -168,6 +168,14 @@ def _flat_objective(fn: Callable[[Tree, Tree], torch.Tensor], x_spec: Spec, y_sp
     return plain
 
 
+def _finite_sum(fn: Callable[..., torch.Tensor], x_spec: Spec, y_spec: Spec, name: str,
+                idx: Callable[[], Optional[torch.Tensor]]) -> FlatFn:
+    def batch(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return _scalar(fn(x_spec.unflatten(x), y_spec.unflatten(y), idx()), name)
+
+    return batch
+
+
 @dataclass(frozen=True)
 class Problem:
     """A bilevel problem on flat vectors.
@@ -182,6 +190,9 @@ class Problem:
         Projection of a flat ``y`` onto the lower-level constraint set (None: unconstrained).
     buffers : bilevel.models.Buffers or None
         Module buffers the inner dynamics carry from step to step (:func:`bilevel.dynamics.base.with_buffers`).
+    batches : bilevel.stochastic.MiniBatches or None
+        The mini-batch draws of a finite-sum lower objective ``lower(x, y, idx)``: ``lower`` here evaluates the
+        batch of the current inner step, ``upper`` all samples (``idx=None``).
     """
 
     upper: FlatFn
@@ -190,16 +201,26 @@ class Problem:
     y_spec: Spec
     project_y: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
     buffers: Any = None
+    batches: Any = None
 
     @staticmethod
     def from_user(upper: Callable[[Tree, Tree], torch.Tensor], lower: Callable[[Tree, Tree], torch.Tensor],
                   x_spec: Spec, y_spec: Spec,
-                  project_y: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, buffers: Any = None) -> "Problem":
+                  project_y: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, buffers: Any = None,
+                  batches: Any = None) -> "Problem":
         """Wrap user objectives on tensors/dicts into flat-vector objectives with scalar checks.
 
         A :class:`Factored` objective gets its own one-entry memo of ``features(x)``, living as long as the
-        returned problem (the API builds one problem per hypergradient / outer step).
+        returned problem (the API builds one problem per hypergradient / outer step). With ``batches`` the
+        objectives are finite sums ``fn(x, y, idx)`` (see the class docstring).
         """
+        if batches is not None:
+            if isinstance(upper, Factored) or isinstance(lower, Factored):
+                raise ValueError("Factored objectives cannot be mini-batched (n_lower/batch_size): write "
+                                 "lower(x, y, idx) and upper(x, y, idx) as plain functions")
+            return Problem(_finite_sum(upper, x_spec, y_spec, "upper", lambda: None),
+                           _finite_sum(lower, x_spec, y_spec, "lower", batches.current), x_spec, y_spec, project_y,
+                           buffers, batches)
         return Problem(_flat_objective(upper, x_spec, y_spec, "upper"),
                        _flat_objective(lower, x_spec, y_spec, "lower"), x_spec, y_spec, project_y, buffers)
 

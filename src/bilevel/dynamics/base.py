@@ -52,6 +52,12 @@ def with_buffers(dyn: Dynamics, buffers) -> Dynamics:
     return Dynamics(init, step)
 
 
+def with_step_state(dyn: Dynamics, problem) -> Dynamics:
+    """``dyn`` carrying the problem's step-indexed side state: its module buffers and its mini-batch draws
+    (:class:`bilevel.stochastic.MiniBatches`), both through :func:`with_buffers`' hooks."""
+    return with_buffers(with_buffers(dyn, problem.buffers), problem.batches)
+
+
 def nonfinite_kind(t: torch.Tensor) -> Optional[str]:
     """"nan", "inf" or None (one reduction and one host sync)."""
     if bool(torch.isfinite(t).all()):

@@ -34,7 +34,7 @@ from ..dynamics.optim import inner_optimizer as _dynamics
 from ..estimators import iga, one_step, reverse
 from ..joint import bamm, bome, f2sa, gaffa, meha, vpbgd
 from ..estimators.first_order import first_order_estimate
-from ..dynamics.base import with_buffers
+from ..dynamics.base import with_step_state
 from ..problem import Problem
 from .registry import Method, Plan, check_float, register
 
@@ -52,7 +52,7 @@ def carried(estimate: Callable[..., Any], value: Callable[..., Any]) -> Plan:
 
 def _alternating(problem: Problem, inner_lr: float, inner_steps: int, *, inner_optimizer: str = "gd",
                  inner_optimizer_options: Optional[dict] = None) -> Plan:
-    dyn = with_buffers(_dynamics(problem, inner_lr, inner_optimizer, inner_optimizer_options), problem.buffers)
+    dyn = with_step_state(_dynamics(problem, inner_lr, inner_optimizer, inner_optimizer_options), problem)
     return carried(lambda x, y, steps, wrt_init, carry: first_order_estimate(problem, dyn, x, y, steps),
                    functools.partial(reverse.value, problem, dyn))
 
@@ -63,7 +63,7 @@ def _darts(problem: Problem, inner_lr: float, inner_steps: int, *, xi: Optional[
     look = inner_lr if xi is None else check_float("xi", xi, nonnegative=True)
     eps = check_float("epsilon", epsilon, positive=True)
     ex = check_bool("exact", exact)
-    dyn = with_buffers(_dynamics(problem, inner_lr, inner_optimizer, inner_optimizer_options), problem.buffers)
+    dyn = with_step_state(_dynamics(problem, inner_lr, inner_optimizer, inner_optimizer_options), problem)
     return carried(lambda x, y, steps, wrt_init, carry: one_step.estimate(problem, dyn, x, y, steps, xi=look,
                                                                           epsilon=eps, exact=ex, wrt_init=wrt_init),
                    functools.partial(one_step.value, problem, dyn, xi=look))
@@ -113,7 +113,7 @@ def _f2sa(problem: Problem, inner_lr: float, inner_steps: int, *, lam: float = 1
 
 def _iga(problem: Problem, inner_lr: float, inner_steps: int, *, inner_optimizer: str = "gd",
          inner_optimizer_options: Optional[dict] = None) -> Plan:
-    dyn = with_buffers(_dynamics(problem, inner_lr, inner_optimizer, inner_optimizer_options), problem.buffers)
+    dyn = with_step_state(_dynamics(problem, inner_lr, inner_optimizer, inner_optimizer_options), problem)
     return carried(lambda x, y, steps, wrt_init, carry: iga.estimate(problem, dyn, x, y, steps, wrt_init=wrt_init),
                    functools.partial(reverse.value, problem, dyn))
 

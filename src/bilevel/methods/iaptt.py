@@ -22,7 +22,7 @@ from typing import Optional
 
 from .._validate import check_bool
 from ..dynamics import nesterov
-from ..dynamics.base import with_buffers
+from ..dynamics.base import with_step_state
 from ..dynamics.optim import inner_optimizer as _dynamics
 from ..estimators import ptt, reverse
 from ..problem import Problem
@@ -32,7 +32,7 @@ from .registry import Method, Plan, check_checkpoint, register, unrolled
 def _iaptt(problem: Problem, inner_lr: float, inner_steps: int, *, checkpoint: Optional[int] = None,
            single_pass: bool = False, inner_optimizer: str = "gd", inner_optimizer_options: Optional[dict] = None
            ) -> Plan:
-    dyn = with_buffers(_dynamics(problem, inner_lr, inner_optimizer, inner_optimizer_options), problem.buffers)
+    dyn = with_step_state(_dynamics(problem, inner_lr, inner_optimizer, inner_optimizer_options), problem)
     est = functools.partial(ptt.estimate, problem, dyn, checkpoint=check_checkpoint(checkpoint),
                             single_pass=check_bool("single_pass", single_pass))
     return Plan(lambda x, y0, steps, wrt_init=False: est(x, y0, steps, wrt_init=wrt_init),

@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Tuple
 import torch
 
 from .._validate import check_checkpoint, check_float, check_int  # re-exported: the presets' option checks
-from ..dynamics.base import with_buffers
+from ..dynamics.base import with_step_state
 from ..estimators import Estimate, reverse
 from ..problem import Problem
 
@@ -128,7 +128,7 @@ def get(name: str) -> Method:
 def unrolled(estimator: Callable[..., Estimate], problem: Problem, dyn, **kw) -> Plan:
     """A plan differentiating (or approximating the gradient of) F(x, y_K) for dynamics ``dyn`` (which carries the
     problem's module buffers, if any)."""
-    dyn = with_buffers(dyn, problem.buffers)
+    dyn = with_step_state(dyn, problem)
     est = functools.partial(estimator, problem, dyn, **kw)
     return Plan(lambda x, y0, steps, wrt_init=False: est(x, y0, steps, wrt_init=wrt_init),
                 functools.partial(reverse.value, problem, dyn))
