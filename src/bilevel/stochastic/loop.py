@@ -44,12 +44,16 @@ class StochasticResult:
 
 
 def _data_parallel(dist: Any, batch_size: int):
-    """(split, reduce) for a ``bilevel.parallel`` context with several processes; (None, None) otherwise."""
+    """(split, reduce) for a ``bilevel.parallel.DistContext`` with several processes; (None, None) otherwise.
+
+    Each process evaluates its contiguous share of every batch; the shares, weighted by their sizes, are summed by one
+    ``all_reduce`` per oracle call (through ``dist.device``: the GPU of the rank with nccl).
+    """
     if dist is None or getattr(dist, "world_size", 1) == 1:
         return None, None
-    from .. import parallel
+    import torch.distributed
 
-    rank, world = dist.rank, dist.world_size
+    rank, world, device = dist.rank, dist.world_size, dist.device
     if batch_size < world:
         raise ValueError(f"data_parallel splits each batch over {world} processes: batch_size must be >= {world}, "
                          f"got {batch_size}")
@@ -59,7 +63,12 @@ def _data_parallel(dist: Any, batch_size: int):
         local = torch.tensor_split(full, world)[rank]
         return local, local.numel() / full.numel()
 
-    return split, (lambda t: parallel.all_reduce_(t, "sum", dist))
+    def reduce(t):
+        buf = t if t.device == device else t.to(device)
+        torch.distributed.all_reduce(buf)
+        return buf.to(t.device)
+
+    return split, reduce
 
 
 class StochasticLoop:

@@ -1,0 +1,156 @@
+"""Time per outer step of ``bilevel.stochastic`` (SOBA, SABA, AmIGO) on the two timing problems, in torch float32.
+
+Runs in the main venv; the counterpart of their_step.py (same data, from problem_data.py, same sizes and the
+benchmark's default parameters): inner_lr 0.1 (their step_size), outer_lr 0.1 (step_size / outer_ratio), batch 64,
+n_inner_steps 10 for AmIGO. The objectives are ``upper(x, y, idx)`` / ``lower(x, y, idx)``, means over the index
+tensor ``idx`` (our sampler's fixed batches are random sample indices, so the data rows are gathered; theirs are
+contiguous slices).
+
+For each method: build a ``StochasticLoop``, run ``--warmup`` untimed blocks of ``--steps`` steps, then
+``--repeats`` timed blocks: time per step = block time / steps; the median is reported, with the process CPU time
+over wall time of the timed blocks (about 1 with one thread).
+
+    benchmarks/stochastic/jax/... main venv: .venv/bin/python benchmarks/stochastic/jax/our_step.py --problem quadratic
+
+Prints one JSON object (the last line of stdout).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, "..", "..", "..", "src"))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import bilevel  # noqa: E402
+from bilevel.stochastic import StochasticLoop  # noqa: E402
+
+import problem_data  # noqa: E402
+
+# Their defaults (step_size 0.1, outer_ratio 1, batch_size 64; AmIGO n_inner_steps 10).
+STEP_SIZE, OUTER_RATIO, BATCH = 0.1, 1.0, 64
+OPTIONS = {"soba": {}, "saba": {}, "amigo": {"n_inner_steps": 10}}
+
+
+def _rows(t, idx):
+    return t if idx is None else t.index_select(0, idx)
+
+
+def quadratic_problem():
+    data = problem_data.quadratic()
+    p = problem_data.QUADRATIC
+
+    def make(d):
+        A, B, C, a, b = (torch.from_numpy(d[k]) for k in "ABCab")
+
+        def f(x, y, idx):  # mean over idx of 1/2 y'A_i y + 1/2 x'B_i x + x'C_i y + a_i'y + b_i'x
+            Ab, Bb, Cb, ab, bb = (_rows(t, idx) for t in (A, B, C, a, b))
+            per_sample = (0.5 * ((Ab @ y) * y).sum(1) + 0.5 * ((Bb @ x) * x).sum(1) + ((Cb @ y) * x).sum(1)
+                          + ab @ y + bb @ x)
+            return per_sample.mean()
+
+        return f
+
+    return dict(upper=make(data["outer"]), lower=make(data["inner"]), n_upper=p["n_outer"], n_lower=p["n_inner"],
+                x0=-2 * torch.ones(p["dim_outer"]), y0=torch.zeros(p["dim_inner"]))
+
+
+def quadratic_factored_problem():
+    data = problem_data.quadratic(dense=False)
+    p = problem_data.QUADRATIC
+
+    def make(d):
+        u, w, pp, q, a, b = (torch.from_numpy(d[k]) for k in ("u", "w", "p", "q", "a", "b"))
+
+        def f(x, y, idx):  # A_i = u_i u_i', B_i = w_i w_i', C_i = p_i q_i'
+            ub, wb, pb, qb, ab, bb = (_rows(t, idx) for t in (u, w, pp, q, a, b))
+            per_sample = 0.5 * (ub @ y) ** 2 + 0.5 * (wb @ x) ** 2 + (pb @ x) * (qb @ y) + ab @ y + bb @ x
+            return per_sample.mean()
+
+        return f
+
+    return dict(upper=make(data["outer"]), lower=make(data["inner"]), n_upper=p["n_outer"], n_lower=p["n_inner"],
+                x0=-2 * torch.ones(p["dim_outer"]), y0=torch.zeros(p["dim_inner"]))
+
+
+def datacleaning_problem():
+    data = problem_data.datacleaning()
+    p = problem_data.DATACLEANING
+    nf, nc, reg = p["n_features"], p["n_classes"], p["reg"]
+    Xtr, Xval = torch.from_numpy(data["X_train"]), torch.from_numpy(data["X_val"])
+    ytr, yval = torch.from_numpy(data["y_train"]).long(), torch.from_numpy(data["y_val"]).long()
+
+    def lower(x, y, idx):  # sigmoid(x_i)-weighted cross-entropy of the linear model + reg ||theta||^2
+        logits = _rows(Xtr, idx) @ y.view(nf, nc)
+        w = torch.sigmoid(_rows(x, idx))
+        return (w * F.cross_entropy(logits, _rows(ytr, idx), reduction="none")).mean() + reg * (y * y).sum()
+
+    def upper(x, y, idx):  # validation cross-entropy (independent of x)
+        return F.cross_entropy(_rows(Xval, idx) @ y.view(nf, nc), _rows(yval, idx))
+
+    return dict(upper=upper, lower=lower, n_upper=p["n_outer"], n_lower=p["n_inner"],
+                x0=-2 * torch.ones(p["n_inner"]), y0=torch.zeros(nf * nc))
+
+
+PROBLEMS = {"quadratic": quadratic_problem, "quadratic_factored": quadratic_factored_problem,
+            "datacleaning": datacleaning_problem}
+
+
+def time_method(method, prob, steps, warmup, repeats, saba_memory_mb):
+    options = dict(OPTIONS[method])
+    if method == "saba":
+        options["max_memory_mb"] = saba_memory_mb  # per-sample memories: 3.4 GB on datacleaning
+    t0 = time.perf_counter()
+    loop = StochasticLoop(prob["upper"], prob["lower"], prob["x0"], prob["y0"], method=method,
+                          n_upper=prob["n_upper"], n_lower=prob["n_lower"], batch_size=BATCH, seed=1,
+                          inner_lr=STEP_SIZE, outer_lr=STEP_SIZE / OUTER_RATIO, **options)
+    setup_s = time.perf_counter() - t0
+    for _ in range(warmup * steps):
+        loop.step()
+    per_step, cpu, wall = [], 0.0, 0.0
+    for _ in range(repeats):
+        c0, t0 = time.process_time(), time.perf_counter()
+        for _ in range(steps):
+            loop.step()
+        t1, c1 = time.perf_counter(), time.process_time()
+        per_step.append((t1 - t0) / steps)
+        cpu, wall = cpu + c1 - c0, wall + t1 - t0
+    finite = bool(torch.isfinite(loop.state["x"]).all() and torch.isfinite(loop.state["y"]).all())
+    return {"us_per_step": 1e6 * statistics.median(per_step), "samples_us": [1e6 * s for s in per_step],
+            "steps_per_sample": steps, "cpu_over_wall": cpu / wall, "setup_s": setup_s, "steps_run": loop.t,
+            "finite": finite, "params": {"inner_lr": STEP_SIZE, "outer_lr": STEP_SIZE / OUTER_RATIO,
+                                         "batch_size": BATCH, **options}}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--problem", choices=sorted(PROBLEMS), required=True)
+    ap.add_argument("--methods", default="soba,saba,amigo")
+    ap.add_argument("--steps", type=int, default=128, help="steps per timed block (their eval_freq)")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed blocks")
+    ap.add_argument("--repeats", type=int, default=5, help="timed blocks")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--saba-memory-mb", type=float, default=8192.0)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    prob = PROBLEMS[args.problem]()
+    out = {"side": "ours", "problem": args.problem, "methods": {},
+           "versions": {"bilevel": getattr(bilevel, "__version__", "?"), "torch": torch.__version__,
+                        "numpy": np.__version__, "python": sys.version.split()[0]},
+           "threads": torch.get_num_threads(), "dtype": str(prob["y0"].dtype)}
+    for m in args.methods.split(","):
+        out["methods"][m] = time_method(m, prob, args.steps, args.warmup, args.repeats, args.saba_memory_mb)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Data of the two timing problems, as numpy float32 arrays (numpy only: imported by both their_step.py, in the
+JAX venv, and our_step.py, in the main venv, so the two sides get the same arrays from the same seed).
+
+* ``quadratic``: benchmark_bilevel's ``simulated`` dataset at its defaults (1024 inner / 1024 outer samples,
+  dim_inner = dim_outer = 100, mu = 0.1, L = 1, L_cross = 0.1). Each sample i of each function is
+  ``q_i(y, x) = 1/2 y'A_i y + 1/2 x'B_i x + x'C_i y + a_i'y + b_i'x`` with A_i, B_i, C_i rank one and stored
+  dense, per sample, as the benchmark stores them (A: (n, dy, dy), B: (n, dx, dx), C: (n, dx, dy)). The
+  matrices follow the structure of the benchmark's generator as described in notes/stochastic_solvers.md 3.2
+  (expected Hessians with a geometric spectrum, one zero eigenvalue in x), written here independently; they are
+  not the benchmark's exact draws, and the acceptance test on the value function is skipped (the time per step
+  does not depend on it).
+* ``quadratic_factored``: the same functions with the rank-one matrices kept as factors (not the benchmark's
+  formulation; it is the one of benchmarks/stochastic/problems.py): a batch costs O(batch d), not O(batch d^2).
+* ``datacleaning``: the shapes of benchmark_bilevel's ``mnist`` dataset (Fashion-MNIST-sized): 20000 training
+  (inner) and 5000 validation (outer) samples of 784 features, 10 classes. The features are RANDOM N(0, 1)
+  (the benchmark standardises its features) and the labels are random classes: the time per step of these
+  solvers does not depend on the values, so no data set is downloaded.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+QUADRATIC = dict(n_inner=1024, n_outer=1024, dim_inner=100, dim_outer=100, mu=0.1, L=1.0, L_cross=0.1)
+DATACLEANING = dict(n_inner=20000, n_outer=5000, n_features=784, n_classes=10, reg=0.2)
+PROBLEMS = ("quadratic", "quadratic_factored", "datacleaning")
+
+
+def _psd_factor(rng, d, mu, L, zero_eig=False):
+    """R with R'R having eigenvalues geometric in [mu, L] (and a leading 0 with ``zero_eig``)."""
+    u, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    ev = np.geomspace(mu, L, d - 1 if zero_eig else d)
+    if zero_eig:
+        ev = np.concatenate([[0.0], ev])
+    return (u * np.sqrt(ev)) @ u.T
+
+
+def _quadratic_function(rng, n, dy, dx, mu, L, L_cross):
+    ry = rng.standard_normal((n, dy)) @ _psd_factor(rng, dy, mu, L)           # A_i = ry_i ry_i'
+    rx = rng.standard_normal((n, dx)) @ _psd_factor(rng, dx, mu, L, True)     # B_i = rx_i rx_i'
+    u, _, vh = np.linalg.svd(rng.standard_normal((dx, dy)))
+    k = min(dx, dy)
+    s = np.geomspace(mu, L_cross, k) if mu != L_cross else np.full(k, L_cross)
+    z = rng.standard_normal((n, dy))
+    left = (z[:, :k] * s) @ u[:, :k].T                                          # (U D z_i)'
+    right = z @ vh.T                                                            # (Vh z_i)'
+    return dict(u=ry, w=rx, p=left, q=right, a=rng.standard_normal((n, dy)), b=rng.standard_normal((n, dx)))
+
+
+def quadratic(seed: int = 2442, dense: bool = True):
+    """``{"inner": {...}, "outer": {...}}``, float32: with ``dense`` the per-sample matrices ``A, B, C`` (as the
+    benchmark stores them) and ``a, b``; otherwise their rank-one factors ``A_i = u_i u_i'``, ``B_i = w_i w_i'``,
+    ``C_i = p_i q_i'`` and ``a, b`` (the ``quadratic_factored`` problem, as benchmarks/stochastic/problems.py keeps
+    them: O(batch d) per batch instead of O(batch d^2)). Same draws either way."""
+    p = QUADRATIC
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, n in (("inner", p["n_inner"]), ("outer", p["n_outer"])):
+        f = _quadratic_function(rng, n, p["dim_inner"], p["dim_outer"], p["mu"], p["L"], p["L_cross"])
+        if dense:
+            f = dict(A=np.einsum("ni,nj->nij", f["u"], f["u"]), B=np.einsum("ni,nj->nij", f["w"], f["w"]),
+                     C=np.einsum("ni,nj->nij", f["p"], f["q"]), a=f["a"], b=f["b"])
+        out[name] = {k: v.astype(np.float32) for k, v in f.items()}
+    return out
+
+
+def datacleaning(seed: int = 32):
+    """``{"X_train", "y_train" (int), "X_val", "y_val"}``: random features and labels of the mnist shapes."""
+    p = DATACLEANING
+    rng = np.random.default_rng(seed)
+    return {"X_train": rng.standard_normal((p["n_inner"], p["n_features"]), dtype=np.float32),
+            "y_train": rng.integers(0, p["n_classes"], p["n_inner"]),
+            "X_val": rng.standard_normal((p["n_outer"], p["n_features"]), dtype=np.float32),
+            "y_val": rng.integers(0, p["n_classes"], p["n_outer"])}
