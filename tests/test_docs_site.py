@@ -37,3 +37,21 @@ def test_site_builds_strict(tmp_path):
     api = (tmp_path / "site" / "api" / "bilevel" / "index.html").read_text()
     assert "Hypergradient of phi(x)" in api and "inner_steps" in api  # hypergrad's docstring, rendered
     assert ":func:<code>" not in (tmp_path / "site" / "api" / "helpers" / "index.html").read_text()
+
+
+def test_every_method_has_a_page():
+    """docs/methods/<name>.md for every ``bilevel.METHODS`` name and docs/methods/stochastic/<name>.md for every
+    ``bilevel.stochastic.METHODS`` name, and nothing else; a stochastic page names each of its method's options and
+    the guide (docs/stochastic.md) links it."""
+    import bilevel
+    from bilevel import stochastic
+
+    methods = ROOT / "docs" / "methods"
+    assert {p.stem for p in methods.glob("*.md")} - {"README"} == set(bilevel.METHODS)
+    assert {p.stem for p in (methods / "stochastic").glob("*.md")} == set(stochastic.METHODS)
+    guide = (ROOT / "docs" / "stochastic.md").read_text(encoding="utf-8")
+    for name, method in stochastic.METHODS.items():
+        page = (methods / "stochastic" / f"{name}.md").read_text(encoding="utf-8")
+        missing = [opt for opt in method.options + ("inner_lr", "outer_lr") if f"`{opt}`" not in page]
+        assert not missing, f"docs/methods/stochastic/{name}.md does not document {missing}"
+        assert f"(methods/stochastic/{name}.md)" in guide, f"docs/stochastic.md does not link the page of {name}"

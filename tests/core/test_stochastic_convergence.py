@@ -5,8 +5,9 @@ report.
 
 The problem (mu = 0.5, L = 1, 32 + 32 samples, dim_y 4, dim_x 2, batch 4): per-sample noise 0.02, and 0.0005 for MRBO,
 whose error plateaus at a level proportional to the noise (about 1e-4 at noise 0.002, measured). MRBO and VRBO run
-their Neumann series with the step 1/L = 1 and 20 terms, so that its truncation error (1/2)^21 is below the target. F2SA grows its multiplier 5x faster than its
-default (lam_growth 0.5) and takes 3 inner steps, so that its O(1/lam) bias falls within the budget.
+their Neumann series with the step 1/L = 1 and 20 terms, so that its truncation error (1/2)^21 is below the target.
+F2SA grows its multiplier 5x faster than its default (lam_growth 0.5) and takes 3 inner steps, so that its O(1/lam)
+bias falls within the budget.
 """
 import pytest
 import torch

@@ -4,21 +4,18 @@
 LongTensor; ``None`` means all samples). :class:`Oracles` wraps them on the flat vectors of :mod:`bilevel._tree`
 and gives the derivatives the stochastic solvers use, each one ``torch.autograd`` pass:
 
-==========================  ==========================================================  ======================
-oracle                      value                                                       counted (per sample)
-==========================  ==========================================================  ======================
-``grad_lower_y``            ``grad_y f_B(x, y)``                                        1 inner
-``grads_lower``             ``(grad_x f_B, grad_y f_B)``                                1 inner
-``lower_vjp``               ``(grad_y f_B, H_B v, J_B v)`` with ``H = d2_yy f``,        3 inner
-                            ``J v = d2_xy f v = d/dx <grad_y f, v>`` (one backward)
-``hvp`` / ``cross``         ``H_B v`` / ``J_B v``                                       1 inner
-``hvp_cross``               ``(H_B v, J_B v)``                                          2 inner
-``grads_upper``             ``(grad_x F_B, grad_y F_B)``                                2 outer
-==========================  ==========================================================  ======================
+| oracle | value | counted (per sample) |
+|---|---|---|
+| ``grad_lower_y`` | ``grad_y f_B(x, y)`` | 1 inner |
+| ``grads_lower`` | ``(grad_x f_B, grad_y f_B)`` | 1 inner |
+| ``lower_vjp`` | ``(grad_y f_B, H_B v, J_B v)``, ``H = d2_yy f``, ``J v = d/dx <grad_y f, v>`` (one backward) | 3 inner |
+| ``hvp`` / ``cross`` | ``H_B v`` / ``J_B v`` | 1 inner |
+| ``hvp_cross`` | ``(H_B v, J_B v)`` | 2 inner |
+| ``grads_upper`` | ``(grad_x F_B, grad_y F_B)`` | 2 outer |
 
 The counts (:attr:`Oracles.calls`, samples times derivative evaluations) are the x-axis of the benchmark's
-"oracle calls" curves. With a ``reduce`` function (data parallel, :func:`bilevel.stochastic.data_parallel`) each
-process evaluates its share of the batch and the shares are summed, weighted by their sizes.
+"oracle calls" curves; they count whole batches, also when ``data_parallel`` (:func:`bilevel.stochastic.solve`) has
+each process evaluate its share of a batch and sums the shares, weighted by their sizes.
 """
 from __future__ import annotations
 

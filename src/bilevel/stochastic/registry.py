@@ -3,7 +3,8 @@
 ``METHODS[name].options`` are the keyword-only parameters of ``build``, so an unknown option is refused by name, as
 for the deterministic methods (:mod:`bilevel.methods.registry`). ``inner_lr`` is the step of y (and, unless a method
 says otherwise, of its linear system); ``outer_lr`` the step of x. The defaults suit a strongly convex lower level
-with L = 1 and condition number <= 10; every method's page in docs/methods/ gives its tuned values on the benchmark.
+with L = 1 and condition number <= 10 (tests/core/test_stochastic_convergence.py); each method's page in
+docs/methods/stochastic/ gives its options, and benchmarks/stochastic/problems.py the values tuned for the benchmark.
 """
 from __future__ import annotations
 
@@ -71,7 +72,7 @@ METHODS: Dict[str, StochasticMethod] = {m.name: m for m in (
     _m("amigo", amigo, 0.5, 0.1, "SGD on y, warm-started SGD on the linear system (Arbel & Mairal 2022)"),
     _m("soba", soba, 0.5, 0.1, "one SGD step on y, v and x per iteration (Dagreou et al. 2022)"),
     _m("saba", saba, 0.5, 0.1, "SOBA with SAGA variance reduction, per-sample memories (Dagreou et al. 2022)"),
-    _m("srba", srba, 0.5, 0.1, "SOBA with SARAH variance reduction (Dagreou et al. 2023)"),
+    _m("srba", srba, 0.5, 0.1, "SOBA with SARAH variance reduction (Dagreou et al. 2024)"),
     _m("ttsa", ttsa, 0.5, 0.1, "two-timescale single loop, randomised Neumann (Hong et al. 2023)"),
     _m("fsla", fsla, 0.5, 0.1, "single loop, look-ahead v, STORM momentum on x (Li et al. 2022)"),
     _m("mrbo", mrbo, 0.5, 0.1, "STORM momentum on y and x, Neumann series (Yang et al. 2021)"),

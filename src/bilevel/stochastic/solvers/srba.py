@@ -1,4 +1,4 @@
-"""SRBA (Dagreou, Moreau, Vaiter, Ablin, AISTATS 2023): SOBA's directions with SARAH/SPIDER recursions.
+"""SRBA (Dagreou, Moreau, Vaiter, Ablin, AISTATS 2024): SOBA's directions with SARAH/SPIDER recursions.
 
 Every ``period = max(1, int((n_lower + n_upper) * period_frac / batch_size))`` iterations (from the first), the
 directions are recomputed on the full batch at ``(x, y, v)``::
