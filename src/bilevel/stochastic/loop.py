@@ -22,6 +22,7 @@ from .._tree import Tree, flatten
 from .._validate import check_callable, check_float, check_int
 from ..errors import NonFiniteError
 from .base import Context
+from .compiled import CompiledBlocks
 from .oracles import Oracles
 from .registry import StochasticMethod, get
 from .sampler import BatchSampler, derive_seed, generator
@@ -80,7 +81,8 @@ class StochasticLoop:
 
     def __init__(self, upper: Callable, lower: Callable, x0: Tree, y0: Tree, *, method: str, n_upper: int,
                  n_lower: int, batch_size: int, seed: int = 0, inner_lr: Optional[float] = None,
-                 outer_lr: Optional[float] = None, data_parallel: Any = None, **options: Any):
+                 outer_lr: Optional[float] = None, data_parallel: Any = None, compile_block: Optional[int] = None,
+                 **options: Any):
         self.method: StochasticMethod = get(method)
         self.method.check_options(options)
         check_callable("upper", upper, "upper(x, y, idx) -> scalar tensor")
@@ -105,8 +107,10 @@ class StochasticLoop:
                            generator(seed, 2), batch_size)
         self.config = {"format": FORMAT, "method": self.method.name, "n_upper": n_upper, "n_lower": n_lower,
                        "batch_size": batch_size, "seed": seed, "inner_lr": inner_lr, "outer_lr": outer_lr,
-                       "options": {k: options[k] for k in sorted(options)}}
+                       "options": {k: options[k] for k in sorted(options)},
+                       "compile_block": check_int("compile_block", compile_block, 1, allow_none=True)}
         self.solver = self.method.bind(self.ctx, inner_lr, outer_lr, options)
+        self.compiled = None if compile_block is None else CompiledBlocks(self, compile_block, options)
         self.state = self.solver.init(x.clone(), y.clone())
         self.t = 0
         self.elapsed = 0.0
@@ -131,6 +135,21 @@ class StochasticLoop:
         self.t += 1
         self.elapsed += time.perf_counter() - start
 
+    def run(self, steps: int) -> None:
+        """``steps`` outer iterations: in compiled blocks of ``compile_block`` while they fit, the rest eagerly."""
+        target = self.t + steps
+        while self.compiled is not None and target - self.t >= self.compiled.block:
+            self.elapsed += self.compiled.run_block(self)
+            self.t += self.compiled.block
+        while self.t < target:
+            self.step()
+
+    @property
+    def compile_seconds(self) -> Optional[float]:
+        """Wall time of the first compiled block (compilation included; not in ``elapsed``); None when not compiled
+        or not yet run."""
+        return None if self.compiled is None else self.compiled.compile_seconds
+
     def check_finite(self) -> None:
         """Raise :class:`bilevel.NonFiniteError` when x or y holds nan or inf."""
         for name in ("x", "y"):
@@ -146,6 +165,8 @@ class StochasticLoop:
         rec = {"step": self.t, "time": self.elapsed,
                "upper": float(self.oracles.value_upper(self.state["x"], self.state["y"], None)),
                "inner_oracles": self.oracles.calls["inner"], "outer_oracles": self.oracles.calls["outer"]}
+        if self.compile_seconds is not None:
+            rec["compile_seconds"] = self.compile_seconds
         if metrics is not None:
             with torch.no_grad():
                 extra = metrics(self.x, self.y)
@@ -190,7 +211,8 @@ def solve(upper: Callable, lower: Callable, x0: Tree, y0: Tree, *, method: str, 
           batch_size: int, outer_steps: int, seed: int = 0, inner_lr: Optional[float] = None,
           outer_lr: Optional[float] = None, log_every: Optional[int] = None,
           metrics: Optional[Callable[[Tree, Tree], Dict[str, Any]]] = None, checkpoint: Optional[str] = None,
-          checkpoint_every: int = 100, data_parallel: Any = None, **options: Any) -> StochasticResult:
+          checkpoint_every: int = 100, data_parallel: Any = None, compile_block: Optional[int] = None,
+          **options: Any) -> StochasticResult:
     """Minimize ``F(x, y*(x))`` over finite-sum objectives with a stochastic bilevel method.
 
     Parameters
@@ -225,6 +247,11 @@ def solve(upper: Callable, lower: Callable, x0: Tree, y0: Tree, *, method: str, 
     checkpoint_every : int
     data_parallel : bilevel.parallel.DistContext, optional
         Split every batch over the processes and sum the oracles (all ranks run the same trajectory).
+    compile_block : int, optional
+        Run the iterations in ``torch.compile``-d blocks of this many (:mod:`bilevel.stochastic.compiled`; soba,
+        saba, amigo, stocbio): the same trajectory to round-off, several times faster on small batches, after a
+        compilation of seconds to a minute (``compile_seconds`` in the history records). Blocks never cross a log or
+        checkpoint point.
     **options
         The method's options (``METHODS[method].options``); unknown ones raise ValueError.
 
@@ -238,7 +265,7 @@ def solve(upper: Callable, lower: Callable, x0: Tree, y0: Tree, *, method: str, 
     check_callable("metrics", metrics, "metrics(x, y) -> dict", allow_none=True)
     loop = StochasticLoop(upper, lower, x0, y0, method=method, n_upper=n_upper, n_lower=n_lower,
                           batch_size=batch_size, seed=seed, inner_lr=inner_lr, outer_lr=outer_lr,
-                          data_parallel=data_parallel, **options)
+                          data_parallel=data_parallel, compile_block=compile_block, **options)
     history: List[Dict[str, float]] = []
     if checkpoint is not None and os.path.exists(checkpoint):
         saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
@@ -248,7 +275,10 @@ def solve(upper: Callable, lower: Callable, x0: Tree, y0: Tree, *, method: str, 
         history = [loop.record(metrics)]
     rank0 = data_parallel is None or getattr(data_parallel, "rank", 0) == 0
     while loop.t < steps:
-        loop.step()
+        nxt = min(steps, (loop.t // log_every + 1) * log_every)
+        if checkpoint is not None:
+            nxt = min(nxt, (loop.t // every + 1) * every)
+        loop.run(nxt - loop.t)
         if loop.t % log_every == 0 or loop.t == steps:
             history.append(loop.record(metrics))
         if checkpoint is not None and rank0 and (loop.t % every == 0 or loop.t == steps):

@@ -61,6 +61,7 @@ class BatchSampler:
         self.perm = torch.cat([head, perm[full:].sort().values]).to(device)
         self.order = torch.randperm(self.n_batches, generator=self._gen)
         self.pos = 0
+        self.draws = 0  # draws made by this object (not part of the state: a counter for the compiled engine)
 
     def batch(self, b: int) -> torch.Tensor:
         """The sorted sample indices of batch ``b``."""
@@ -78,6 +79,7 @@ class BatchSampler:
             self.pos = 0
         b = int(self.order[self.pos])
         self.pos += 1
+        self.draws += 1
         return self.batch(b), b
 
     def state_dict(self) -> Dict[str, torch.Tensor]:

@@ -19,7 +19,7 @@ from ..base import Context, Solver, check_memory
 
 
 def _saga(s, key, g, idx, w):
-    old = s["mem_" + key][idx[0]]
+    old = s["mem_" + key][idx[:1]].squeeze(0)  # rows of one batch are equal; a slice keeps it traceable
     diff = g - old
     d = diff + s["avg_" + key]
     s["avg_" + key] = s["avg_" + key] + w * diff
