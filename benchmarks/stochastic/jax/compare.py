@@ -52,6 +52,8 @@ def run_side(side: str, problem: str, args) -> dict:
         extra = {}
     else:
         cmd = [sys.executable, os.path.join(HERE, "our_step.py"), "--threads", str(args.threads)]
+        if side == "compiled":
+            cmd += ["--compile-block", str(args.compile_block)]
         extra = dict(kv.split("=", 1) for kv in args.our_env)
     cmd += ["--problem", problem, "--methods", args.methods, "--repeats", str(args.repeats)]
     preexec = (lambda: os.sched_setaffinity(0, {args.cpu})) if args.cpu is not None else None
@@ -109,6 +111,13 @@ def summarise(rounds: list, problems: list, methods: list) -> list:
                 "finite": all(r[p][s]["methods"][m]["finite"] for r in rounds for s in ("jax", "ours")),
                 "jax_setup_s": statistics.median(r[p]["jax"]["methods"][m]["setup_s"] for r in rounds),
             })
+            if all("compiled" in r[p] for r in rounds):
+                comp_us = [r[p]["compiled"]["methods"][m]["us_per_step"] for r in rounds]
+                cr = [c / j for c, j in zip(comp_us, jax_us)]
+                rows[-1].update({"compiled_us": statistics.median(comp_us), "ratio_compiled": statistics.median(cr),
+                                 "ratio_compiled_min": min(cr), "ratio_compiled_max": max(cr),
+                                 "compile_s": statistics.median(r[p]["compiled"]["methods"][m]["compile_s"]
+                                                                for r in rounds)})
     return rows
 
 
@@ -121,13 +130,17 @@ def markdown(report: dict) -> str:
         f"({a['rounds']} paired round(s), {a['repeats']} timed blocks of 128 steps per side and round, "
         f"{a['threads']} thread(s), CPU pinning: {a['cpu'] if a['cpu'] is not None else 'none'}).",
         "",
-        "| problem | method | JAX µs/step | ours µs/step | ratio ours/JAX (min-max) |",
-        "|---|---|---:|---:|---:|",
+        "| problem | method | JAX µs/step | ours eager µs/step | eager / JAX (min-max) | ours compiled µs/step "
+        "| compiled / JAX (min-max) | compile s (first block) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["rows"]:
         flag = "" if r["finite"] else " (non-finite iterates)"
+        comp = (f"{r['compiled_us']:.0f} | {r['ratio_compiled']:.2f} ({r['ratio_compiled_min']:.2f}-"
+                f"{r['ratio_compiled_max']:.2f}) | {r['compile_s']:.0f}" if "compiled_us" in r else "- | - | -")
         lines.append(f"| {r['problem']} | {NAMES.get(r['method'], r['method'])} | {r['jax_us']:.0f} | "
-                     f"{r['ours_us']:.0f} | {r['ratio']:.2f} ({r['ratio_min']:.2f}-{r['ratio_max']:.2f}){flag} |")
+                     f"{r['ours_us']:.0f} | {r['ratio']:.2f} ({r['ratio_min']:.2f}-{r['ratio_max']:.2f}){flag} | "
+                     f"{comp} |")
     lines += [
         "",
         "Each cell is the median over rounds of each side's median time per step; the ratio is the median of the "
@@ -186,6 +199,8 @@ def main():
                     help="of quadratic, quadratic_factored, datacleaning")
     ap.add_argument("--methods", default="soba,saba,amigo")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--compile-block", type=int, default=64,
+                    help="also time ours with compile_block=N (0: eager only)")
     ap.add_argument("--cpu", type=int, default=None, help="pin both sides to this CPU core")
     ap.add_argument("--our-env", action="append", default=[], metavar="KEY=VALUE",
                     help="extra environment for our side only (e.g. MALLOC_MMAP_THRESHOLD_=67108864)")
@@ -202,11 +217,13 @@ def main():
         res = {}
         for p in problems:
             order = ("jax", "ours") if r % 2 == 0 else ("ours", "jax")
+            if args.compile_block:
+                order = order + ("compiled",)
             res[p] = {}
             for side in order:
                 res[p][side] = run_side(side, p, args)
                 us = {m: round(v["us_per_step"]) for m, v in res[p][side]["methods"].items()}
-                print(f"round {r + 1}/{args.rounds} {p:12s} {side:4s} us/step {us} "
+                print(f"round {r + 1}/{args.rounds} {p:12s} {side:8s} us/step {us} "
                       f"({res[p][side]['wall_s']:.0f} s)", flush=True)
         rounds.append(res)
     rows = summarise(rounds, problems, methods)
