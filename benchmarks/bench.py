@@ -902,6 +902,12 @@ def write_markdown(path: Path, records: List[Dict[str, Any]], checks: List[Dict[
             seen.add(key)
             L.append(f"- `{r['problem']}`: {r['note']}")
     L += [f"- {n}" for n in notes]
+    L += ["", "## Other benchmarks", "",
+          "- The stochastic solvers (`bilevel.stochastic`) on benchmark_bilevel's problems: "
+          "[stochastic/RESULTS.md](stochastic/RESULTS.md) (curves and time-to-target tables, "
+          "`python -m bilevel_benchmarks.stochastic.run` / `.plot`), and their time per step against benchmark_bilevel's "
+          "own JAX solvers: [stochastic/jax_compare.md](stochastic/jax_compare.md).",
+          "- The first-order family's accuracy sweeps: [first_order/SWEEPS.md](first_order/SWEEPS.md)."]
     path.write_text("\n".join(L) + "\n")
 
 
