@@ -24,6 +24,7 @@ from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
 import torch
 
+from .._validate import check_float, check_int
 from .oracles import Oracles
 from .sampler import BatchSampler
 
@@ -133,6 +134,13 @@ def random_neumann_pair(ctx: Context, a: Tuple[Tensor, Tensor, Tensor], b: Tuple
         ra = ra - eta * ctx.oracles.hvp(xa, ya, ra, idx)
         rb = rb - eta * ctx.oracles.hvp(xb, yb, rb, idx)
     return q * eta * ra, q * eta * rb
+
+
+def neumann_options(who: str, n_neumann_steps: int, neumann_lr: Optional[float], inner_lr: float,
+                    low: int = 0) -> Tuple[int, float]:
+    """The checked ``(Q, eta)`` of a method's Neumann series: ``eta`` defaults to ``inner_lr``."""
+    q = check_int("n_neumann_steps", n_neumann_steps, low, who=who)
+    return q, inner_lr if neumann_lr is None else check_float("neumann_lr", neumann_lr, positive=True)
 
 
 def check_memory(name: str, nbytes: int, max_memory_mb: float) -> None:

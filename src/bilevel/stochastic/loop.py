@@ -10,7 +10,6 @@ stopped.
 """
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import dataclass, field

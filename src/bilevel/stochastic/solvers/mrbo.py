@@ -13,16 +13,15 @@ Cost: ``2 + 2Q + 2`` inner oracle calls per sample and 4 outer. Memory: the prev
 """
 from __future__ import annotations
 
-from ..base import Context, Solver, decay, neumann, neumann_pair
-from ..._validate import check_float, check_int, check_interval
+from ..base import Context, Solver, decay, neumann, neumann_options, neumann_pair
+from ..._validate import check_interval
 
 
 def momentum_build(name: str, pair, single):
     def build(ctx: Context, inner_lr: float, outer_lr: float, *, n_neumann_steps: int = 10, neumann_lr: float = None,
               momentum: float = 0.5) -> Solver:
         o = ctx.oracles
-        q = check_int("n_neumann_steps", n_neumann_steps, 1 if name == "sustain" else 0, who=name)
-        eta = inner_lr if neumann_lr is None else check_float("neumann_lr", neumann_lr, positive=True)
+        q, eta = neumann_options(name, n_neumann_steps, neumann_lr, inner_lr, 1 if name == "sustain" else 0)
         c = check_interval("momentum", momentum, 0.0, 1.0, open_low=True)
 
         def init(x, y):

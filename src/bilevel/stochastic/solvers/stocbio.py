@@ -12,16 +12,15 @@ One iteration, with constant steps::
 """
 from __future__ import annotations
 
-from ..base import Context, Solver, neumann, sgd_inner
-from ..._validate import check_float, check_int
+from ..base import Context, Solver, neumann, neumann_options, sgd_inner
+from ..._validate import check_int
 
 
 def build(ctx: Context, inner_lr: float, outer_lr: float, *, n_inner_steps: int = 10, n_neumann_steps: int = 10,
           neumann_lr: float = None) -> Solver:
     o = ctx.oracles
     n = check_int("n_inner_steps", n_inner_steps, 1, who="stocbio")
-    q = check_int("n_neumann_steps", n_neumann_steps, 0, who="stocbio")
-    eta = inner_lr if neumann_lr is None else check_float("neumann_lr", neumann_lr, positive=True)
+    q, eta = neumann_options("stocbio", n_neumann_steps, neumann_lr, inner_lr, 0)
 
     def init(x, y):
         return {"x": x, "y": y}

@@ -11,15 +11,13 @@ Cost: ``p + 2`` inner oracle calls per sample and 2 outer. Memory: none.
 """
 from __future__ import annotations
 
-from ..base import Context, Solver, decay, random_neumann
-from ..._validate import check_float, check_int
+from ..base import Context, Solver, decay, neumann_options, random_neumann
 
 
 def build(ctx: Context, inner_lr: float, outer_lr: float, *, n_neumann_steps: int = 10,
           neumann_lr: float = None) -> Solver:
     o = ctx.oracles
-    q = check_int("n_neumann_steps", n_neumann_steps, 1, who="ttsa")
-    eta = inner_lr if neumann_lr is None else check_float("neumann_lr", neumann_lr, positive=True)
+    q, eta = neumann_options("ttsa", n_neumann_steps, neumann_lr, inner_lr, 1)
 
     def init(x, y):
         return {"x": x, "y": y}

@@ -16,7 +16,7 @@ sample and ``4 n_inner_steps`` outer, plus the refresh. Memory: y' and two direc
 """
 from __future__ import annotations
 
-from ..base import Context, Solver, neumann_full, neumann_pair
+from ..base import Context, Solver, neumann_options, neumann_full, neumann_pair
 from ..._validate import check_float, check_int
 
 
@@ -24,8 +24,7 @@ def build(ctx: Context, inner_lr: float, outer_lr: float, *, n_inner_steps: int 
           neumann_lr: float = None, period_frac: float = 0.5) -> Solver:
     o = ctx.oracles
     n = check_int("n_inner_steps", n_inner_steps, 1, who="vrbo")
-    q = check_int("n_neumann_steps", n_neumann_steps, 0, who="vrbo")
-    eta = inner_lr if neumann_lr is None else check_float("neumann_lr", neumann_lr, positive=True)
+    q, eta = neumann_options("vrbo", n_neumann_steps, neumann_lr, inner_lr, 0)
     period = max(1, int((ctx.n_lower + ctx.n_upper) * check_float("period_frac", period_frac, positive=True)
                         / ctx.batch_size))
 
