@@ -155,7 +155,7 @@ def main():
                         "numpy": np.__version__, "python": sys.version.split()[0]},
            "threads": torch.get_num_threads(), "dtype": str(prob["y0"].dtype)}
     for m in args.methods.split(","):
-        block = max(1, args.compile_block // 16) if m == "amigo" else args.compile_block
+        block = max(1, args.compile_block // 16) if (args.compile_block and m == "amigo") else args.compile_block
         out["methods"][m] = time_method(m, prob, args.steps, args.warmup, args.repeats, args.saba_memory_mb, block)
     print(json.dumps(out))
 
