@@ -290,6 +290,15 @@ def _flat(a: np.ndarray) -> np.ndarray:
     return np.asarray(a).reshape(len(a), -1).astype(np.float64)
 
 
+def _train_test(arrays: Optional[Sequence[np.ndarray]]) -> Tuple[np.ndarray, ...]:
+    """``(X_train, y_train, X_test, y_test, source)``: Fashion-MNIST's official splits (flattened), or ``arrays``."""
+    if arrays is None:
+        (Xall, yall), (Xte, yte), source = _fashion("train"), _fashion("test"), "Fashion-MNIST"
+    else:
+        (Xall, yall, Xte, yte), source = arrays, "arrays"
+    return _flat(Xall), np.asarray(yall), _flat(Xte), np.asarray(yte), source
+
+
 def _standardize(fit: np.ndarray, *others: np.ndarray) -> Tuple[np.ndarray, ...]:
     """StandardScaler on ``fit`` (constant features get scale 1), applied to all."""
     mean = fit.mean(0)
@@ -316,15 +325,8 @@ def datacleaning(ratio: float, *, arrays: Optional[Sequence[np.ndarray]] = None,
     """
     from sklearn.model_selection import train_test_split
 
-    if arrays is None:
-        Xall, yall = _fashion("train")
-        Xte, yte = _fashion("test")
-        source = "Fashion-MNIST"
-    else:
-        Xall, yall, Xte, yte = arrays
-        source = "arrays"
-    Xall, Xte = _flat(Xall), _flat(Xte)
-    yall, yte = np.asarray(yall, dtype=np.int64), np.asarray(yte, dtype=np.int64)
+    Xall, yall, Xte, yte, source = _train_test(arrays)
+    yall, yte = yall.astype(np.int64), yte.astype(np.int64)
     if target is None:
         target = DATACLEANING_TARGETS.get(round(ratio, 3), 0.25 + 0.35 * max(0.0, ratio - 0.5))
     rng = np.random.RandomState(32 + seed)
@@ -476,15 +478,7 @@ def logreg(*, arrays: Optional[Sequence[np.ndarray]] = None, classes: Tuple[int,
     :data:`LOGREG_TARGET` = 0.45 (``h(x0) = 0.619``; a uniform shift of all decays by -8 gives 0.345; SABA and SRBA
     reach 0.45 within about 20 s on one CPU thread).
     """
-    if arrays is None:
-        Xall, yall = _fashion("train")
-        Xte, yte = _fashion("test")
-        source = "Fashion-MNIST"
-    else:
-        Xall, yall, Xte, yte = arrays
-        source = "arrays"
-    Xall, Xte = _flat(Xall), _flat(Xte)
-    yall, yte = np.asarray(yall), np.asarray(yte)
+    Xall, yall, Xte, yte, source = _train_test(arrays)
     c0, c1 = classes
     keep = (yall == c0) | (yall == c1)
     X, s = Xall[keep], np.where(yall[keep] == c0, 1.0, -1.0)

@@ -71,6 +71,11 @@ def quadratic_problem(jax, jnp):
 
         return jax.jit(f, static_argnames=("batch_size",))
 
+    return _quadratic_objective(jnp, make, data)
+
+
+def _quadratic_objective(jnp, make, data):
+    """The set_objective arguments of a quadratic whose per-sample functions ``make`` builds from ``data``."""
     p = problem_data.QUADRATIC
     return dict(f_inner=make(data["inner"]), f_outer=make(data["outer"]), n_inner_samples=p["n_inner"],
                 n_outer_samples=p["n_outer"], inner_var0=jnp.zeros(p["dim_inner"], jnp.float32),
@@ -93,10 +98,7 @@ def quadratic_factored_problem(jax, jnp):
 
         return jax.jit(f, static_argnames=("batch_size",))
 
-    p = problem_data.QUADRATIC
-    return dict(f_inner=make(data["inner"]), f_outer=make(data["outer"]), n_inner_samples=p["n_inner"],
-                n_outer_samples=p["n_outer"], inner_var0=jnp.zeros(p["dim_inner"], jnp.float32),
-                outer_var0=-2 * jnp.ones(p["dim_outer"], jnp.float32))
+    return _quadratic_objective(jnp, make, data)
 
 
 def datacleaning_problem(jax, jnp):
