@@ -30,8 +30,11 @@ data:
 demo: venv data
 	$(PY) -m bilevel.app.demo
 
+# Two pytest-xdist workers of one torch thread each (tests/conftest.py); TEST_WORKERS=0 runs the suite in one
+# process with torch's default threads.
+TEST_WORKERS ?= 2
 test: venv data
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 # The suite under 1 and 2 threads and two ATen CPU kernels (vectorization changes the last bits of reductions):
 # every configuration must pass. About 4x the time of `make test`.

@@ -9,9 +9,13 @@ import torch
 from bilevel.problems import make_quadratic
 
 # BILEVEL_TEST_THREADS=N runs the suite with torch.set_num_threads(N); `make test-matrix` runs it with 1 and 2
-# threads and with ATEN_CPU_CAPABILITY=avx2 and default (the tests must not depend on one machine's last bits)
+# threads and with ATEN_CPU_CAPABILITY=avx2 and default (the tests must not depend on one machine's last bits).
+# Under pytest-xdist (`make test` runs two workers) each worker takes one thread unless told otherwise, so
+# the workers do not oversubscribe the cores.
 if os.environ.get("BILEVEL_TEST_THREADS"):
     torch.set_num_threads(int(os.environ["BILEVEL_TEST_THREADS"]))
+elif os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 # torch.compile keeps compiled kernels in one on-disk cache per user (/tmp/torchinductor_<user>), whose key does not
 # tell apart kernels built under different ATEN_CPU_CAPABILITY settings: after a run under avx2, the default kernel

@@ -152,13 +152,21 @@ def context() -> DistContext:
     return _CURRENT
 
 
-def shutdown() -> None:
-    """Destroy the process group if :func:`init` created it (idempotent)."""
+def shutdown(synchronize: bool = False) -> None:
+    """Destroy the process group if :func:`init` created it (idempotent).
+
+    With ``synchronize=True`` every rank first waits at a barrier, so that no rank tears its connections down while
+    another still works (e.g. rank 0 writing the final files): a gloo rank that exits early can abort at teardown
+    ("terminate called without an active exception"). Call it so at the end of a successful run on every rank; the
+    exit hook that :func:`init` registers does not wait (after an error on one rank, the others must not block).
+    """
     global _CURRENT, _OWNED
     if _OWNED:
         import torch.distributed as dist
 
         if dist.is_initialized():
+            if synchronize:
+                dist.barrier()
             dist.destroy_process_group()
         _OWNED = False
     _CURRENT = DistContext()

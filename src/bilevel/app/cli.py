@@ -529,10 +529,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser(argv).parse_args(argv)
     args._argv = list(argv) if argv is not None else sys.argv[1:]  # for the --nproc relaunch
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
     except BrokenPipeError:  # e.g. `bilevel methods | head`
         sys.stderr.close()
         return 0
+    from bilevel import parallel
+
+    parallel.shutdown(synchronize=code == 0)  # under torchrun: every rank done before any tears the group down
+    return code
 
 
 if __name__ == "__main__":

@@ -135,7 +135,7 @@ def main() -> None:
             results[method] = {"error": f"{type(err).__name__}: {err}"}
     if ctx.is_main:
         torch.save(results, args.out)
-    D.shutdown()
+    D.shutdown(synchronize=True)
 
 
 if __name__ == "__main__":

@@ -19,4 +19,4 @@ for method in ("soba", "saba", "srba"):
     out[method] = (res.x, res.y, res.history[-1]["inner_oracles"])
 if ctx.rank == 0:
     torch.save(out, sys.argv[1])
-parallel.shutdown()
+parallel.shutdown(synchronize=True)
