@@ -129,6 +129,21 @@ def test_batch_sampler_visits_fixed_batches_once_per_epoch_and_resumes_bitwise()
         BatchSampler(10, 5, seed=7).load_state_dict(sd)
 
 
+@pytest.mark.parametrize("first, block", [(0, 5), (2, 5), (3, 12), (4, 1), (1, 0)])
+def test_draw_many_is_k_draws(first, block):
+    """A block of draws (the compiled engine's) = the same number of single draws, across epoch ends, and leaves the
+    sampler where they leave it."""
+    one, many = BatchSampler(12, 3, seed=5), BatchSampler(12, 3, seed=5)
+    for _ in range(first):
+        one.draw(), many.draw()
+    expected = [one.draw()[0] for _ in range(block)]
+    got = many.draw_many(block)
+    assert got.shape == (block, 3) and all(torch.equal(g, e) for g, e in zip(got, expected))
+    assert many.draws == one.draws and [many.draw()[1] for _ in range(7)] == [one.draw()[1] for _ in range(7)]
+    with pytest.raises(ValueError, match="must divide"):
+        BatchSampler(10, 3, seed=5).draw_many(2)
+
+
 def test_step_batches_are_a_function_of_the_step():
     a, b = StepBatches(20, 6, seed=1), StepBatches(20, 6, seed=1)
     seq = [a(k).tolist() for k in range(9)]

@@ -33,6 +33,12 @@ __all__ = ["SUPPORTED", "FuncOracles", "CompiledBlocks"]
 #: methods whose iterations trace into one graph (no branch on t, no draw of their own generator)
 SUPPORTED = ("soba", "saba", "amigo", "stocbio")
 
+#: inductor settings of the block's graph. ``realize_reads_threshold=1`` stores every intermediate read more than once
+#: (e.g. the rows a batch gathers) instead of recomputing it inside each consumer: inlined into a reduction over the
+#: batch, a gather becomes a strided indirect load per element; stored once, the reductions read contiguous rows.
+#: Measured on the quadratic (dim 100, batch 64, float32, 1 thread): 65 -> 32 us per SOBA iteration in the kernel.
+INDUCTOR_OPTIONS = {"realize_reads_threshold": 1}
+
 
 class FuncOracles(Oracles):
     """:class:`~bilevel.stochastic.oracles.Oracles` through ``torch.func`` (traceable), without call counts."""
@@ -95,7 +101,7 @@ class CompiledBlocks:
         self.block = block
         self.per_step: Optional[Dict[str, int]] = None  # draws and oracle counts of one iteration
         self.compile_seconds: Optional[float] = None
-        self._fn = torch.compile(self._run, fullgraph=True, dynamic=False)
+        self._fn = torch.compile(self._run, fullgraph=True, dynamic=False, options=INDUCTOR_OPTIONS)
 
     def _run(self, state: State, idx_in: torch.Tensor, idx_out: torch.Tensor, t0: torch.Tensor) -> State:
         self.inner.idx, self.inner.pos = idx_in, 0
@@ -130,8 +136,8 @@ class CompiledBlocks:
             self.learn(loop)
         per, ctx, B = self.per_step, loop.ctx, self.block
         start = time.perf_counter()
-        idx_in = torch.stack([ctx.inner.draw()[0] for _ in range(B * per["in"])])
-        idx_out = torch.stack([ctx.outer.draw()[0] for _ in range(B * per["out"])])
+        idx_in = ctx.inner.draw_many(B * per["in"])
+        idx_out = ctx.outer.draw_many(B * per["out"])
         t0 = torch.tensor(float(loop.t + 1), dtype=loop.state["x"].dtype, device=loop.state["x"].device)
         loop.state = self._fn(loop.state, idx_in, idx_out, t0)
         for k in ("inner", "outer"):

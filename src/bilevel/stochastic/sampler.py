@@ -12,7 +12,7 @@ resumed run draws the same batches bitwise.
 ``(seed, k)``, so a recomputed step (checkpointing, a second pass, finite differences) draws the same samples.
 
 Cost: one ``randperm(n)`` per sampler (and per epoch for :class:`StepBatches`, cached), one ``randperm`` of the
-number of batches per epoch, and a slice per draw.
+number of batches per epoch, and a slice per draw (one gather for a block of draws, :meth:`BatchSampler.draw_many`).
 """
 from __future__ import annotations
 
@@ -81,6 +81,27 @@ class BatchSampler:
         self.pos += 1
         self.draws += 1
         return self.batch(b), b
+
+    def draw_many(self, k: int) -> torch.Tensor:
+        """The indices of the next ``k`` batches as one ``(k, batch_size)`` tensor: the same batches, and the same
+        generator state afterwards, as ``k`` calls of :meth:`draw`, in one gather (for the compiled engine). Needs
+        batches of one size (``batch_size`` divides ``n``)."""
+        if self.n % self.batch_size:
+            raise ValueError(f"draw_many needs batches of one size: batch_size {self.batch_size} must divide n = "
+                             f"{self.n}")
+        ids = []
+        left = int(k)
+        while left > 0:
+            if self.pos == self.n_batches:
+                self.order = torch.randperm(self.n_batches, generator=self._gen)
+                self.pos = 0
+            take = min(left, self.n_batches - self.pos)
+            ids.append(self.order[self.pos:self.pos + take])
+            self.pos += take
+            left -= take
+        self.draws += int(k)
+        order = torch.cat(ids) if ids else self.order[:0]
+        return self.perm.view(self.n_batches, self.batch_size)[order.to(self.perm.device)]
 
     def state_dict(self) -> Dict[str, torch.Tensor]:
         return {"generator": self._gen.get_state(), "order": self.order.clone(), "pos": torch.tensor(self.pos)}
