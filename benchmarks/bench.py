@@ -202,7 +202,7 @@ def make_fewshot(meta_batch: int = 4, width: int = 64, queries: int = 15, image_
 # ------------------------------------------------------------------------------------------ methods
 def lib_options(method: str, K: int, prob: Prob) -> Dict[str, Any]:
     """Options of the library call (matching the reference below). ``method`` is a method name followed by
-    ``+``-separated modifiers: ``checkpoint=S``, ``single_pass``, ``compile_step``."""
+    ``+``-separated modifiers: ``checkpoint=S``, ``single_pass``, ``compile_step``, ``engine=NAME``."""
     name, *mods = method.split("+")
     opts: Dict[str, Any] = {}
     if name == "trhg":
@@ -218,6 +218,8 @@ def lib_options(method: str, K: int, prob: Prob) -> Dict[str, Any]:
             opts["checkpoint"] = int(mod.split("=")[1])
         elif mod in ("single_pass", "compile_step"):
             opts[mod] = True
+        elif mod.startswith("engine="):
+            opts["engine"] = mod.split("=")[1]
         else:
             raise ValueError(f"unknown benchmark method modifier {mod!r} in {method!r}")
     return opts

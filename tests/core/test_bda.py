@@ -245,7 +245,7 @@ def test_bda_option_validation(opts, match, quadratic):
 
 def test_bda_is_registered_with_its_options():
     m = bilevel.METHODS["bda"]
-    assert m.options == ("upper_lr", "alpha", "lower_prox", "checkpoint")
+    assert m.options == ("upper_lr", "alpha", "lower_prox", "checkpoint", "engine", "compile_block")
     assert not m.learns_init
 
 

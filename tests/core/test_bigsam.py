@@ -103,7 +103,8 @@ def test_bigsam_option_validation(opts, match, quadratic):
 
 
 def test_bigsam_is_registered_with_its_options():
-    assert bilevel.METHODS["bigsam"].options == ("upper_lr", "alpha", "bigsam_every", "checkpoint")
+    assert bilevel.METHODS["bigsam"].options == ("upper_lr", "alpha", "bigsam_every", "checkpoint", "engine",
+                                                 "compile_block")
 
 
 @pytest.mark.parametrize("y0,stall", [([0.0, 0.0], 0.4998), ([2.0, 2.0], 1.5002)])

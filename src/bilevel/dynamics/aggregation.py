@@ -24,6 +24,9 @@ steps on f (Li-Gu-Huang's "improved-m" ablation). A step whose upper weight is e
 Cost per aggregated step: one evaluation of f and of F and the backward pass through both (grad_y f and
 grad_y F, separately, from one call of the autograd engine), i.e. about twice a plain gradient step; differentiated in reverse mode, two Hessian-vector products' worth more
 (one of f, one of F) instead of one. Plain steps cost what :func:`bilevel.dynamics.gd` costs.
+
+The :class:`~bilevel.dynamics.base.Functional` form (for the tape-free engines) has one graph per kind of step
+(plain, upper only, mixed, mixed with prox) and the weighted step sizes as its per-step numbers.
 """
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ import torch
 
 from .._validate import check_callable, check_float, check_fraction, check_int
 from ..problem import Problem, requires_grad_leaf
-from .base import Dynamics
+from .base import Dynamics, Functional
 from .gd import Prox, gd
 
 Alpha = Union[float, Callable[[int], Any]]
@@ -113,24 +116,46 @@ def aggregation(problem: Problem, lower_lr: float, upper_lr: float, alpha: Alpha
     def init(x, y0):
         return (y0,)
 
-    def step(k, x, state, create_graph):
+    def coefficients(k):
+        """``(form, numbers)`` of step k: "plain" (a gd step), "upper" (the upper step alone), "mix" or "mix_prox"."""
         j = k + 1
         if j % every != 0:
-            return plain.step(k, x, state, create_graph)
+            return "plain", (s_l,)
         a = alpha_value(alpha, j)
         w_up, w_low = (a, 1.0 - a) if weights == "upper" else (1.0 - a, a)
         if w_up == 0.0:
-            return plain.step(k, x, state, create_graph)
-        y = state[0]
-        # both gradients from one backward pass; the lower one is always returned (diagnostics) and joins
-        # the tape only through y_new when w_low != 0
-        g, g_up = _grads_y(problem, x, y, create_graph)
+            return "plain", (s_l,)
         if w_low == 0.0:
-            y_new = y - s_u * g_up
-        elif prox is None:
-            y_new = y - ((w_up * s_u) * g_up + (w_low * s_l) * g)
+            return "upper", (s_u,)
+        if prox is None:
+            return "mix", (w_up * s_u, w_low * s_l)
+        return "mix_prox", (w_up * s_u, w_low)
+
+    def body(form, numbers, y, g, g_up):
+        # the lower gradient is always returned (diagnostics); it joins the tape only through y_new when w_low != 0
+        if form == "upper":
+            y_new = y - numbers[0] * g_up
+        elif form == "mix":
+            y_new = y - (numbers[0] * g_up + numbers[1] * g)
         else:
-            y_new = y - ((w_up * s_u) * g_up + w_low * (y - prox(y - s_l * g, s_l)))
+            y_new = y - (numbers[0] * g_up + numbers[1] * (y - prox(y - s_l * g, s_l)))
         return (problem.project(y_new),), g
 
-    return Dynamics(init, step)
+    def step(k, x, state, create_graph):
+        form, numbers = coefficients(k)
+        if form == "plain":
+            return plain.step(k, x, state, create_graph)
+        # both gradients from one backward pass
+        g, g_up = _grads_y(problem, x, state[0], create_graph)
+        return body(form, numbers, state[0], g, g_up)
+
+    lower_grad = torch.func.grad(problem.lower, argnums=1)
+    upper_grad = torch.func.grad(problem.upper, argnums=1)
+
+    def update(form, x, state, numbers):
+        if form == "plain":
+            return plain.functional.update(None, x, state, numbers)
+        y = state[0]
+        return body(form, numbers, y, lower_grad(x, y), upper_grad(x, y))
+
+    return Dynamics(init, step, Functional(coefficients, update))

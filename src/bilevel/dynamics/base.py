@@ -5,6 +5,9 @@ A dynamics is a pair of pure functions in the style of optax's ``init``/``update
     state = dyn.init(x, y0)                         # a tuple of flat tensors; state[0] is the iterate y_k
     state, g = dyn.step(k, x, state, create_graph)  # k = 0..K-1; g is the lower-level gradient it used
 
+Optionally ``dyn.functional`` (:class:`Functional`) gives the same step as a pure ``torch.func`` function, which the
+tape-free engines differentiate step by step and can compile.
+
 ``create_graph=True`` keeps the step differentiable (reverse mode through the unroll); ``False`` makes it
 a constant for the tape while forward-mode tangents still flow (forward mode, graph-free runs). Estimators
 (:mod:`bilevel.estimators`) decide how the steps are run and differentiated; dynamics never know.
@@ -12,7 +15,7 @@ a constant for the tape while forward-mode tangents still flow (forward mode, gr
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Dict, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import torch
 
@@ -21,11 +24,29 @@ from ..errors import NonFiniteError
 State = Tuple[torch.Tensor, ...]
 
 
+class Functional(NamedTuple):
+    """The same step as a pure function of tensors, for the tape-free engines (:mod:`bilevel.estimators.tape_free`).
+
+    ``coefficients(k) -> (key, numbers)`` gives what step k depends on besides ``(x, state)``: a hashable ``key``
+    that selects the step's form (e.g. a plain or an aggregated step; one compiled graph per key) and a tuple of
+    floats (step sizes, bias corrections, weights), which the engine hands to ``update`` as a 1-D tensor (``numbers[i]``
+    are 0-dim tensors; rows may be zero-padded), so that one graph serves every k. ``update(key, x, state, numbers) -> (state, grad)`` is the step written with
+    ``torch.func`` (no ``torch.autograd`` call, no Python branch on tensor values), so ``torch.func.vjp`` and
+    ``torch.compile`` can trace it; it must equal ``step(k, x, state, False)`` to round-off. The state that
+    ``init(x, y0)`` returns must be ``(y0, *constants)``.
+    """
+
+    coefficients: Callable[[int], Tuple[Any, Tuple[float, ...]]]
+    update: Callable[[Any, torch.Tensor, State, Tuple[torch.Tensor, ...]], Tuple[State, torch.Tensor]]
+
+
 class Dynamics(NamedTuple):
-    """Inner dynamics: ``init(x, y0) -> state`` and ``step(k, x, state, create_graph) -> (state, grad)``."""
+    """Inner dynamics: ``init(x, y0) -> state`` and ``step(k, x, state, create_graph) -> (state, grad)``, and
+    optionally the step's :class:`Functional` form (None: only the autograd engine can differentiate it)."""
 
     init: Callable[[torch.Tensor, torch.Tensor], State]
     step: Callable[[int, torch.Tensor, State, bool], Tuple[State, torch.Tensor]]
+    functional: Optional[Functional] = None
 
 
 def with_buffers(dyn: Dynamics, buffers) -> Dynamics:

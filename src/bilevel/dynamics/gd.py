@@ -13,6 +13,9 @@ K - T steps of T-RHG, the K steps before an implicit solve, the forward pass of 
 ``torch.func.grad``. Taped steps stay eager: the reverse pass through them differentiates ``grad_y f`` again,
 which compiled graphs do not support. The first call compiles (seconds to tens of seconds); later calls, also
 with new objectives of the same code and shapes, reuse the compiled code.
+
+:func:`functional` is the same step as a pure ``torch.func`` function, which the tape-free engines
+(:mod:`bilevel.estimators.tape_free`) differentiate and compile as a whole, forward and reverse.
 """
 from __future__ import annotations
 
@@ -23,17 +26,35 @@ import torch
 import torch.autograd.forward_ad as fwAD
 
 from ..problem import Problem, grad_y
-from .base import Dynamics
+from .base import Dynamics, Functional
 
 Prox = Callable[[torch.Tensor, float], torch.Tensor]
 
 
-def _graph_free_step(lower, project, prox, x: torch.Tensor, y: torch.Tensor, lr: float):
-    g = torch.func.grad(lower, argnums=1)(x, y)
+def _descend(project, prox, y: torch.Tensor, g: torch.Tensor, lr: float) -> torch.Tensor:
+    """``P(prox(y - lr g, lr))``: the step, given the gradient."""
     y = y - lr * g
     if prox is not None:
         y = prox(y, lr)
-    return project(y), g
+    return project(y)
+
+
+def _graph_free_step(lower, project, prox, x: torch.Tensor, y: torch.Tensor, lr: float):
+    g = torch.func.grad(lower, argnums=1)(x, y)
+    return _descend(project, prox, y, g, lr), g
+
+
+def functional(problem: Problem, lr: float, prox: Optional[Prox] = None) -> Functional:
+    """The gd step as a pure ``torch.func`` function (:class:`~bilevel.dynamics.base.Functional`): one form; the
+    step size is its number (a tensor: one compiled graph serves every step size), except with a ``prox``, which
+    takes it as a float."""
+    grad = torch.func.grad(problem.lower, argnums=1)
+
+    def update(key, x, state, numbers):
+        g = grad(x, state[0])
+        return (_descend(problem.project, prox, state[0], g, lr if prox is not None else numbers[0]),), g
+
+    return Functional(lambda k: (None, (lr,)), update)
 
 
 @functools.lru_cache(maxsize=None)
@@ -61,9 +82,6 @@ def gd(problem: Problem, lr: float, prox: Optional[Prox] = None, compile_step: b
             y, g = compiled_graph_free_step()(problem.lower, problem.project, prox, x.detach(), y.detach(), lr)
             return (y,), g
         g = grad_y(problem.lower, x, y, create_graph)
-        y = y - lr * g
-        if prox is not None:
-            y = prox(y, lr)
-        return (problem.project(y),), g
+        return (_descend(problem.project, prox, y, g, lr),), g
 
-    return Dynamics(init, step)
+    return Dynamics(init, step, functional(problem, lr, prox))

@@ -22,6 +22,9 @@ at every step so far (a dead unit, an unused class) leaves ``v = 0``: differenti
 ``<= 0`` (and the value 0 there): the midpoint of the one-sided derivatives ``+-sqrt(1 - beta2)`` of
 ``sqrt(v(g))`` at ``g = 0``. Where ``v > 0`` values and derivatives are the exact ones.
 
+Each also has its :class:`~bilevel.dynamics.base.Functional` form (the same step through ``torch.func``; Adam's
+bias corrections are its per-step numbers, momentum's first step its own form) for the tape-free engines.
+
 Cost per step: the gradient step's (one f evaluation and one backward pass; a Hessian-vector product's worth more
 when the step is differentiated in reverse mode) plus a few elementwise operations. Memory on the reverse tape:
 per step, one buffer the size of y for momentum / Nesterov, two for Adam / AdamW, one for RMSprop (two centered,
@@ -36,7 +39,7 @@ import torch
 
 from .._validate import check_bool, check_float, check_interval
 from ..problem import Problem, grad_y
-from .base import Dynamics, State
+from .base import Dynamics, Functional, State
 from .gd import gd
 
 __all__ = ["OPTIMIZERS", "DEFAULTS", "optimizer_options", "inner_optimizer", "momentum", "adam", "rmsprop"]
@@ -127,6 +130,33 @@ def _grad(problem: Problem, x: torch.Tensor, y: torch.Tensor, create_graph: bool
     return g, (g if weight_decay == 0.0 else g + weight_decay * y)
 
 
+def _func_grad(problem: Problem, weight_decay: float):
+    """``(x, y) -> (g, g + weight_decay * y)`` through ``torch.func`` (the functional form's gradient)."""
+    grad = torch.func.grad(problem.lower, argnums=1)
+
+    def fn(x: torch.Tensor, y: torch.Tensor):
+        g = grad(x, y)
+        return g, (g if weight_decay == 0.0 else g + weight_decay * y)
+
+    return fn
+
+
+def _with_functional(problem: Problem, weight_decay: float, init, body, coefficients) -> Dynamics:
+    """A dynamics from one step ``body(key, numbers, grads, x, state) -> (state, g)``, with ``grads(x, y)`` the
+    autograd gradient in ``step`` and the ``torch.func`` one in the functional form; ``coefficients(k)`` gives
+    ``(key, numbers)`` (:class:`~bilevel.dynamics.base.Functional`)."""
+    func_grads = _func_grad(problem, weight_decay)
+
+    def step(k: int, x: torch.Tensor, state: State, create_graph: bool):
+        key, numbers = coefficients(k)
+        return body(key, numbers, lambda a, b: _grad(problem, a, b, create_graph, weight_decay), x, state)
+
+    def update(key, x, state, numbers):
+        return body(key, numbers, func_grads, x, state)
+
+    return Dynamics(init, step, Functional(coefficients, update))
+
+
 def momentum(problem: Problem, lr: float, *, momentum: float = 0.9, dampening: float = 0.0,
              weight_decay: float = 0.0, nesterov: bool = False) -> Dynamics:
     """Heavy-ball (``nesterov=False``) or Nesterov SGD as ``torch.optim.SGD``; state ``(y, buffer)``."""
@@ -134,14 +164,14 @@ def momentum(problem: Problem, lr: float, *, momentum: float = 0.9, dampening: f
     def init(x: torch.Tensor, y0: torch.Tensor) -> State:
         return (y0, torch.zeros_like(y0))
 
-    def step(k: int, x: torch.Tensor, state: State, create_graph: bool):
+    def body(first, numbers, grads, x: torch.Tensor, state: State):
         y, buf = state
-        g, d = _grad(problem, x, y, create_graph, weight_decay)
-        buf = d if k == 0 else momentum * buf + (1.0 - dampening) * d
+        g, d = grads(x, y)
+        buf = d if first else momentum * buf + (1.0 - dampening) * d
         direction = d + momentum * buf if nesterov else buf
         return (problem.project(y - lr * direction), buf), g
 
-    return Dynamics(init, step)
+    return _with_functional(problem, weight_decay, init, body, lambda k: (k == 0, ()))
 
 
 def adam(problem: Problem, lr: float, *, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
@@ -152,19 +182,24 @@ def adam(problem: Problem, lr: float, *, betas: Tuple[float, float] = (0.9, 0.99
     def init(x: torch.Tensor, y0: torch.Tensor) -> State:
         return (y0, torch.zeros_like(y0), torch.zeros_like(y0))
 
-    def step(k: int, x: torch.Tensor, state: State, create_graph: bool):
+    def coefficients(k: int):  # the bias corrections of step t = k + 1
+        t = k + 1
+        return None, (math.sqrt(1.0 - b2 ** t), lr / (1.0 - b1 ** t))
+
+    def body(key, numbers, grads, x: torch.Tensor, state: State):
         y, m, v = state
-        g, d = _grad(problem, x, y, create_graph, 0.0 if decoupled else weight_decay)
+        correction2, step_size = numbers[0], numbers[1]
+        g, d = grads(x, y)
         if decoupled and weight_decay != 0.0:
             y = y * (1.0 - lr * weight_decay)
-        t = k + 1  # the operations in torch.optim.Adam's order, so that float64 results agree to round-off
+        # the operations in torch.optim.Adam's order, so that float64 results agree to round-off
         m = torch.lerp(m, d, 1.0 - b1)
         v = b2 * v + (1.0 - b2) * (d * d)
-        denom = _sqrt(v) / math.sqrt(1.0 - b2 ** t) + eps
-        y = y - (lr / (1.0 - b1 ** t)) * (m / denom)
+        denom = _sqrt(v) / correction2 + eps
+        y = y - step_size * (m / denom)
         return (problem.project(y), m, v), g
 
-    return Dynamics(init, step)
+    return _with_functional(problem, 0.0 if decoupled else weight_decay, init, body, coefficients)
 
 
 def rmsprop(problem: Problem, lr: float, *, alpha: float = 0.99, eps: float = 1e-8, momentum: float = 0.0,
@@ -176,9 +211,9 @@ def rmsprop(problem: Problem, lr: float, *, alpha: float = 0.99, eps: float = 1e
         z = torch.zeros_like(y0)
         return (y0, z, z, z)
 
-    def step(k: int, x: torch.Tensor, state: State, create_graph: bool):
+    def body(key, numbers, grads, x: torch.Tensor, state: State):
         y, sq, gavg, buf = state
-        g, d = _grad(problem, x, y, create_graph, weight_decay)
+        g, d = grads(x, y)
         sq = alpha * sq + (1.0 - alpha) * (d * d)
         if centered:
             gavg = torch.lerp(gavg, d, 1.0 - alpha)
@@ -192,4 +227,4 @@ def rmsprop(problem: Problem, lr: float, *, alpha: float = 0.99, eps: float = 1e
             y = y - lr * (d / avg)
         return (problem.project(y), sq, gavg, buf), g
 
-    return Dynamics(init, step)
+    return _with_functional(problem, weight_decay, init, body, lambda k: (None, ()))

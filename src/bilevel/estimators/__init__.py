@@ -4,8 +4,8 @@ Each module exposes ``estimate(problem, dynamics, x, y0, steps, *, wrt_init, ...
 the estimate is the exact gradient of a well-defined function, ``value(...)`` computing that function
 (:mod:`.first_order` names its two estimators ``first_order_estimate`` and ``reptile_estimate``).
 """
-from . import first_order, forward, iga, implicit, one_step, ptt, reverse, truncated, value_function
+from . import first_order, forward, iga, implicit, one_step, ptt, reverse, tape_free, truncated, value_function
 from .base import Estimate
 
-__all__ = ["Estimate", "first_order", "forward", "iga", "implicit", "one_step", "ptt", "reverse", "truncated",
-           "value_function"]
+__all__ = ["Estimate", "first_order", "forward", "iga", "implicit", "one_step", "ptt", "reverse", "tape_free",
+           "truncated", "value_function"]

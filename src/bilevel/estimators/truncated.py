@@ -18,12 +18,14 @@ from .._validate import check_int
 from ..dynamics.base import Dynamics, run
 from ..problem import Problem
 from .base import Estimate
-from . import reverse
+from . import tape_free
 
 
 def estimate(problem: Problem, dyn: Dynamics, x: torch.Tensor, y0: torch.Tensor, steps: int, *,
-             truncate: int, wrt_init: bool = False, checkpoint: Optional[int] = None) -> Estimate:
-    """Back-propagate through the last ``truncate`` (``0 <= truncate <= steps``) of ``steps`` inner steps."""
+             truncate: int, wrt_init: bool = False, checkpoint: Optional[int] = None,
+             engine: str = "autograd", compile_block: Optional[int] = None) -> Estimate:
+    """Back-propagate through the last ``truncate`` (``0 <= truncate <= steps``) of ``steps`` inner steps, with the
+    reverse-mode ``engine`` of :mod:`bilevel.estimators.tape_free` ("autograd": the tape)."""
     truncate = check_int("truncate", truncate, 0, steps)
     if wrt_init and truncate < steps:
         raise ValueError("a truncated unroll cannot differentiate the initialization (truncate < inner_steps)")
@@ -31,8 +33,8 @@ def estimate(problem: Problem, dyn: Dynamics, x: torch.Tensor, y0: torch.Tensor,
     info: dict = {}
     state = run(dyn, x, dyn.init(x, y0.detach()), 0, steps - truncate, create_graph=False, info=info,
                 total=steps)
-    est = reverse.estimate(problem, dyn, x, state[0], steps, wrt_init=wrt_init, start=steps - truncate,
-                           state=state, checkpoint=checkpoint)
+    est = tape_free.reverse_estimator(engine, compile_block)(problem, dyn, x, state[0], steps, wrt_init=wrt_init,
+                                              start=steps - truncate, state=state, checkpoint=checkpoint)
     if "lower_grad_norm_first" in info:
         est.info["lower_grad_norm_first"] = info["lower_grad_norm_first"]
     return est

@@ -30,7 +30,7 @@ from .. import schedules
 from .._tree import Spec
 from .._validate import check_callable
 from ..dynamics.aggregation import Alpha, aggregation, alpha_value
-from ..estimators import reverse
+from ..estimators import tape_free
 from ..problem import Problem
 from .registry import Method, Plan, check_checkpoint, check_float, check_int, register, unrolled
 
@@ -73,23 +73,31 @@ def _flat_prox(user_prox: Any, spec: Spec) -> Optional[Callable[[torch.Tensor, f
 
 def _bda(problem: Problem, inner_lr: float, inner_steps: int, *, upper_lr: Optional[float] = None,
          alpha: Optional[Alpha] = None, lower_prox: Optional[Callable[..., Any]] = None,
-         checkpoint: Optional[int] = None) -> Plan:
+         checkpoint: Optional[int] = None, engine: str = "autograd", compile_block: Optional[int] = None) -> Plan:
     """BDA: ``upper_lr`` (s_u, default ``inner_lr``), ``alpha`` (float or ``k -> alpha_k``, default 0.5/k),
-    ``lower_prox`` (``prox(v, step)`` of a nonsmooth lower-level term, on y's structure; default None)."""
+    ``lower_prox`` (``prox(v, step)`` of a nonsmooth lower-level term, on y's structure; default None), ``engine``
+    (the reverse pass: "autograd", "tape_free" or "compiled"; :mod:`bilevel.estimators.tape_free`) and
+    ``compile_block`` (steps per compiled graph)."""
     dyn = aggregation(problem, inner_lr, _upper_lr(upper_lr, inner_lr),
                       _alpha_option(alpha, schedules.inverse(0.5)), weights="upper",
                       prox=_flat_prox(lower_prox, problem.y_spec))
-    return unrolled(reverse.estimate, problem, dyn, checkpoint=check_checkpoint(checkpoint))
+    engine = tape_free.check_engine(engine, problem, dyn)
+    return unrolled(tape_free.reverse_estimator(engine, tape_free.check_block(compile_block, engine)), problem, dyn,
+                    checkpoint=check_checkpoint(checkpoint))
 
 
 def _bigsam(problem: Problem, inner_lr: float, inner_steps: int, *, upper_lr: Optional[float] = None,
-            alpha: Optional[Alpha] = None, bigsam_every: int = 1, checkpoint: Optional[int] = None) -> Plan:
+            alpha: Optional[Alpha] = None, bigsam_every: int = 1, checkpoint: Optional[int] = None,
+            engine: str = "autograd", compile_block: Optional[int] = None) -> Plan:
     """BiG-SAM inner loop: ``upper_lr`` (s, default ``inner_lr``), ``alpha`` (weight of the lower step, float or
-    ``k -> alpha_k``, default k^-0.25), ``bigsam_every`` (aggregate on steps m, 2m, ...; default 1)."""
+    ``k -> alpha_k``, default k^-0.25), ``bigsam_every`` (aggregate on steps m, 2m, ...; default 1), ``engine`` (as
+    ``compile_block`` as bda's)."""
     every = check_int("bigsam_every", bigsam_every, 1)
     dyn = aggregation(problem, inner_lr, _upper_lr(upper_lr, inner_lr),
                       _alpha_option(alpha, schedules.power(0.25)), weights="lower", every=every)
-    return unrolled(reverse.estimate, problem, dyn, checkpoint=check_checkpoint(checkpoint))
+    engine = tape_free.check_engine(engine, problem, dyn)
+    return unrolled(tape_free.reverse_estimator(engine, tape_free.check_block(compile_block, engine)), problem, dyn,
+                    checkpoint=check_checkpoint(checkpoint))
 
 
 register(Method("bda", _bda, summary="BDA: aggregated upper/lower gradient steps, reverse mode through the unroll",

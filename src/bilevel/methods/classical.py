@@ -2,7 +2,10 @@
 
 Inner dynamics for all five: ``y_{k+1} = P(y_k - inner_lr * grad_y f(x, y_k))`` (P: projection onto
 ``y_bounds``). See ``docs/methods/`` for the formulas and costs. ``compile_step=True`` (rhg with ``checkpoint``,
-trhg, cg, neumann) compiles their graph-free steps (:mod:`bilevel.dynamics.gd`).
+trhg, cg, neumann) compiles their graph-free steps (:mod:`bilevel.dynamics.gd`). ``engine`` (rhg, trhg) chooses how
+the reverse pass runs: "autograd" (the tape, default), "tape_free" (an explicit loop of vector-Jacobian products of
+the steps) or "compiled" (that loop through ``torch.compile``, ``compile_block`` steps per graph);
+:mod:`bilevel.estimators.tape_free`.
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from typing import Optional
 from .. import linear_solve
 from .._validate import check_bool
 from ..dynamics.optim import inner_optimizer as _dynamics
-from ..estimators import forward, implicit, reverse, truncated
+from ..estimators import forward, implicit, tape_free, truncated
 from ..problem import Problem
 from .registry import Method, Plan, check_checkpoint, check_float, check_int, register, unrolled
 
@@ -26,13 +29,20 @@ def _compile_step(value, needs: str = "") -> bool:
 
 def _rhg(problem: Problem, inner_lr: float, inner_steps: int, *, checkpoint: Optional[int] = None,
          compile_step: bool = False, inner_optimizer: str = "gd",
-         inner_optimizer_options: Optional[dict] = None) -> Plan:
+         inner_optimizer_options: Optional[dict] = None, engine: str = "autograd",
+         compile_block: Optional[int] = None) -> Plan:
     ck = check_checkpoint(checkpoint)
-    comp = _compile_step(compile_step, "" if ck is not None else
-                         "without checkpoint every rhg step is taped and differentiated twice, which compiled graphs "
-                         "do not support (set checkpoint=S to compile the graph-free forward pass)")
-    dyn = _dynamics(problem, inner_lr, inner_optimizer, inner_optimizer_options, compile_step=comp)
-    return unrolled(reverse.estimate, problem, dyn, checkpoint=ck)
+    comp = check_bool("compile_step", compile_step)
+    dyn = _dynamics(problem, inner_lr, inner_optimizer, inner_optimizer_options)
+    engine = tape_free.check_engine(engine, problem, dyn, comp)
+    if engine == "autograd":
+        comp = _compile_step(compile_step, "" if ck is not None else
+                             "without checkpoint every rhg step is taped and differentiated twice, which compiled "
+                             "graphs do not support (set checkpoint=S to compile the graph-free forward pass, or "
+                             "use engine='compiled')")
+        dyn = _dynamics(problem, inner_lr, inner_optimizer, inner_optimizer_options, compile_step=comp)
+    block = tape_free.check_block(compile_block, engine)
+    return unrolled(tape_free.reverse_estimator(engine, block), problem, dyn, checkpoint=ck)
 
 
 def _fhg(problem: Problem, inner_lr: float, inner_steps: int, *, inner_optimizer: str = "gd",
@@ -42,11 +52,14 @@ def _fhg(problem: Problem, inner_lr: float, inner_steps: int, *, inner_optimizer
 
 def _trhg(problem: Problem, inner_lr: float, inner_steps: int, *, truncate: Optional[int] = None,
           checkpoint: Optional[int] = None, compile_step: bool = False, inner_optimizer: str = "gd",
-          inner_optimizer_options: Optional[dict] = None) -> Plan:
+          inner_optimizer_options: Optional[dict] = None, engine: str = "autograd",
+          compile_block: Optional[int] = None) -> Plan:
     t = max(1, inner_steps // 2) if truncate is None else check_int("truncate", truncate, 0, inner_steps)
     comp = _compile_step(compile_step)
     dyn = _dynamics(problem, inner_lr, inner_optimizer, inner_optimizer_options, compile_step=comp)
-    return unrolled(truncated.estimate, problem, dyn, truncate=t, checkpoint=check_checkpoint(checkpoint))
+    engine = tape_free.check_engine(engine, problem, dyn, comp)
+    return unrolled(truncated.estimate, problem, dyn, truncate=t, checkpoint=check_checkpoint(checkpoint),
+                    engine=engine, compile_block=tape_free.check_block(compile_block, engine))
 
 
 def _cg(problem: Problem, inner_lr: float, inner_steps: int, *, cg_steps: int = 100,
