@@ -47,7 +47,7 @@ CONFIGS: Dict[str, Dict[str, Any]] = {
     "full": dict(
         warmup=2, reps=7, dataset="fashion-mnist",
         toy_K=(16, 64), toy_reps=31,
-        linear=dict(train=5000, val=5000, K=(25, 100, 400), reps={25: 15},
+        linear=dict(train=5000, val=5000, K=(25, 100, 400), reps={25: 15}, floor_reps=15,
                     methods=("rhg", "trhg", "cg", "neumann", "bda", "iaptt", "iaptt+single_pass")),
         mlp=dict(train=5000, val=5000, hidden=100, K=(25, 100),
                  methods=("rhg", "trhg", "cg", "neumann", "bda", "iaptt", "iaptt+single_pass")),
@@ -55,11 +55,14 @@ CONFIGS: Dict[str, Dict[str, Any]] = {
         fhg=dict(train=5000, val=5000, K=(100, 400, 800)),
         fewshot=dict(width=64, queries=15, image_size=28, K=10, meta_batch=(4, 16), reps=5),
         compile=dict(train=5000, val=5000, K=(100,), methods=("cg", "trhg"), reps=5),
+        engine=dict(toy_K=16, toy_methods=("bda", "rhg"), toy_reps=31, train=5000, val=5000, K=100, methods=("rhg",),
+                    reps=5, floor_reps=15),
+        jax=dict(train=5000, val=5000, K=(100,), rounds=3, repeats=5),
     ),
     "quick": dict(
         warmup=1, reps=5, dataset="fashion-mnist",
         toy_K=(16,), toy_reps=15,
-        linear=dict(train=5000, val=5000, K=(25, 100), reps={25: 7}, warmup={100: 0},
+        linear=dict(train=5000, val=5000, K=(25, 100), reps={25: 7}, warmup={100: 0}, floor_reps=9,
                     methods=("rhg", "trhg", "cg", "neumann", "bda", "iaptt", "iaptt+single_pass"),
                     methods_by_K={100: ("rhg", "cg", "bda", "iaptt")}),
         mlp=dict(train=1000, val=1000, hidden=100, K=(25,), methods=("rhg", "cg")),
@@ -67,16 +70,22 @@ CONFIGS: Dict[str, Dict[str, Any]] = {
         fhg=dict(train=500, val=500, K=(50, 200)),
         fewshot=dict(width=32, queries=5, image_size=28, K=5, meta_batch=(4, 16), reps=5),
         compile=dict(train=5000, val=5000, K=(100,), methods=("cg", "trhg"), reps=5),
+        engine=dict(toy_K=16, toy_methods=("bda", "rhg"), toy_reps=15, train=1000, val=1000, K=32, methods=("rhg",),
+                    reps=5, floor_reps=9),
+        jax=dict(train=1000, val=1000, K=(32,), rounds=2, repeats=3),
     ),
     "smoke": dict(
         warmup=0, reps=2, dataset="digits",
         toy_K=(8,), toy_methods=("rhg", "bda", "fhg"),
-        linear=dict(train=100, val=100, K=(6,), methods=("rhg", "cg", "bda", "iaptt")),
+        linear=dict(train=100, val=100, K=(6,), methods=("rhg", "cg", "bda", "iaptt"), floor_reps=2),
         mlp=dict(train=100, val=100, hidden=16, K=(4,), methods=("rhg",)),
         memory=dict(train=100, val=100, K=16),
         fhg=dict(train=100, val=100, K=(4, 8)),
         fewshot=dict(width=4, queries=2, image_size=16, K=2, meta_batch=(2, 4), reps=2, max_per_class=40),
         compile=dict(train=100, val=100, K=(4,), methods=("cg",), reps=1),
+        engine=dict(toy_K=4, toy_methods=("bda", "rhg"), toy_reps=2, train=100, val=100, K=4, methods=("rhg",),
+                    reps=2, floor_reps=2),
+        jax=dict(train=100, val=100, K=(4,), rounds=1, repeats=2),
     ),
 }
 
@@ -84,8 +93,16 @@ CONFIGS: Dict[str, Dict[str, Any]] = {
 #: K of the linear group, ``reps=n`` in the memory and fhg groups), ``methods_by_K`` (the linear group's methods at some K,
 #: default ``methods``; quick mode times trhg, neumann and iaptt+single_pass at K=25 only), ``warmup={K: n}`` (the
 #: linear group's warm-up rounds at some K; quick mode skips them at K=100, the K=25 rounds just ran the same code). The toy's calls take milliseconds: each
-#: of its samples is a batch of calls of about TOY_MIN_SAMPLE seconds (:func:`time_round_robin`).
+#: of its samples is a batch of calls of about TOY_MIN_SAMPLE seconds (:func:`time_round_robin`). ``floor_reps``: rounds
+#: of the floor's callables (:func:`measure_floor`, batched like the toy's). ``engine``: the engine group
+#: (:func:`bench_engine`): the toy at ``toy_K`` (``toy_methods``, ``toy_reps`` rounds) and hyperclean-linear at ``K``
+#: (``train`` / ``val`` samples, ``methods``, ``reps`` rounds); K = 32 in quick mode is two blocks of
+#: tape_free.DEFAULT_BLOCK = 16 steps, one compiled graph per direction (a K that is no multiple of 16 compiles two).
+#: ``jax``: the optional JAX-jit references of RHG and CG on hyperclean-linear (:mod:`bilevel_benchmarks.jax_refs`,
+#: run in a separate venv with jax; skipped, with a note, when none is found).
 TOY_MIN_SAMPLE = 0.03
+#: Each sample of a floor callable (one matmul, one lower gradient: milliseconds) is a batch of about this length.
+FLOOR_MIN_SAMPLE = 0.05
 
 #: Methods timed on the toy (cg is left out: the lower-level Hessian of Eq. 5 is singular).
 TOY_METHODS = ("rhg", "trhg", "neumann", "bda", "iaptt", "iaptt+single_pass", "fhg")
@@ -94,6 +111,9 @@ TOY_METHODS = ("rhg", "trhg", "neumann", "bda", "iaptt", "iaptt+single_pass", "f
 TARGET_REF_LINEAR, TARGET_REF_TOY = 1.10, 1.3
 TARGET_RHG_INNER, TARGET_CG_INNER, TARGET_BDA_RHG = 3.5, 1.6, 2.2
 TARGET_CKPT_MEM, TARGET_CKPT_TIME, TARGET_FEWSHOT = 4.0, 1.5, 3.0
+#: engine="compiled" on the toy (BDA Eq. 5): at least this many times faster than the eager reference; RHG and CG on
+#: hyperclean-linear: at most this many times the floor (:func:`floor_pairs` step pairs) measured in the same run.
+TARGET_ENGINE_TOY, TARGET_FLOOR = 3.0, 1.3
 #: fhg's resident peak at the largest K may exceed the smallest K's by 5% plus RSS_SLACK_MB: the resolution of a
 #: resident-memory peak (heap fragmentation, interpreter objects), far below one iterate per step for O(K) methods.
 TARGET_FHG_MEM, RSS_SLACK_MB = 1.05, 1.0
@@ -135,32 +155,48 @@ def make_toy(dtype: torch.dtype = torch.float64, device: Any = None) -> Prob:
 
 def _hyperclean_run(model: str, train: int, val: int, dataset: str, dtype: str, hidden: int = 100,
                     device: Any = None):
+    """The hyperclean task's run, the configuration it was built from (its ``dataset`` the one used) and a note on
+    the fallback to digits ("" when none)."""
     from bilevel.app.tasks import hyperclean
 
     cfg = hyperclean.config_with_defaults(dataset=dataset, model=model, train_size=train, val_size=val,
                                           test_size=min(100, val), hidden=hidden, dtype=dtype,
                                           device=str(torch.device(device or "cpu")))
     try:
-        return hyperclean.build(cfg), dataset, ""
+        return hyperclean.build(cfg), cfg, ""
     except (OSError, ValueError) as err:
         if dataset == "digits":
             raise
         # Fashion-MNIST missing: fall back to sklearn's digits (at most 500/500 samples), noted in the output
         cfg.update(dataset="digits", train_size=min(train, 500), val_size=min(val, 500), test_size=100)
-        return hyperclean.build(cfg), "digits", f"FALLBACK to digits ({dataset} unavailable: {str(err)[:80]})"
+        return hyperclean.build(cfg), cfg, f"FALLBACK to digits ({dataset} unavailable: {str(err)[:80]})"
 
 
 def make_hyperclean(model: str = "linear", train: int = 5000, val: int = 5000, dataset: str = "fashion-mnist",
                     dtype: str = "float32", hidden: int = 100, lr: float = 0.3, device: Any = None) -> Prob:
     """Data hyper-cleaning with the task's objectives (tasks/hyperclean.py): x = per-sample weight logits; the data
-    on ``device`` (default: the CPU), put there once by the task."""
-    run, ds, fallback = _hyperclean_run(model, train, val, dataset, dtype, hidden, device)
+    on ``device`` (default: the CPU), put there once by the task. ``extra["task_config"]``: the task's configuration
+    (:func:`hyperclean_features` rebuilds the training features from it)."""
+    run, cfg, fallback = _hyperclean_run(model, train, val, dataset, dtype, hidden, device)
+    ds = cfg["dataset"]
     upper, lower = run.objectives(0)
     n = run.x0.shape[0]
     note = f"{ds} {n} train / {val if ds == dataset else min(val, 500)} val, {model}" + \
         (f" (hidden {hidden})" if model == "mlp" else "") + f", {dtype}, inner_lr {lr}"
     return Prob(f"hyperclean-{model}", upper, lower, run.x0, run.y0, lr, note + (f"; {fallback}" if fallback else ""),
-                {"fallback": bool(fallback)})
+                {"fallback": bool(fallback), "task_config": cfg})
+
+
+def hyperclean_features(prob: Prob) -> torch.Tensor:
+    """The training features ``X`` (n, D) of a hyperclean problem, as its task uses them (the task's run does not
+    expose them): the split rebuilt by :func:`bilevel.app.data.hyperclean_split` with the task's arguments
+    (``prob.extra["task_config"]``, the same deterministic split), on the problem's dtype and device."""
+    from bilevel.app.data import hyperclean_split
+
+    c = prob.extra["task_config"]
+    split = hyperclean_split(c["dataset"], c["train_size"], c["val_size"], c["test_size"], noise=c["noise"],
+                             seed=c["seed"], root=c["data_root"], holdout_size=c["holdout_size"])
+    return torch.as_tensor(split.X_train).to(device=prob.x.device, dtype=prob.x.dtype)
 
 
 def make_hyperclean_wd(train: int = 5000, val: int = 5000, dataset: str = "fashion-mnist", dtype: str = "float32",
@@ -253,6 +289,29 @@ def reference_call(R, prob: Prob, method: str, K: int) -> Callable[[], Any]:
     raise ValueError(f"no reference for {method!r}")
 
 
+def floor_pairs(method: str, K: int, opts: Dict[str, Any]) -> Optional[int]:
+    """Step pairs the work of ``method`` at K inner steps cannot go below, on a linear follower: a step pair is the
+    logits matmul and the weight-gradient matmul of one gradient step (or of one Hessian-vector product).
+
+    ``opts``: the method's library options (:func:`lib_options`); its modifiers (``checkpoint``, ``engine``, ...)
+    change how the work is done, not the floor. ``inner_loop``: K; ``rhg``: 2K (the forward and the reverse step
+    each need both matmuls); ``trhg`` with T reverse steps: K + T; ``cg`` with c iterations: K + c + 1 (the mixed
+    product); ``neumann`` with m terms: K + m + 1; None for the other methods (fhg, bda, iaptt: no floor defined).
+    """
+    name = method.split("+")[0]
+    if name == "inner_loop":
+        return K
+    if name == "rhg":
+        return 2 * K
+    if name == "trhg":
+        return K + opts["truncate"]
+    if name == "cg":
+        return K + opts["cg_steps"] + 1
+    if name == "neumann":
+        return K + opts["neumann_terms"] + 1
+    return None
+
+
 # ------------------------------------------------------------------------------------------ measurement
 def time_round_robin(fns: Dict[str, Callable[[], Any]], warmup: int, reps: int,
                      min_sample: float = 0.0, sync: Optional[Callable[[], None]] = None) -> Dict[str, List[float]]:
@@ -293,6 +352,17 @@ def time_round_robin(fns: Dict[str, Callable[[], Any]], warmup: int, reps: int,
         if enabled:
             gc.enable()
     return out
+
+
+def first_call_seconds(fn: Callable[[], Any], sync: Optional[Callable[[], None]] = None) -> float:
+    """Seconds of one call of ``fn`` (its first: a compiled variant compiles in it), ``sync`` at both ends."""
+    if sync is not None:
+        sync()
+    t0 = time.perf_counter()
+    fn()
+    if sync is not None:
+        sync()
+    return time.perf_counter() - t0
 
 
 def paired_ratio(num: Sequence[float], den: Sequence[float]) -> Optional[float]:
@@ -719,13 +789,7 @@ def bench_compile(R, cfg: Dict[str, Any], dataset: str, warmup: int, log: Callab
         for m in cfg["methods"]:
             for variant in (m, m + "+compile_step"):
                 fns["lib:" + variant] = library_call(prob, variant, K)
-                if sync is not None:
-                    sync()
-                t0 = time.perf_counter()
-                fns["lib:" + variant]()
-                if sync is not None:
-                    sync()
-                first[variant] = time.perf_counter() - t0
+                first[variant] = first_call_seconds(fns["lib:" + variant], sync)
             fns["ref:" + m] = reference_call(R, prob, m, K)
         t0 = time.perf_counter()
         times = time_round_robin(fns, warmup, cfg["reps"], sync=sync)
@@ -744,6 +808,130 @@ def bench_compile(R, cfg: Dict[str, Any], dataset: str, warmup: int, log: Callab
                                              for r in out[-1 - 2 * len(cfg["methods"]):])
             + f"  [{time.perf_counter() - t0:.0f}s]")
     return out
+
+
+def amortize_after(first_call: float, t_compiled: float, t_eager: float) -> Optional[int]:
+    """Hypergradients after which a compiled variant has paid off its compile: the least n with
+    ``first_call + (n - 1) t_compiled <= n t_eager``, i.e. ``ceil((first_call - t_compiled) / (t_eager - t_compiled))``
+    (at least 1); None (never) when the compiled call is not faster."""
+    if t_compiled >= t_eager:
+        return None
+    return max(1, math.ceil((first_call - t_compiled) / (t_eager - t_compiled)))
+
+
+def floor_fns(X: torch.Tensor, W: torch.Tensor, b: torch.Tensor, G: torch.Tensor) -> Dict[str, Callable[[], Any]]:
+    """The two matmuls of one inner step of the linear follower, in each layout: the logits (``logits:``, (n, C) from
+    the (n, D) features X, the (C, D) weight W and the bias b) and the weight gradient (``wgrad:``, from G, the
+    (n, C) gradient of the logits; ``Xt``, X transposed and made contiguous, is precomputed once)."""
+    Xt = X.t().contiguous()
+    return {"logits:addmm(b, X, W.t())": lambda: torch.addmm(b, X, W.t()),
+            "logits:X @ W.t()": lambda: X @ W.t(),
+            "wgrad:G.t() @ X": lambda: G.t() @ X,
+            "wgrad:X.t() @ G": lambda: X.t() @ G,
+            "wgrad:Xt @ G": lambda: Xt @ G}
+
+
+#: How the floor is measured (appended to the notes of the records that carry it).
+FLOOR_NOTE = ("floor: one step pair = the fastest logits matmul + the fastest weight-gradient matmul (floor_layouts) "
+              "on the task's training features, rebuilt by hyperclean_split with the task's arguments, and random W "
+              "and logits gradient G of the task's shapes and dtype; floor_seconds = floor_pairs x the pair")
+
+
+def measure_floor(prob: Prob, warmup: int, reps: int,
+                  sync: Optional[Callable[[], None]] = None) -> Dict[str, Any]:
+    """The irreducible work of a linear hyperclean problem, timed round-robin (batches of about FLOOR_MIN_SAMPLE
+    seconds): the forward + gradient of the lower objective in isolation (one ``torch.autograd.grad`` of
+    ``prob.lower`` at ``(prob.x, prob.y0)`` with respect to y) and the matmuls of one inner step in each layout
+    (:func:`floor_fns`) on the problem's training features (:func:`hyperclean_features`).
+
+    Returns the fields every record of the problem gets: ``floor_pair_seconds`` (the medians of the fastest logits
+    and the fastest weight-gradient layout, added), ``floor_layouts``, ``floor_matmul_seconds`` (the median of each
+    layout) and ``lower_grad_seconds``.
+    """
+    X = hyperclean_features(prob)
+    W0, b0 = prob.y0["weight"], prob.y0["bias"]
+    gen = torch.Generator().manual_seed(0)  # the values do not matter to the time, the shapes and dtype do
+    W = torch.randn(W0.shape, generator=gen, dtype=W0.dtype).to(W0.device)
+    G = torch.randn((X.shape[0], W0.shape[0]), generator=gen, dtype=X.dtype).to(X.device)
+    y = {k: v.detach().clone().requires_grad_() for k, v in prob.y0.items()}
+    fns = {"lower_grad": lambda: torch.autograd.grad(prob.lower(prob.x, y), list(y.values())),
+           **floor_fns(X, W, torch.zeros_like(b0), G)}
+    med = {k: _median(t) for k, t in time_round_robin(fns, warmup, reps, FLOOR_MIN_SAMPLE if warmup else 0.0,
+                                                      sync).items()}
+    logits = min((k for k in med if k.startswith("logits:")), key=med.__getitem__)
+    wgrad = min((k for k in med if k.startswith("wgrad:")), key=med.__getitem__)
+    return {"floor_pair_seconds": med[logits] + med[wgrad],
+            "floor_layouts": f"{logits.split(':', 1)[1]}, {wgrad.split(':', 1)[1]}",
+            "floor_matmul_seconds": {k: v for k, v in med.items() if k != "lower_grad"},
+            "lower_grad_seconds": med["lower_grad"]}
+
+
+def with_floor(records: List[Dict[str, Any]], floor: Dict[str, Any], prob: Prob) -> List[Dict[str, Any]]:
+    """``records`` (of the linear hyperclean problem ``prob``) with the floor of :func:`measure_floor`: its fields,
+    ``floor_pairs`` (:func:`floor_pairs`), ``floor_seconds`` = pairs x ``floor_pair_seconds`` and ``time_vs_floor``
+    = median time / floor_seconds (None where the method has no floor); FLOOR_NOTE appended to the notes."""
+    for r in records:
+        K = r["inner_steps"]
+        pairs = floor_pairs(r["method"], K, lib_options(r["method"], K, prob))
+        fs = pairs * floor["floor_pair_seconds"] if pairs else None
+        r.update(floor, floor_pairs=pairs, floor_seconds=fs,
+                 time_vs_floor=r["seconds_per_iter"] / fs if (fs and r["seconds_per_iter"]) else None)
+        r["note"] = f"{r['note']}; {FLOOR_NOTE}"
+    return records
+
+
+def _engine_records(R, prob: Prob, K: int, methods: Sequence[str], warmup: int, reps: int,
+                    log: Callable[[str], None], min_sample: float = 0.0,
+                    sync: Optional[Callable[[], None]] = None) -> List[Dict[str, Any]]:
+    """The engine group on one (problem, K): the plain inner loop and, for each method, the reference, the library
+    with the autograd engine and with ``+engine=compiled`` (first calls outside the rounds), round-robin."""
+    fns: Dict[str, Callable[[], Any]] = {"inner_loop": lambda: R.inner_loop(prob.lower, prob.x, prob.y0, K, prob.lr)}
+    first: Dict[str, float] = {}
+    for m in methods:
+        for variant in (m, m + "+engine=compiled"):
+            fns["lib:" + variant] = library_call(prob, variant, K)
+            first[variant] = first_call_seconds(fns["lib:" + variant], sync)
+        fns["ref:" + m] = reference_call(R, prob, m, K)
+    t0 = time.perf_counter()
+    times = time_round_robin(fns, warmup, reps, min_sample, sync)
+    note = prob.note + "; engine group (first_call_seconds: the first call, compiling for engine=compiled)"
+    out = [_record(prob.name, "inner_loop", K, times, "inner_loop", None, note, engine_group=True)]
+    for m in methods:
+        c = m + "+engine=compiled"
+        eager = _record(prob.name, m, K, times, "lib:" + m, None, note, "ref:" + m, engine_group=True,
+                        engine="autograd", first_call_seconds=first[m])
+        comp = _record(prob.name, c, K, times, "lib:" + c, None, note, "ref:" + m, engine_group=True,
+                       engine="compiled", first_call_seconds=first[c],
+                       time_vs_autograd=paired_ratio(times["lib:" + c], times["lib:" + m]),
+                       speedup_vs_reference=paired_ratio(times["ref:" + m], times["lib:" + c]))
+        comp["amortize_after"] = amortize_after(first[c], comp["seconds_per_iter"], eager["seconds_per_iter"])
+        out += [eager, comp]
+        log(f"  engine {prob.name} K={K} {m}: reference {comp['reference_seconds'] * 1e3:.2f}ms, autograd "
+            f"{eager['seconds_per_iter'] * 1e3:.2f}ms, compiled {comp['seconds_per_iter'] * 1e3:.2f}ms "
+            f"(x{comp['speedup_vs_reference']:.2f} faster than the reference, first call {first[c]:.1f}s, pays off "
+            f"after {comp['amortize_after'] or 'never'})  [{time.perf_counter() - t0:.0f}s]")
+    return out
+
+
+def bench_engine(R, cfg: Dict[str, Any], dataset: str, warmup: int, log: Callable[[str], None],
+                 device: Any = None) -> List[Dict[str, Any]]:
+    """The engines of the unrolled reverse mode: ``engine="compiled"`` (the reverse pass as a loop of torch.func
+    VJPs through torch.compile, :mod:`bilevel.estimators.tape_free`) against the autograd engine (the plain method)
+    and the hand-written reference, on the toy (BDA Eq. 5) at ``toy_K`` and on hyperclean-linear at ``K``.
+
+    Records carry ``engine_group=True`` (kept out of the other target checks) and ``engine``; the library's
+    ``first_call_seconds`` (outside the timed rounds: the first compiled call of a process also pays the compiler's
+    start-up); the compiled variant's ``ratio_to_reference`` and ``time_vs_autograd`` (paired ratios to the
+    reference and to the autograd engine), ``speedup_vs_reference`` (paired, reference / compiled) and
+    ``amortize_after`` (:func:`amortize_after`; None: never). The hyperclean records carry the floor
+    (:func:`measure_floor`, :func:`with_floor`).
+    """
+    sync = synchronizer(device or "cpu")
+    out = _engine_records(R, make_toy(device=device), cfg["toy_K"], cfg["toy_methods"], warmup, cfg["toy_reps"],
+                          log, TOY_MIN_SAMPLE if warmup else 0.0, sync)
+    prob = make_hyperclean("linear", cfg["train"], cfg["val"], dataset, device=device)
+    recs = _engine_records(R, prob, cfg["K"], cfg["methods"], warmup, cfg["reps"], log, sync=sync)
+    return out + with_floor(recs, measure_floor(prob, warmup, cfg["floor_reps"], sync), prob)
 
 
 # ------------------------------------------------------------------------------------------ targets
@@ -771,7 +959,7 @@ def check_targets(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
         per: Dict[str, Tuple[float, int]] = {}
         for r in records:
             if r["problem"] == prob and r["ratio_to_reference"] is not None and not r.get("memory_mode") \
-                    and not r.get("compile_group"):
+                    and not r.get("compile_group") and not r.get("engine_group"):
                 worst = per.get(r["method"])
                 if worst is None or r["ratio_to_reference"] > worst[0]:
                     per[r["method"]] = (r["ratio_to_reference"], r["inner_steps"])
@@ -781,27 +969,28 @@ def check_targets(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
                    else "")
             add(f"{prob}: {m} within {lim}x of its reference (worst K)", v, lim, v <= lim, f"K={K}", why)
     Ks = sorted({r["inner_steps"] for r in records if r["problem"] == "hyperclean-linear" and not r.get("memory_mode")
-                 and not r.get("compile_group")})
+                 and not r.get("compile_group") and not r.get("engine_group")})
     Kt = 100 if 100 in Ks else (Ks[-1] if Ks else None)
-    rhg = _find(records, "hyperclean-linear", "rhg", Kt, memory_mode=None, compile_group=None)
+    rhg = _find(records, "hyperclean-linear", "rhg", Kt, memory_mode=None, compile_group=None, engine_group=None)
     if rhg:
         add(f"hyperclean-linear K={Kt}: RHG <= {TARGET_RHG_INNER}x the plain inner loop",
             rhg["ratio_to_inner_loop"], TARGET_RHG_INNER, rhg["ratio_to_inner_loop"] <= TARGET_RHG_INNER,
             f"{_fmt(rhg['seconds_per_iter'], 4)}s vs {_fmt(rhg['inner_loop_seconds'], 4)}s")
-    cg = _find(records, "hyperclean-linear", "cg", Kt, memory_mode=None, compile_group=None)
+    cg = _find(records, "hyperclean-linear", "cg", Kt, memory_mode=None, compile_group=None, engine_group=None)
     if cg:
         add(f"hyperclean-linear K={Kt}: CG (10 iterations) <= {TARGET_CG_INNER}x the plain inner loop",
             cg["ratio_to_inner_loop"], TARGET_CG_INNER, cg["ratio_to_inner_loop"] <= TARGET_CG_INNER,
             f"{_fmt(cg['seconds_per_iter'], 4)}s vs {_fmt(cg['inner_loop_seconds'], 4)}s",
             "CG = K plain steps + 1 taped gradient + 11 HVP/mixed products: at small K the fixed HVP cost "
             "dominates" if cg["ratio_to_inner_loop"] > TARGET_CG_INNER else "")
-    bda = _find(records, "hyperclean-linear", "bda", Kt, memory_mode=None, compile_group=None)
+    bda = _find(records, "hyperclean-linear", "bda", Kt, memory_mode=None, compile_group=None, engine_group=None)
     if bda and rhg:
         v = paired_ratio(bda["times"], rhg["times"])
         add(f"hyperclean-linear K={Kt}: BDA <= {TARGET_BDA_RHG}x RHG", v, TARGET_BDA_RHG, v <= TARGET_BDA_RHG,
             "BDA evaluates F and f (and their HVPs) every step")
-    ia = _find(records, "hyperclean-linear", "iaptt", Kt, memory_mode=None, compile_group=None)
-    inner = _find(records, "hyperclean-linear", "inner_loop", Kt, memory_mode=None, compile_group=None)
+    ia = _find(records, "hyperclean-linear", "iaptt", Kt, memory_mode=None, compile_group=None, engine_group=None)
+    inner = _find(records, "hyperclean-linear", "inner_loop", Kt, memory_mode=None, compile_group=None,
+                  engine_group=None)
     if ia and rhg and inner and inner.get("upper_evals_seconds") is not None:
         budget = rhg["seconds_per_iter"] + inner["upper_evals_seconds"]
         v = ia["seconds_per_iter"] / budget
@@ -811,6 +1000,27 @@ def check_targets(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
             "the library runs a graph-free selection pass (K plain steps + K F evaluations) and then an RHG "
             "unroll of k_bar steps: with k_bar close to K that is one extra plain inner loop (memory O(k_bar) "
             "instead of O(K))" if v > 1.0 else "")
+    for m in ("rhg", "cg"):
+        r = _find(records, "hyperclean-linear", m, Kt, memory_mode=None, compile_group=None, engine_group=None)
+        if r and r.get("time_vs_floor") is not None:
+            v, per_step = r["time_vs_floor"], r["lower_grad_seconds"] / r["floor_pair_seconds"]
+            add(f"hyperclean-linear K={Kt}: {m.upper()} <= {TARGET_FLOOR}x the floor measured in the same run "
+                f"({r['floor_pairs']} step pairs)", v, TARGET_FLOOR, v <= TARGET_FLOOR,
+                f"{_fmt(r['seconds_per_iter'], 4)}s vs floor {_fmt(r['floor_seconds'], 4)}s = {r['floor_pairs']} x "
+                f"{_fmt(r['floor_pair_seconds'] * 1e3, 3)} ms ({r['floor_layouts']}); the lower objective's forward + "
+                f"gradient alone takes {_fmt(r['lower_grad_seconds'] * 1e3, 3)} ms, {_fmt(per_step)}x a step pair",
+                "the floor counts the two matmuls of each step only: the softmax / cross-entropy, the sample weights, "
+                f"the update and per-operation dispatch come on top (one lower gradient alone is {_fmt(per_step)}x "
+                "a step pair)" if v > TARGET_FLOOR else "")
+    eng = _find(records, "toy", "bda+engine=compiled", engine_group=True)
+    if eng and eng.get("speedup_vs_reference") is not None:
+        v = eng["speedup_vs_reference"]
+        add(f"Toy BDA Eq. 5, K = {eng['inner_steps']}: compiled >= {TARGET_ENGINE_TOY}x faster than the eager "
+            "hand-written reference", v, TARGET_ENGINE_TOY, v >= TARGET_ENGINE_TOY,
+            f"engine=compiled {_fmt(eng['seconds_per_iter'] * 1e3, 3)} ms vs reference "
+            f"{_fmt(eng['reference_seconds'] * 1e3, 3)} ms (paired ratio reference / compiled); first call "
+            f"{eng['first_call_seconds']:.1f}s (compiling), paid off against the autograd engine after "
+            f"{eng['amortize_after'] or 'never'} hypergradients")
     plain = [r for r in records if r.get("memory_mode") and r["problem"] == "hyperclean-linear" and r["method"] == "rhg"]
     ckr = [r for r in records if r.get("memory_mode") and r["method"].startswith("rhg+checkpoint=")]
     if plain and ckr:
@@ -884,17 +1094,26 @@ def write_markdown(path: Path, records: List[Dict[str, Any]], checks: List[Dict[
         detail = c["detail"] + (f". Reason: {c['reason']}" if c["reason"] else "")
         L.append(f"| {c['target']} | {_fmt(c['measured'])} | {c['limit']} | {status} | {detail} |")
     L += ["", "## Records", "",
-          "| problem | method | K | s/iter | peak MB | x inner loop | x reference | ref s/iter | ref peak MB | extra |",
-          "|---|---|---|---|---|---|---|---|---|---|"]
+          "x floor: median time / the floor measured in the same run (hyperclean-linear: `floor_pairs` step pairs, "
+          "each the fastest logits matmul + the fastest weight-gradient matmul), the floor's seconds in brackets; "
+          "blank where no floor is defined.", "",
+          "| problem | method | K | s/iter | peak MB | x inner loop | x reference | x floor (floor s) | ref s/iter | "
+          "ref peak MB | extra |",
+          "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         extra = []
         for k in ("meta_batch", "k_bar", "checkpoint", "tasks_per_second", "vmap_throughput_vs_loop",
-                  "vmap_throughput_bound", "upper_evals_seconds", "mem_measure"):
+                  "vmap_throughput_bound", "upper_evals_seconds", "mem_measure", "first_call_seconds",
+                  "time_vs_autograd", "speedup_vs_reference"):
             if r.get(k) is not None:
                 extra.append(f"{k}={_fmt(r[k], 3) if isinstance(r[k], float) else r[k]}")
+        if r.get("engine") == "compiled":
+            extra.append(f"amortize_after={r['amortize_after'] or 'never'}")
+        floor = (f"{_fmt(r['time_vs_floor'])} ({_fmt(r['floor_seconds'], 4)})" if r.get("time_vs_floor") is not None
+                 else "")
         L.append(f"| {r['problem']} | {r['method']} | {r['inner_steps']} | {_fmt(r['seconds_per_iter'], 4)} | "
                  f"{_fmt(r['peak_mem_mb'], 2)} | {_fmt(r['ratio_to_inner_loop'])} | {_fmt(r['ratio_to_reference'])} "
-                 f"| {_fmt(r.get('reference_seconds'), 4)} | {_fmt(r.get('reference_peak_mem_mb'), 2)} | "
+                 f"| {floor} | {_fmt(r.get('reference_seconds'), 4)} | {_fmt(r.get('reference_peak_mem_mb'), 2)} | "
                  f"{' '.join(extra)} |")
     L += ["", "## Problems and notes", ""]
     seen = set()
@@ -914,9 +1133,11 @@ def write_markdown(path: Path, records: List[Dict[str, Any]], checks: List[Dict[
 
 
 #: The benchmark's groups of records, in the order they run (``run(only=...)`` / ``--only`` selects some).
-GROUPS = ("toy", "hyperclean-linear", "hyperclean-mlp", "memory", "hyperclean-linear-wd", "fewshot-conv4", "compile")
-#: Groups a mode leaves out unless asked for with ``only``: compiling takes tens of seconds, too long for --quick.
-DEFAULT_SKIP = {"full": (), "quick": ("compile",), "smoke": ("compile",)}
+GROUPS = ("toy", "hyperclean-linear", "hyperclean-mlp", "memory", "hyperclean-linear-wd", "fewshot-conv4", "compile",
+          "engine", "jax")
+#: Groups a mode leaves out unless asked for with ``only``: compiling takes tens of seconds (the engine group's
+#: compiles about two minutes in all), too long for --quick.
+DEFAULT_SKIP = {"full": (), "quick": ("compile", "engine", "jax"), "smoke": ("compile", "engine", "jax")}
 _GROUP_ALIASES = {"fhg": "hyperclean-linear-wd", "fewshot": "fewshot-conv4", "linear": "hyperclean-linear",
                   "mlp": "hyperclean-mlp", "checkpoint": "memory"}
 
@@ -966,6 +1187,11 @@ def run(out: Path, mode: str = "full", log: Callable[[str], None] = print,
     special += [f"hyperclean-linear K={k}: {n}" for k, n in cfg["linear"].get("reps", {}).items()]
     special += [f"hyperclean-linear K={k}: warm-up {n}" for k, n in cfg["linear"].get("warmup", {}).items()]
     special += [f"{g}: {cfg[g]['reps']}" for g in ("memory", "fhg") if "reps" in cfg[g]]
+    if "hyperclean-linear" in groups:
+        special.append(f"hyperclean-linear floor: {cfg['linear']['floor_reps']}")
+    if "engine" in groups:
+        e = cfg["engine"]
+        special.append(f"engine: toy {e['toy_reps']}, hyperclean-linear {e['reps']}, floor {e['floor_reps']}")
     notes = [f"mode {mode}: warm-up {warmup}, median of {reps} rounds" + (f" ({', '.join(special)})" if special else "")
              + "; ratios are paired: the median over rounds of the two callables' times in the same round"]
     if mode == "quick":
@@ -998,10 +1224,14 @@ def run(out: Path, mode: str = "full", log: Callable[[str], None] = print,
             dataset = "digits" if prob.extra["fallback"] else cfg["dataset"]
             if prob.extra["fallback"]:
                 notes.append(prob.note)
+            floor = measure_floor(prob, warmup, lin["floor_reps"], synchronizer(dev))
+            log(f"  hyperclean-linear floor: step pair {floor['floor_pair_seconds'] * 1e3:.3f}ms "
+                f"({floor['floor_layouts']}), lower forward + gradient {floor['lower_grad_seconds'] * 1e3:.3f}ms")
             for K in lin["K"]:
-                records += bench_group(R, prob, K, lin.get("methods_by_K", {}).get(K, lin["methods"]),
-                                       lin.get("warmup", {}).get(K, warmup), lin.get("reps", {}).get(K, reps), log,
-                                       with_upper_evals=True, device=dev)
+                records += with_floor(bench_group(R, prob, K, lin.get("methods_by_K", {}).get(K, lin["methods"]),
+                                                  lin.get("warmup", {}).get(K, warmup),
+                                                  lin.get("reps", {}).get(K, reps), log, with_upper_evals=True,
+                                                  device=dev), floor, prob)
             del prob
         if "hyperclean-mlp" in groups:
             mlp = cfg["mlp"]
@@ -1016,11 +1246,16 @@ def run(out: Path, mode: str = "full", log: Callable[[str], None] = print,
             records += bench_fhg(R, cfg["fhg"], dataset, warmup, cfg["fhg"].get("reps", reps), log, device=dev)
         if "compile" in groups:
             records += bench_compile(R, cfg["compile"], dataset, warmup, log, device=dev)
+        if "engine" in groups:
+            records += bench_engine(R, cfg["engine"], dataset, warmup, log, device=dev)
         if "fewshot-conv4" in groups:
             try:
                 records += bench_fewshot(R, cfg["fewshot"], warmup, log, device=dev)
             except (OSError, ValueError) as err:
                 notes.append(f"fewshot-conv4 skipped: {err}")
+        jax_records: List[Dict[str, Any]] = []
+        if "jax" in groups:
+            jax_records = _jax_group(cfg["jax"], dataset, log, dev, notes)
     elapsed = time.perf_counter() - t_start
     try:
         machine["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
@@ -1029,12 +1264,37 @@ def run(out: Path, mode: str = "full", log: Callable[[str], None] = print,
     for r in records:
         r["device"] = str(dev)
     checks = check_targets(records)
-    (out / "bench.json").write_text(json.dumps(records, indent=1))
+    (out / "bench.json").write_text(json.dumps(records + jax_records, indent=1))
     (out / "targets.json").write_text(json.dumps({"machine": machine, "checks": checks, "mode": mode,
                                                   "elapsed_seconds": elapsed}, indent=1))
     write_markdown(out / "BENCHMARKS.md", records, checks, machine, mode, notes, elapsed)
+    if "jax" in groups:
+        from bilevel_benchmarks.jax_refs.group import markdown_table
+
+        with open(out / "BENCHMARKS.md", "a") as f:
+            f.write("\n## JAX-jit references (jax group)\n\n" + markdown_table(jax_records))
     log(f"wrote {out / 'bench.json'} and {out / 'BENCHMARKS.md'} ({elapsed:.0f} s)")
     return records
+
+
+def _jax_group(cfg: Dict[str, Any], dataset: str, log: Callable[[str], None], dev: torch.device,
+               notes: List[str]) -> List[Dict[str, Any]]:
+    """The jax group's records (kept out of the target checks and the main tables), or [] with a note."""
+    from bilevel_benchmarks.jax_refs.group import bench_jax
+
+    if dev.type != "cpu":
+        notes.append("jax group skipped: the JAX references run on the CPU only")
+        return []
+    prob = make_hyperclean("linear", cfg["train"], cfg["val"], dataset)
+    try:
+        recs = bench_jax(cfg, dataset, log, prob=prob)
+    except (RuntimeError, ValueError, OSError) as err:
+        notes.append(f"jax group failed: {str(err)[:300]}")
+        return []
+    if not recs:
+        notes.append("jax group skipped: no JAX interpreter (see benchmarks/stochastic/jax/setup.sh or set "
+                     "BILEVEL_JAX_PYTHON)")
+    return recs
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -41,7 +41,7 @@ def child_env(threads: int, extra: dict) -> dict:
     if threads == 1:
         env["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
     else:
-        env["XLA_FLAGS"] = f"intra_op_parallelism_threads={threads}"
+        env.pop("XLA_FLAGS", None)  # XLA's default pool (a bare intra_op_parallelism_threads=N aborts XLA)
     env.update(extra)
     return env
 
