@@ -14,13 +14,7 @@ from tree_assert import assert_tree_close
 R = bench.load_references()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny problems: one thread avoids OpenMP barrier stalls on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _close(a, b, tol=1e-8):

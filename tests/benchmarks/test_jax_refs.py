@@ -12,12 +12,7 @@ from bilevel_benchmarks.bench import make_hyperclean, make_toy
 from bilevel_benchmarks.jax_refs import group
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

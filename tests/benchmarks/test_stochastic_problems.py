@@ -17,12 +17,7 @@ import torch.nn.functional as tF
 from bilevel_benchmarks.stochastic import plot, problems, run
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _idx(n, k, seed=0):
