@@ -853,9 +853,7 @@ def measure_floor(prob: Prob, warmup: int, reps: int,
     gen = torch.Generator().manual_seed(0)  # the values do not matter to the time, the shapes and dtype do
     W = torch.randn(W0.shape, generator=gen, dtype=W0.dtype).to(W0.device)
     G = torch.randn((X.shape[0], W0.shape[0]), generator=gen, dtype=X.dtype).to(X.device)
-    y = {k: v.detach().clone().requires_grad_() for k, v in prob.y0.items()}
-    fns = {"lower_grad": lambda: torch.autograd.grad(prob.lower(prob.x, y), list(y.values())),
-           **floor_fns(X, W, torch.zeros_like(b0), G)}
+    fns = {"lower_grad": lower_grad_call(prob), **floor_fns(X, W, torch.zeros_like(b0), G)}
     med = {k: _median(t) for k, t in time_round_robin(fns, warmup, reps, FLOOR_MIN_SAMPLE if warmup else 0.0,
                                                       sync).items()}
     logits = min((k for k in med if k.startswith("logits:")), key=med.__getitem__)
@@ -866,17 +864,43 @@ def measure_floor(prob: Prob, warmup: int, reps: int,
             "lower_grad_seconds": med["lower_grad"]}
 
 
-def with_floor(records: List[Dict[str, Any]], floor: Dict[str, Any], prob: Prob) -> List[Dict[str, Any]]:
-    """``records`` (of the linear hyperclean problem ``prob``) with the floor of :func:`measure_floor`: its fields,
-    ``floor_pairs`` (:func:`floor_pairs`), ``floor_seconds`` = pairs x ``floor_pair_seconds`` and ``time_vs_floor``
-    = median time / floor_seconds (None where the method has no floor); FLOOR_NOTE appended to the notes."""
+def lower_grad_call(prob: Prob) -> Callable[[], Any]:
+    """One forward + gradient of ``prob.lower`` w.r.t. y at ``(prob.x, prob.y0)`` (a tensor or a dict)."""
+    if isinstance(prob.y0, dict):
+        y = {k: v.detach().clone().requires_grad_() for k, v in prob.y0.items()}
+        leaves = list(y.values())
+    else:
+        y = prob.y0.detach().clone().requires_grad_()
+        leaves = [y]
+    return lambda: torch.autograd.grad(prob.lower(prob.x, y), leaves)
+
+
+GRAD_FLOOR_NOTE = ("floor: one unit = one forward + gradient of the lower objective in isolation (lower_grad_seconds); "
+                   "floor_seconds = floor_pairs x that unit (a forward step and a reverse step each cost at least one)")
+
+
+def measure_gradient_floor(prob: Prob, warmup: int, reps: int,
+                           sync: Optional[Callable[[], None]] = None) -> Dict[str, Any]:
+    """The floor of a problem without a matmul floor (the toy, the MLP follower): one forward + gradient of the
+    lower objective in isolation, timed like :func:`measure_floor`, as the unit of :func:`floor_pairs`."""
+    t = time_round_robin({"lower_grad": lower_grad_call(prob)}, warmup, reps, FLOOR_MIN_SAMPLE if warmup else 0.0,
+                         sync)["lower_grad"]
+    return {"floor_pair_seconds": _median(t), "floor_layouts": "one lower gradient", "lower_grad_seconds": _median(t)}
+
+
+def with_floor(records: List[Dict[str, Any]], floor: Dict[str, Any], prob: Prob,
+               note: Optional[str] = None) -> List[Dict[str, Any]]:
+    """``records`` (of ``prob``) with the floor of :func:`measure_floor` (or :func:`measure_gradient_floor`, with
+    ``note`` GRAD_FLOOR_NOTE): its fields, ``floor_pairs`` (:func:`floor_pairs`), ``floor_seconds`` = pairs x
+    ``floor_pair_seconds`` and ``time_vs_floor`` = median time / floor_seconds (None where the method has no
+    floor); the note (default FLOOR_NOTE) appended to the notes."""
     for r in records:
         K = r["inner_steps"]
         pairs = floor_pairs(r["method"], K, lib_options(r["method"], K, prob))
         fs = pairs * floor["floor_pair_seconds"] if pairs else None
         r.update(floor, floor_pairs=pairs, floor_seconds=fs,
                  time_vs_floor=r["seconds_per_iter"] / fs if (fs and r["seconds_per_iter"]) else None)
-        r["note"] = f"{r['note']}; {FLOOR_NOTE}"
+        r["note"] = f"{r['note']}; {note or FLOOR_NOTE}"
     return records
 
 
@@ -1095,7 +1119,8 @@ def write_markdown(path: Path, records: List[Dict[str, Any]], checks: List[Dict[
         L.append(f"| {c['target']} | {_fmt(c['measured'])} | {c['limit']} | {status} | {detail} |")
     L += ["", "## Records", "",
           "x floor: median time / the floor measured in the same run (hyperclean-linear: `floor_pairs` step pairs, "
-          "each the fastest logits matmul + the fastest weight-gradient matmul), the floor's seconds in brackets; "
+          "each the fastest logits matmul + the fastest weight-gradient matmul; toy and hyperclean-mlp: `floor_pairs` "
+          "forward + gradient evaluations of the lower objective, timed alone), the floor's seconds in brackets; "
           "blank where no floor is defined.", "",
           "| problem | method | K | s/iter | peak MB | x inner loop | x reference | x floor (floor s) | ref s/iter | "
           "ref peak MB | extra |",
@@ -1213,10 +1238,12 @@ def run(out: Path, mode: str = "full", log: Callable[[str], None] = print,
         log(f"bilevel bench ({mode}) -> {out}")
         if "toy" in groups:
             toy = make_toy(device=dev)
+            toy_floor = measure_gradient_floor(toy, warmup, cfg.get("toy_reps", reps), synchronizer(dev))
             for K in cfg["toy_K"]:
-                records += bench_group(R, toy, K, cfg.get("toy_methods", TOY_METHODS), warmup,
-                                       cfg.get("toy_reps", reps), log, min_sample=TOY_MIN_SAMPLE if warmup else 0.0,
-                                       device=dev)
+                records += with_floor(bench_group(R, toy, K, cfg.get("toy_methods", TOY_METHODS), warmup,
+                                                  cfg.get("toy_reps", reps), log,
+                                                  min_sample=TOY_MIN_SAMPLE if warmup else 0.0, device=dev),
+                                      toy_floor, toy, GRAD_FLOOR_NOTE)
         dataset = cfg["dataset"]  # each hyperclean problem falls back to digits by itself if it is missing
         if "hyperclean-linear" in groups:
             lin = cfg["linear"]
@@ -1236,8 +1263,10 @@ def run(out: Path, mode: str = "full", log: Callable[[str], None] = print,
         if "hyperclean-mlp" in groups:
             mlp = cfg["mlp"]
             prob = make_hyperclean("mlp", mlp["train"], mlp["val"], dataset, hidden=mlp["hidden"], device=dev)
+            mlp_floor = measure_gradient_floor(prob, warmup, reps, synchronizer(dev))
             for K in mlp["K"]:
-                records += bench_group(R, prob, K, mlp["methods"], warmup, reps, log, device=dev)
+                records += with_floor(bench_group(R, prob, K, mlp["methods"], warmup, reps, log, device=dev),
+                                      mlp_floor, prob, GRAD_FLOOR_NOTE)
             del prob
         if "memory" in groups:
             records += bench_memory_modes(R, cfg["memory"], dataset, warmup, cfg["memory"].get("reps", reps), log,

@@ -92,6 +92,22 @@ def test_floor_is_positive_and_time_vs_floor_is_median_over_floor(linear_prob):
     assert checks[0]["measured"] == by["rhg"]["time_vs_floor"] and checks[0]["met"] is not None
 
 
+def test_the_toy_floor_counts_lower_gradients():
+    """Problems without a matmul floor (the toy, the MLP follower): the unit is one lower gradient timed alone."""
+    R = bench.load_references()
+    toy = bench.make_toy()
+    floor = bench.measure_gradient_floor(toy, warmup=0, reps=3)
+    assert floor["floor_pair_seconds"] == floor["lower_grad_seconds"] > 0
+    K = 4
+    records = bench.with_floor(bench.bench_group(R, toy, K, ("rhg", "bda"), 0, 2, _silent), floor, toy,
+                               bench.GRAD_FLOOR_NOTE)
+    by = {r["method"]: r for r in records}
+    assert by["rhg"]["floor_pairs"] == 2 * K and by["bda"]["floor_seconds"] is None
+    unit = floor["floor_pair_seconds"]
+    assert by["rhg"]["time_vs_floor"] == pytest.approx(by["rhg"]["seconds_per_iter"] / (2 * K * unit))
+    assert "one forward + gradient of the lower objective" in by["rhg"]["note"]
+
+
 # ------------------------------------------------------------------------------------------ engine group
 @pytest.fixture(scope="module")
 def engine_records():

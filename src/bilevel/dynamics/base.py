@@ -29,10 +29,11 @@ class Functional(NamedTuple):
 
     ``coefficients(k) -> (key, numbers)`` gives what step k depends on besides ``(x, state)``: a hashable ``key``
     that selects the step's form (e.g. a plain or an aggregated step; one compiled graph per key) and a tuple of
-    floats (step sizes, bias corrections, weights), which the engine hands to ``update`` as a 1-D tensor (``numbers[i]``
-    are 0-dim tensors; rows may be zero-padded), so that one graph serves every k. ``update(key, x, state, numbers) -> (state, grad)`` is the step written with
-    ``torch.func`` (no ``torch.autograd`` call, no Python branch on tensor values), so ``torch.func.vjp`` and
-    ``torch.compile`` can trace it; it must equal ``step(k, x, state, False)`` to round-off. The state that
+    floats (step sizes, bias corrections, weights), which the engine hands to ``update`` as a 1-D tensor
+    (``numbers[i]`` are 0-dim tensors; rows may be zero-padded), so that one graph serves every k.
+    ``update(key, x, state, numbers) -> (state, grad)`` is the step written with ``torch.func`` (no
+    ``torch.autograd`` call, no Python branch on tensor values), so ``torch.func.vjp`` and ``torch.compile`` can
+    trace it; it must equal ``step(k, x, state, False)`` to round-off. The state that
     ``init(x, y0)`` returns must be ``(y0, *constants)``.
     """
 

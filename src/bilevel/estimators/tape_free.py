@@ -121,11 +121,11 @@ DEFAULT_BLOCK = 16
 
 @functools.lru_cache(maxsize=None)
 def _compiled() -> Tuple[Callable, Callable, Callable]:
-    """The compiled forward and reverse blocks and the one-graph short unroll (built on first use, so that importing the library does not import
-    the compiler). Dynamo guards on ``update`` and ``keys``: one graph per objective code, dynamics, sequence of
-    step forms, constant options and shapes. Past :data:`RECOMPILE_LIMIT` graphs per process the extra ones run
-    eagerly, with dynamo's warning, and give the same numbers; so do steps that do not trace (``fullgraph`` is
-    off)."""
+    """The compiled forward and reverse blocks and the one-graph short unroll (built on first use, so that importing
+    the library does not import the compiler). Dynamo guards on ``update`` and ``keys``: one graph per objective
+    code, dynamics, sequence of step forms, constant options and shapes. Past :data:`RECOMPILE_LIMIT` graphs per
+    process the extra ones run eagerly, with dynamo's warning, and give the same numbers; so do steps that do not
+    trace (``fullgraph`` is off)."""
     return (torch.compile(_forward_block, dynamic=False), torch.compile(_reverse_block, dynamic=False),
             torch.compile(_whole, dynamic=False))
 
