@@ -13,9 +13,10 @@ before reversing through it), and the result is the same as back-propagating thr
 float64).
 
 Two engines run this loop: ``engine="tape_free"`` calls the step functions eagerly; ``engine="compiled"`` calls them
-through ``torch.compile`` (one graph for the forward step and one for the reverse step of each form of step, shared
-by every k: the per-step numbers enter as tensors), which removes the per-operation dispatch of eager PyTorch. The
-first call compiles (seconds); later calls with objectives of the same code and shapes reuse the graphs.
+through ``torch.compile``, ``compile_block`` steps per graph (forward and reverse blocks; an unroll of at most one
+block, without checkpointing, is one graph: forward, ``grad F`` and reverse). The per-step numbers enter as a tensor,
+so one graph serves every k. This removes the per-operation dispatch of eager PyTorch. The first call compiles
+(seconds to a minute); later calls with objectives of the same code and shapes reuse the graphs.
 
 Cost: K forward steps and K reverse steps, each reverse step about one Hessian-vector product (two for aggregation
 steps); memory K states (``checkpoint=S``: K/S + S states, and one more forward pass over the first K - S steps).
