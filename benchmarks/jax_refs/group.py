@@ -48,7 +48,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-import bilevel
 
 HERE = Path(__file__).resolve().parent
 JAX_SCRIPT = HERE / "hyperclean.py"
@@ -63,7 +62,7 @@ AGREE_RTOL = 1e-3
 
 #: The group's configuration (``bench_jax(cfg)`` overrides any of these keys).
 DEFAULT_CFG: Dict[str, Any] = dict(train=5000, val=5000, K=(100,), methods=METHODS, rounds=3, repeats=5, warmup=1,
-                                   cg_iters=10, lr=0.3, timeout=900)
+                                   lr=0.3, timeout=900)
 
 
 # ------------------------------------------------------------------------------------------ the JAX interpreter
@@ -159,13 +158,6 @@ def run_jax(jax_python: str, npz: Path, K: int, methods: Sequence[str], threads:
     return out
 
 
-def library_call(prob: Any, method: str, K: int, cg_iters: int = 10) -> Callable[[], Any]:
-    """``bilevel.hypergrad`` as ``bilevel bench`` calls it (CG: exactly ``cg_iters`` iterations, cg_tol 0)."""
-    opts = {"cg_steps": cg_iters, "cg_tol": 0.0} if method == "cg" else {}
-    return lambda: bilevel.hypergrad(prob.upper, prob.lower, prob.x, prob.y0, method=method, inner_steps=K,
-                                     inner_lr=prob.lr, **opts)
-
-
 def max_rel_diff(a: Any, b: Any) -> float:
     """``max |a - b| / max |b|`` (``b``: the library's hypergradient)."""
     a = np.asarray(a, dtype=np.float64).ravel()
@@ -181,8 +173,8 @@ def bench_jax(cfg: Optional[Dict[str, Any]] = None, dataset: str = "fashion-mnis
     """The group's records (one per method and K), or ``[]`` (logged) when no JAX interpreter is found.
 
     ``cfg``: keys of :data:`DEFAULT_CFG` (train, val: the problem's sizes when ``prob`` is None; K: an int or a
-    sequence; methods; rounds; repeats; warmup; cg_iters; timeout: seconds per JAX round). ``prob``: a CPU
-    ``make_hyperclean("linear", ...)`` problem (``bilevel bench`` passes its own); None builds one on ``dataset``.
+    sequence; methods; rounds; repeats; warmup; timeout: seconds per JAX round; CG runs the iterations of
+    ``bilevel bench``'s cg). ``prob``: a CPU ``make_hyperclean("linear", ...)`` problem (``bilevel bench`` passes its own); None builds one on ``dataset``.
     RuntimeError when a JAX round fails.
     """
     c = {**DEFAULT_CFG, **(cfg or {})}
@@ -202,15 +194,17 @@ def bench_jax(cfg: Optional[Dict[str, Any]] = None, dataset: str = "fashion-mnis
     if prob.x.device.type != "cpu":
         log(f"  jax group skipped: the JAX references run on the CPU, the problem is on {prob.x.device}")
         return []
-    from bilevel_benchmarks.bench import time_round_robin
+    from bilevel_benchmarks.bench import lib_options, library_call, time_round_robin
+
+    cg_iters = lib_options("cg", 1, prob)["cg_steps"]  # what `bilevel bench` times (and the JAX side must do)
 
     threads = torch.get_num_threads()
     log(f"  jax group: {py} ({how}), {threads} thread(s), {c['rounds']} round(s) x {c['repeats']} calls per side")
     out: List[Dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bilevel-jax-") as tmp:
-        npz = write_npz(prob, Path(tmp) / "hyperclean.npz", Ks[0], c["cg_iters"])
+        npz = write_npz(prob, Path(tmp) / "hyperclean.npz", Ks[0], cg_iters)
         for K in Ks:
-            fns = {m: library_call(prob, m, K, c["cg_iters"]) for m in methods}
+            fns = {m: library_call(prob, m, K) for m in methods}
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # CG with a fixed number of iterations warns that it did not converge
                 lib_grad = {m: fns[m]().grad.detach().cpu().numpy() for m in methods}
@@ -245,12 +239,11 @@ def bench_jax(cfg: Optional[Dict[str, Any]] = None, dataset: str = "fashion-mnis
                     "jax_round_medians": j_med, "bilevel_round_medians": l_med, "ratio_rounds": ratios,
                     "jax_samples": [x["samples_s"] for x in jr], "bilevel_samples": [lr[m] for lr in lib_rounds],
                     "rounds": c["rounds"], "repeats": c["repeats"], "warmup": c["warmup"],
-                    "cg_iters": c["cg_iters"] if m == "cg" else None, "threads": threads,
+                    "cg_iters": cg_iters if m == "cg" else None, "threads": threads,
                     "jax_versions": first["versions"], "xla_flags": first["xla_flags"], "jax_python": py,
                     "torch": torch.__version__, "note": prob.note,
                     # the keys every `bilevel bench` record has (bench.REQUIRED_KEYS); no memory is measured here
-                    "seconds_per_iter": None, "peak_mem_mb": None, "ratio_to_inner_loop": None,
-                    "ratio_to_reference": None,
+                    "peak_mem_mb": None, "ratio_to_inner_loop": None, "ratio_to_reference": None,
                 }
                 rec["seconds_per_iter"] = rec["bilevel_seconds"]
                 out.append(rec)

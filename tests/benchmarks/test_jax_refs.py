@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from bilevel_benchmarks.bench import make_hyperclean, make_toy
+from bilevel_benchmarks.bench import library_call, make_hyperclean, make_toy
 from bilevel_benchmarks.jax_refs import group
 
 
@@ -103,8 +103,6 @@ def test_jax_formulas_match_the_library_in_float64(tmp_path):
     import subprocess
     import warnings
 
-    import bilevel
-
     py, why = group.find_jax_python()
     if py is None:
         pytest.skip(f"no JAX venv ({why}); {group.HOW_TO_ENABLE}")
@@ -118,7 +116,7 @@ def test_jax_formulas_match_the_library_in_float64(tmp_path):
     for m in ("rhg", "cg"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            lib = group.library_call(prob, m, 5)().grad.numpy()
+            lib = library_call(prob, m, 5)().grad.numpy()
         assert group.max_rel_diff(out["methods"][m]["hypergrad"], lib) < 1e-9, m
 
 

@@ -9,7 +9,6 @@ import torch
 import bilevel
 from bilevel.errors import NonFiniteError
 from bilevel.estimators import reverse, tape_free
-from bilevel.methods.registry import unrolled  # noqa: F401 (the plans the methods build)
 
 D = torch.float64
 G = torch.Generator().manual_seed(3)

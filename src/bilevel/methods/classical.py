@@ -33,14 +33,14 @@ def _rhg(problem: Problem, inner_lr: float, inner_steps: int, *, checkpoint: Opt
          compile_block: Optional[int] = None) -> Plan:
     ck = check_checkpoint(checkpoint)
     comp = check_bool("compile_step", compile_step)
-    dyn = _dynamics(problem, inner_lr, inner_optimizer, inner_optimizer_options)
-    engine = tape_free.check_engine(engine, problem, dyn, comp)
     if engine == "autograd":
-        comp = _compile_step(compile_step, "" if ck is not None else
+        comp = _compile_step(comp, "" if ck is not None else
                              "without checkpoint every rhg step is taped and differentiated twice, which compiled "
                              "graphs do not support (set checkpoint=S to compile the graph-free forward pass, or "
                              "use engine='compiled')")
-        dyn = _dynamics(problem, inner_lr, inner_optimizer, inner_optimizer_options, compile_step=comp)
+    dyn = _dynamics(problem, inner_lr, inner_optimizer, inner_optimizer_options,
+                    compile_step=comp and engine == "autograd")
+    engine = tape_free.check_engine(engine, problem, dyn, comp)
     block = tape_free.check_block(compile_block, engine)
     return unrolled(tape_free.reverse_estimator(engine, block), problem, dyn, checkpoint=ck)
 
