@@ -17,6 +17,7 @@ Prints one JSON object (the last line of stdout).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -82,27 +83,31 @@ def quadratic_factored_problem():
                 x0=-2 * torch.ones(p["dim_outer"]), y0=torch.zeros(p["dim_inner"]))
 
 
-def datacleaning_problem():
-    data = problem_data.datacleaning()
-    p = problem_data.DATACLEANING
+def datacleaning_problem(problem="datacleaning"):
+    data = problem_data.datacleaning(problem=problem)
+    p = problem_data.datacleaning_sizes(problem)
     nf, nc, reg = p["n_features"], p["n_classes"], p["reg"]
     Xtr, Xval = torch.from_numpy(data["X_train"]), torch.from_numpy(data["X_val"])
     ytr, yval = torch.from_numpy(data["y_train"]).long(), torch.from_numpy(data["y_val"]).long()
 
+    def logits(A, y):  # the linear model, theta = y.view(nc, nf): (theta A')' is 2-5x faster than A theta' on MKL
+        return (y.view(nc, nf) @ A.T).T
+
     def lower(x, y, idx):  # sigmoid(x_i)-weighted cross-entropy of the linear model + reg ||theta||^2
-        logits = _rows(Xtr, idx) @ y.view(nf, nc)
+        logits_ = logits(_rows(Xtr, idx), y)
         w = torch.sigmoid(_rows(x, idx))
-        return (w * F.cross_entropy(logits, _rows(ytr, idx), reduction="none")).mean() + reg * (y * y).sum()
+        return (w * F.cross_entropy(logits_, _rows(ytr, idx), reduction="none")).mean() + reg * (y * y).sum()
 
     def upper(x, y, idx):  # validation cross-entropy (independent of x)
-        return F.cross_entropy(_rows(Xval, idx) @ y.view(nf, nc), _rows(yval, idx))
+        return F.cross_entropy(logits(_rows(Xval, idx), y), _rows(yval, idx))
 
     return dict(upper=upper, lower=lower, n_upper=p["n_outer"], n_lower=p["n_inner"],
                 x0=-2 * torch.ones(p["n_inner"]), y0=torch.zeros(nf * nc))
 
 
 PROBLEMS = {"quadratic": quadratic_problem, "quadratic_factored": quadratic_factored_problem,
-            "datacleaning": datacleaning_problem}
+            "datacleaning": datacleaning_problem,
+            "datacleaning64": functools.partial(datacleaning_problem, problem="datacleaning64")}
 
 
 def time_method(method, prob, steps, warmup, repeats, saba_memory_mb, compile_block=0):

@@ -22,7 +22,18 @@ import numpy as np
 
 QUADRATIC = dict(n_inner=1024, n_outer=1024, dim_inner=100, dim_outer=100, mu=0.1, L=1.0, L_cross=0.1)
 DATACLEANING = dict(n_inner=20000, n_outer=5000, n_features=784, n_classes=10, reg=0.2)
-PROBLEMS = ("quadratic", "quadratic_factored", "datacleaning")
+PROBLEMS = ("quadratic", "quadratic_factored", "datacleaning", "datacleaning64")
+BATCH = 64  # their default batch size
+
+
+def datacleaning_sizes(problem: str = "datacleaning") -> dict:
+    """:data:`DATACLEANING`; for ``datacleaning64`` the sample counts cut down to multiples of :data:`BATCH`
+    (19968 / 4992): batches of one size, which the compiled engine needs (its blocks stack the batches)."""
+    p = dict(DATACLEANING)
+    if problem == "datacleaning64":
+        p["n_inner"] -= p["n_inner"] % BATCH
+        p["n_outer"] -= p["n_outer"] % BATCH
+    return p
 
 
 def _psd_factor(rng, d, mu, L, zero_eig=False):
@@ -63,9 +74,10 @@ def quadratic(seed: int = 2442, dense: bool = True):
     return out
 
 
-def datacleaning(seed: int = 32):
-    """``{"X_train", "y_train" (int), "X_val", "y_val"}``: random features and labels of the mnist shapes."""
-    p = DATACLEANING
+def datacleaning(seed: int = 32, problem: str = "datacleaning"):
+    """``{"X_train", "y_train" (int), "X_val", "y_val"}``: random features and labels of the mnist shapes (of
+    :func:`datacleaning_sizes`)."""
+    p = datacleaning_sizes(problem)
     rng = np.random.default_rng(seed)
     return {"X_train": rng.standard_normal((p["n_inner"], p["n_features"]), dtype=np.float32),
             "y_train": rng.integers(0, p["n_classes"], p["n_inner"]),

@@ -22,6 +22,7 @@ Prints one JSON object (the last line of stdout).
 from __future__ import annotations
 
 import argparse
+import functools
 import contextlib
 import importlib.util
 import json
@@ -101,17 +102,17 @@ def quadratic_factored_problem(jax, jnp):
     return _quadratic_objective(jnp, make, data)
 
 
-def datacleaning_problem(jax, jnp):
-    data = problem_data.datacleaning()
-    p = problem_data.DATACLEANING
+def datacleaning_problem(jax, jnp, problem="datacleaning"):
+    data = problem_data.datacleaning(problem=problem)
+    p = problem_data.datacleaning_sizes(problem)
     lax = jax.lax
     nf, nc, reg = p["n_features"], p["n_classes"], p["reg"]
     Xtr, Xval = jnp.asarray(data["X_train"]), jnp.asarray(data["X_val"])
     Ytr = jax.nn.one_hot(data["y_train"], nc, dtype=jnp.float32)
     Yval = jax.nn.one_hot(data["y_val"], nc, dtype=jnp.float32)
 
-    def ce(theta_flat, X, Y):  # per-sample cross-entropy of the linear model, one-hot labels
-        logits = X @ theta_flat.reshape(nf, nc)
+    def ce(theta_flat, X, Y):  # per-sample cross-entropy of the linear model (theta: classes x features), one-hot labels
+        logits = (theta_flat.reshape(nc, nf) @ X.T).T  # 1.4-2x faster per step than X @ theta' here, as in torch
         return jax.nn.logsumexp(logits, axis=1) - (logits * Y).sum(axis=1)
 
     def f_inner(inner_var, outer_var, start=0, batch_size=1):
@@ -132,7 +133,8 @@ def datacleaning_problem(jax, jnp):
 
 
 PROBLEMS = {"quadratic": quadratic_problem, "quadratic_factored": quadratic_factored_problem,
-            "datacleaning": datacleaning_problem}
+            "datacleaning": datacleaning_problem,
+            "datacleaning64": functools.partial(datacleaning_problem, problem="datacleaning64")}
 
 
 # ----------------------------------------------------------------------------------------------------------- timing
