@@ -46,6 +46,11 @@ def child_env(threads: int, extra: dict) -> dict:
     return env
 
 
+def compiled_methods(spec: str, problem: str) -> str:
+    """The methods of ``--compiled-methods`` that apply to ``problem``: ``m`` (every problem) or ``problem:m``."""
+    return ",".join(e.split(":")[-1] for e in spec.split(",") if ":" not in e or e.split(":")[0] == problem)
+
+
 def run_side(side: str, problem: str, args) -> dict:
     if side == "jax":
         cmd = [args.jax_python, os.path.join(HERE, "their_step.py")]
@@ -55,7 +60,7 @@ def run_side(side: str, problem: str, args) -> dict:
         if side == "compiled":
             cmd += ["--compile-block", str(args.compile_block)]
         extra = dict(kv.split("=", 1) for kv in args.our_env)
-    methods = args.compiled_methods if side == "compiled" else args.methods
+    methods = compiled_methods(args.compiled_methods, problem) if side == "compiled" else args.methods
     cmd += ["--problem", problem, "--methods", methods, "--repeats", str(args.repeats)]
     preexec = (lambda: os.sched_setaffinity(0, {args.cpu})) if args.cpu is not None else None
     t0 = time.perf_counter()
@@ -211,7 +216,8 @@ def main():
     ap.add_argument("--compile-block", type=int, default=64,
                     help="also time ours with compile_block=N (0: eager only)")
     ap.add_argument("--compiled-methods", default=None,
-                    help="the methods timed compiled (default: --methods; each must be one of --methods)")
+                    help="the methods timed compiled: METHOD (every problem) or PROBLEM:METHOD, comma-separated "
+                         "(default: --methods)")
     ap.add_argument("--cpu", type=int, default=None, help="pin both sides to this CPU core")
     ap.add_argument("--our-env", action="append", default=[], metavar="KEY=VALUE",
                     help="extra environment for our side only (e.g. MALLOC_MMAP_THRESHOLD_=67108864)")
@@ -223,7 +229,7 @@ def main():
         raise SystemExit(f"{args.jax_python} not found: run benchmarks/stochastic/jax/setup.sh first")
     problems, methods = args.problems.split(","), args.methods.split(",")
     args.compiled_methods = args.compiled_methods or args.methods
-    if not set(args.compiled_methods.split(",")) <= set(methods):
+    if not {e.split(":")[-1] for e in args.compiled_methods.split(",")} <= set(methods):
         raise SystemExit(f"--compiled-methods {args.compiled_methods} must be among --methods {args.methods}")
     load0 = os.getloadavg()
     rounds = []
@@ -231,7 +237,7 @@ def main():
         res = {}
         for p in problems:
             order = ("jax", "ours") if r % 2 == 0 else ("ours", "jax")
-            if args.compile_block:
+            if args.compile_block and compiled_methods(args.compiled_methods, p):
                 order = order + ("compiled",)
             res[p] = {}
             for side in order:
