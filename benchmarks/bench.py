@@ -826,6 +826,8 @@ def floor_fns(X: torch.Tensor, W: torch.Tensor, b: torch.Tensor, G: torch.Tensor
     Xt = X.t().contiguous()
     return {"logits:addmm(b, X, W.t())": lambda: torch.addmm(b, X, W.t()),
             "logits:X @ W.t()": lambda: X @ W.t(),
+            "logits:addmm(b[:, None], W, X.t()).t()": lambda: torch.addmm(b[:, None], W, X.t()).t(),
+            "logits:(W @ X.t()).t()": lambda: (W @ X.t()).t(),
             "wgrad:G.t() @ X": lambda: G.t() @ X,
             "wgrad:X.t() @ G": lambda: X.t() @ G,
             "wgrad:Xt @ G": lambda: Xt @ G}

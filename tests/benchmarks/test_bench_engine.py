@@ -62,13 +62,25 @@ def test_hyperclean_features_are_the_tasks_training_features(linear_prob):
     assert X.dtype == X_task.dtype and torch.equal(X, X_task)
 
 
+def test_floor_layouts_compute_the_same_products():
+    gen = torch.Generator().manual_seed(0)
+    X, W, G = (torch.randn(s, generator=gen, dtype=torch.float64) for s in ((50, 7), (3, 7), (50, 3)))
+    fns = bench.floor_fns(X, W, torch.zeros(3, dtype=torch.float64), G)
+    for kind, want in (("logits:", X @ W.t()), ("wgrad:", (G.t() @ X).t())):
+        got = {k: f() for k, f in fns.items() if k.startswith(kind)}
+        assert len(got) >= 3
+        for k, v in got.items():  # each layout, up to the transpose of its result
+            torch.testing.assert_close(v if v.shape == want.shape else v.t(), want, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.filterwarnings("ignore:cg did not converge")
 def test_floor_is_positive_and_time_vs_floor_is_median_over_floor(linear_prob):
     R = bench.load_references()
     floor = bench.measure_floor(linear_prob, warmup=1, reps=3)
     assert floor["floor_pair_seconds"] > 0 and floor["lower_grad_seconds"] > 0
     mm = floor["floor_matmul_seconds"]
-    assert set(mm) == {"logits:addmm(b, X, W.t())", "logits:X @ W.t()", "wgrad:G.t() @ X", "wgrad:X.t() @ G",
+    assert set(mm) == {"logits:addmm(b, X, W.t())", "logits:X @ W.t()", "logits:addmm(b[:, None], W, X.t()).t()",
+                       "logits:(W @ X.t()).t()", "wgrad:G.t() @ X", "wgrad:X.t() @ G",
                        "wgrad:Xt @ G"} and all(v > 0 for v in mm.values())
     best = min(v for k, v in mm.items() if k.startswith("logits:")) + min(v for k, v in mm.items()
                                                                           if k.startswith("wgrad:"))
