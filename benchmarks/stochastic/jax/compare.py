@@ -120,11 +120,18 @@ def summarise(rounds: list, problems: list, methods: list) -> list:
             if all(m in r[p].get("compiled", {}).get("methods", {}) for r in rounds):
                 comp_us = [r[p]["compiled"]["methods"][m]["us_per_step"] for r in rounds]
                 cr = [c / j for c, j in zip(comp_us, jax_us)]
+                compile_s = [r[p]["compiled"]["methods"][m]["compile_s"] for r in rounds]
+                saved = statistics.median(our_us) - statistics.median(comp_us)  # us per step
                 rows[-1].update({"compiled_us": statistics.median(comp_us), "ratio_compiled": statistics.median(cr),
                                  "ratio_compiled_min": min(cr), "ratio_compiled_max": max(cr),
-                                 "compile_s": statistics.median(r[p]["compiled"]["methods"][m]["compile_s"]
-                                                                for r in rounds)})
+                                 "compile_s": statistics.median(compile_s[1:] or compile_s),
+                                 "compile_s_first": compile_s[0],
+                                 "amortize_steps": 1e6 * compile_s[0] / saved if saved > 0 else None})
     return rows
+
+
+def _steps(n) -> str:
+    return "never" if n is None else f"{n:,.0f}"
 
 
 def markdown(report: dict) -> str:
@@ -137,13 +144,14 @@ def markdown(report: dict) -> str:
         f"{a['threads']} thread(s), CPU pinning: {a['cpu'] if a['cpu'] is not None else 'none'}).",
         "",
         "| problem | method | JAX µs/step | ours eager µs/step | eager / JAX (min-max) | ours compiled µs/step "
-        "| compiled / JAX (min-max) | compile s (first block) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| compiled / JAX (min-max) | compile s: round 1 / later | compiled pays off after (steps) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["rows"]:
         flag = "" if r["finite"] else " (non-finite iterates)"
         comp = (f"{r['compiled_us']:.0f} | {r['ratio_compiled']:.2f} ({r['ratio_compiled_min']:.2f}-"
-                f"{r['ratio_compiled_max']:.2f}) | {r['compile_s']:.0f}" if "compiled_us" in r else "- | - | -")
+                f"{r['ratio_compiled_max']:.2f}) | {r['compile_s_first']:.0f} / {r['compile_s']:.0f} | "
+                f"{_steps(r['amortize_steps'])}" if "compiled_us" in r else "- | - | - | -")
         lines.append(f"| {r['problem']} | {NAMES.get(r['method'], r['method'])} | {r['jax_us']:.0f} | "
                      f"{r['ours_us']:.0f} | {r['ratio']:.2f} ({r['ratio_min']:.2f}-{r['ratio_max']:.2f}){flag} | "
                      f"{comp} |")
@@ -151,6 +159,9 @@ def markdown(report: dict) -> str:
         "",
         "Each cell is the median over rounds of each side's median time per step; the ratio is the median of the "
         "per-round ratios (the two sides of a round run one after the other, in alternating order). "
+        "Compile: the wall time of the first compiled block of a subprocess, in round 1 (inductor's on-disk cache "
+        "cold) and the median of the later rounds (cache warm); the compiled engine pays off after round 1's "
+        "compile time / (eager - compiled time per step) steps. "
         "Process CPU time over wall time (1 = one busy thread, lower = the machine was shared): JAX "
         + ", ".join(f"{r['problem'][:4]}/{r['method']} {r['jax_cpu_over_wall']:.2f}" for r in report["rows"])
         + "; ours " + ", ".join(f"{r['problem'][:4]}/{r['method']} {r['ours_cpu_over_wall']:.2f}"
@@ -224,7 +235,19 @@ def main():
     ap.add_argument("--jax-python", default=JAX_PY)
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per subprocess")
     ap.add_argument("--out", default=os.path.join(OUT_DIR, "jax_compare"), help="output path without extension")
+    ap.add_argument("--render", metavar="JSON", help="only rewrite the tables of a saved report (its .json) into "
+                    "its .md, from its rounds (no timing)")
     args = ap.parse_args()
+    if args.render:
+        with open(args.render) as fh:
+            report = json.load(fh)
+        problems, methods = report["args"]["problems"].split(","), report["args"]["methods"].split(",")
+        report["rows"] = summarise(report["rounds"], problems, methods)
+        with open(args.render, "w") as fh:
+            json.dump(report, fh, indent=1)
+        with open(args.render[:-len(".json")] + ".md", "w") as fh:
+            fh.write(markdown(report))
+        return
     if not os.path.exists(args.jax_python):
         raise SystemExit(f"{args.jax_python} not found: run benchmarks/stochastic/jax/setup.sh first")
     problems, methods = args.problems.split(","), args.methods.split(",")
