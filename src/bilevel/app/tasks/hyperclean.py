@@ -97,8 +97,8 @@ def forward(model: str, y: Mapping[str, torch.Tensor], inputs: torch.Tensor, act
     Tensor
         ``(n, C)`` logits.
     """
-    if model == "linear":  # computed as (b 1' + W X')': with few classes, 1.5x faster than X W' + b on MKL
-        return torch.addmm(y["bias"].unsqueeze(1), y["weight"], inputs.t()).t()
+    if model == "linear":
+        return torch.addmm(y["bias"], inputs, y["weight"].t())
     hidden = torch.addmm(y["b1"], inputs, y["w1"].t())
     if activation == "relu":
         hidden = torch.relu(hidden)
