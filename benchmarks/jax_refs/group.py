@@ -234,6 +234,7 @@ def bench_jax(cfg: Optional[Dict[str, Any]] = None, dataset: str = "fashion-mnis
                     "ratio_bilevel_to_jax": statistics.median(ratios) if ratios else None,
                     "ratio_min": min(ratios) if ratios else None, "ratio_max": max(ratios) if ratios else None,
                     "jax_compile_seconds": statistics.median(x["compile_s"] for x in jr),
+                    "jax_matmul_pair_seconds": statistics.median(j["matmul_pair"]["pair_s"] for j in jax_rounds),
                     "jax_first_call_seconds": statistics.median(x["first_call_s"] for x in jr),
                     "max_rel_diff": diff, "agree": bool(diff < AGREE_RTOL and all(x["finite"] for x in jr)),
                     "jax_round_medians": j_med, "bilevel_round_medians": l_med, "ratio_rounds": ratios,
@@ -278,6 +279,10 @@ def markdown_table(records: Sequence[Dict[str, Any]]) -> str:
               f"jax {v.get('jax')}, jaxlib {v.get('jaxlib')}, XLA_FLAGS `{r0['xla_flags']}`; torch {r0['torch']}. "
               f"Compile time (JAX `jit(...).lower(...).compile()`) is not in the timed calls. Max rel. diff = "
               f"max |g_JAX - g_bilevel| / max |g_bilevel| (agreement: < {AGREE_RTOL:g}). Problem: {r0['note']}."]
+    if r0.get("jax_matmul_pair_seconds"):
+        lines += ["", f"XLA's two products of an inner step (X @ W' and G' @ X on the training features, each "
+                  f"jit-compiled alone, median): {r0['jax_matmul_pair_seconds'] * 1e3:.3f} ms for the pair, to set "
+                  "beside the floor pair the bench measures with torch's products (floor_pair_seconds)."]
     return "\n".join(lines) + "\n"
 
 

@@ -17,7 +17,7 @@ grad_x F - (d2f/dx dy) v (a VJP). Both are ``jax.jit``-compiled with the data as
 Input: an .npz written by ``benchmarks/jax_refs/group.py`` (X_train, y_train, X_val, y_val, x0, lr, K, cg_iters,
 l2). Output, on stdout: one JSON line with, per method, the median seconds of ``--repeats`` timed calls
 (``block_until_ready``), all samples, the compile seconds (``jit(...).lower(...).compile()``), the first call's
-seconds and the hypergradient (a list); plus versions (python, numpy, jax, jaxlib), the backend and XLA_FLAGS::
+seconds and the hypergradient (a list); XLA's two matmuls of an inner step timed alone (``matmul_pair``); plus versions (python, numpy, jax, jaxlib), the backend and XLA_FLAGS::
 
     benchmarks/stochastic/jax/.venv/bin/python benchmarks/jax_refs/hyperclean.py problem.npz --threads 1
 
@@ -176,7 +176,27 @@ def main(argv=None) -> None:
         if not args.no_grad:
             rec["hypergrad"] = np.asarray(g, dtype=np.float64).tolist()
         out["methods"][m] = rec
+    out["matmul_pair"] = time_pair(jax, jnp, X_tr, classes, args.repeats)
     sys.stdout.write(json.dumps(out) + "\n")
+
+
+def time_pair(jax, jnp, X, classes: int, repeats: int) -> dict:
+    """XLA's two products of an inner step on the training features (the logits X @ W' and the weight gradient
+    G' @ X, W (C, D) and G (n, C) random), each jit-compiled alone: the median seconds of ``max(repeats, 20)``
+    calls of each, and their sum (``pair_s``), to set beside the floor that ``bilevel bench`` measures with torch."""
+    W = jax.random.normal(jax.random.PRNGKey(0), (classes, X.shape[1]), X.dtype)
+    G = jax.random.normal(jax.random.PRNGKey(1), (X.shape[0], classes), X.dtype)
+    fns = {"X @ W.T": (jax.jit(lambda X, W: X @ W.T), W), "G.T @ X": (jax.jit(lambda X, G: G.T @ X), G)}
+    med = {}
+    for name, (f, a) in fns.items():
+        f(X, a).block_until_ready()
+        samples = []
+        for _ in range(max(repeats, 20)):
+            t0 = time.perf_counter()
+            f(X, a).block_until_ready()
+            samples.append(time.perf_counter() - t0)
+        med[name] = statistics.median(samples)
+    return {"seconds": med, "pair_s": sum(med.values())}
 
 
 if __name__ == "__main__":
