@@ -144,6 +144,19 @@ def test_draw_many_is_k_draws(first, block):
         BatchSampler(10, 3, seed=5).draw_many(2)
 
 
+@pytest.mark.parametrize("first, k", [(0, 9), (3, 4), (5, 0)])
+def test_draw_ids_are_the_ids_of_k_draws_with_a_smaller_last_batch(first, k):
+    one, many = BatchSampler(10, 3, seed=5), BatchSampler(10, 3, seed=5)  # batches of 3, 3, 3 and 1
+    assert one.partial == 3 and BatchSampler(12, 3, seed=5).partial is None
+    for _ in range(first):
+        one.draw(), many.draw()
+    expected = [one.draw()[1] for _ in range(k)]
+    assert many.draw_ids(k).tolist() == expected and many.draws == one.draws
+    assert [many.draw()[1] for _ in range(5)] == [one.draw()[1] for _ in range(5)]
+    full = torch.tensor([b for b in range(3)][::-1])
+    assert all(torch.equal(r, many.batch(int(b))) for r, b in zip(many.rows(full), full))
+
+
 def test_step_batches_are_a_function_of_the_step():
     a, b = StepBatches(20, 6, seed=1), StepBatches(20, 6, seed=1)
     seq = [a(k).tolist() for k in range(9)]

@@ -21,7 +21,7 @@ draws are not supported (:data:`SUPPORTED`).
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 
@@ -66,87 +66,139 @@ class FuncOracles(Oracles):
 
 
 class _Replay:
-    """A sampler that hands out the batches stacked before the block, in order."""
+    """A sampler that hands out given batches in order: the stacked batches of a compiled run (weight ``batch / n``
+    each), or a list of batches and their weights (an eager iteration that draws the smaller last batch)."""
 
     def __init__(self, n: int, batch_size: int):
         self.w = batch_size / n
-        self.idx: Optional[torch.Tensor] = None
+        self.idx: Any = None
+        self.weights: Optional[List[float]] = None
         self.pos = 0
+
+    def load(self, idx: Any, weights: Optional[List[float]] = None) -> None:
+        self.idx, self.weights, self.pos = idx, weights, 0
 
     def draw(self):
         i = self.pos
         self.pos += 1
-        return self.idx[i], 0
+        return self.idx[i], i
 
     def weight(self, b: int) -> float:
-        return self.w
+        return self.w if self.weights is None else self.weights[b]
+
+
+class _Probe:
+    """A sampler that hands out the first (full) batch and counts the draws: one probe iteration measures the draws
+    and oracle counts of an iteration on full batches."""
+
+    def __init__(self, sampler: Any):
+        self.b0, self.w0 = sampler.batch(0), sampler.weight(0)
+        self.draws = 0
+
+    def draw(self):
+        self.draws += 1
+        return self.b0, 0
+
+    def weight(self, b: int) -> float:
+        return self.w0
 
 
 class CompiledBlocks:
-    """Runs ``block`` iterations of a :class:`~bilevel.stochastic.StochasticLoop` per call of one compiled graph."""
+    """Runs ``block`` iterations of a :class:`~bilevel.stochastic.StochasticLoop` per call of one compiled graph.
+
+    When ``batch_size`` does not divide ``n``, the iterations that draw the smaller last batch run eagerly (on the
+    loop's own oracles, which count them), and the runs of full-batch iterations between them go through graphs
+    of power-of-two lengths (at most ``log2(block) + 1`` more graphs, each compiled once)."""
 
     def __init__(self, loop: Any, block: int, options: Dict[str, Any]):
         name = loop.method.name
         if name not in SUPPORTED:
             raise ValueError(f"compile_block is available for {', '.join(SUPPORTED)}; {name!r} branches on the "
                              "iteration count or draws its own random numbers; leave compile_block=None")
-        ctx = loop.ctx
-        for which, s in (("n_lower", ctx.inner), ("n_upper", ctx.outer)):
-            if s.n % s.batch_size:
-                raise ValueError(f"compile_block needs batches of one size: batch_size {s.batch_size} must divide "
-                                 f"{which} = {s.n}")
-        o = loop.oracles
+        ctx, o, cfg = loop.ctx, loop.oracles, loop.config
         self.oracles = FuncOracles(o._upper, o._lower, o.x_spec, o.y_spec, o.n_upper, o.n_lower, o._split, o._reduce)
         self.inner, self.outer = _Replay(ctx.inner.n, ctx.inner.batch_size), _Replay(ctx.outer.n, ctx.outer.batch_size)
         fctx = Context(self.oracles, self.inner, self.outer, ctx.noise, ctx.batch_size)
-        cfg = loop.config
         self.solver = loop.method.bind(fctx, cfg["inner_lr"], cfg["outer_lr"], options)
+        self.options = options
+        self.eager_in, self.eager_out = _Replay(ctx.inner.n, ctx.inner.batch_size), _Replay(ctx.outer.n,
+                                                                                          ctx.outer.batch_size)
+        ectx = Context(o, self.eager_in, self.eager_out, ctx.noise, ctx.batch_size)
+        self.eager = loop.method.bind(ectx, cfg["inner_lr"], cfg["outer_lr"], options)
         self.block = block
         self.per_step: Optional[Dict[str, int]] = None  # draws and oracle counts of one iteration
         self.compile_seconds: Optional[float] = None
+        self._lengths: set = set()  # the run lengths compiled so far
         self._fn = torch.compile(self._run, fullgraph=True, dynamic=False, options=INDUCTOR_OPTIONS)
 
-    def _run(self, state: State, idx_in: torch.Tensor, idx_out: torch.Tensor, t0: torch.Tensor) -> State:
-        self.inner.idx, self.inner.pos = idx_in, 0
-        self.outer.idx, self.outer.pos = idx_out, 0
-        for i in range(self.block):
+    def _run(self, state: State, idx_in: torch.Tensor, idx_out: torch.Tensor, t0: torch.Tensor, steps: int) -> State:
+        self.inner.load(idx_in)
+        self.outer.load(idx_out)
+        for i in range(steps):
             state = self.solver.step(state, t0 + i)
         return state
 
     def learn(self, loop: Any) -> None:
-        """Record the draws and counts of one iteration: an eager iteration on a copy of the state, after which the
-        samplers, the generator and the counts are put back (so the run's own iterations are all compiled, and a
-        resumed run compiles the same ones)."""
-        ctx = loop.ctx
-        saved = ctx.inner.state_dict(), ctx.outer.state_dict(), ctx.noise.get_state(), dict(loop.oracles.calls)
-        before = self._counters(loop)
+        """Record the draws and counts of one iteration on full batches: a probe iteration on a copy of the state,
+        whose samplers hand out the first batch (the loop's samplers are not touched; the counts are put back)."""
+        ctx, cfg = loop.ctx, loop.config
+        probe_in, probe_out = _Probe(ctx.inner), _Probe(ctx.outer)
+        noise, calls = ctx.noise.get_state(), dict(loop.oracles.calls)
+        solver = loop.method.bind(Context(loop.oracles, probe_in, probe_out, ctx.noise, ctx.batch_size),
+                                  cfg["inner_lr"], cfg["outer_lr"], self.options)
         with torch.no_grad():
-            loop.solver.step({k: v.clone() for k, v in loop.state.items()}, loop.t + 1)
-        now = self._counters(loop)
-        self.per_step = {k: now[k] - before[k] for k in now}
-        ctx.inner.load_state_dict(saved[0])
-        ctx.outer.load_state_dict(saved[1])
-        ctx.noise.set_state(saved[2])
-        loop.oracles.calls.update(saved[3])
+            solver.step({k: v.clone() for k, v in loop.state.items()}, loop.t + 1)
+        self.per_step = {"in": probe_in.draws, "out": probe_out.draws,
+                         **{k: loop.oracles.calls[k] - calls[k] for k in calls}}
+        ctx.noise.set_state(noise)
+        loop.oracles.calls.update(calls)
 
-    @staticmethod
-    def _counters(loop: Any) -> Dict[str, int]:
-        return {"in": loop.ctx.inner.draws, "out": loop.ctx.outer.draws, **loop.oracles.calls}
+    def _has_partial(self, ids: torch.Tensor, sampler: Any, per: int) -> List[bool]:
+        """Per iteration of the block: does it draw ``sampler``'s smaller last batch?"""
+        if sampler.partial is None or per == 0:
+            return [False] * self.block
+        return (ids.view(self.block, per) == sampler.partial).any(1).tolist()
 
     def run_block(self, loop: Any) -> float:
-        """One block from the loop's state; returns the seconds it took (0 for the first, compiling, call)."""
+        """One block from the loop's state; returns the seconds it took, less the calls that compiled a graph
+        (the first block's time is :attr:`compile_seconds`)."""
         if self.per_step is None:
             self.learn(loop)
         per, ctx, B = self.per_step, loop.ctx, self.block
-        start = time.perf_counter()
-        idx_in = ctx.inner.draw_many(B * per["in"])
-        idx_out = ctx.outer.draw_many(B * per["out"])
-        t0 = torch.tensor(float(loop.t + 1), dtype=loop.state["x"].dtype, device=loop.state["x"].device)
-        loop.state = self._fn(loop.state, idx_in, idx_out, t0)
-        for k in ("inner", "outer"):
-            loop.oracles.calls[k] += B * per[k]
+        pi, po = per["in"], per["out"]
+        start, compiling = time.perf_counter(), 0.0
+        ids_in, ids_out = ctx.inner.draw_ids(B * pi), ctx.outer.draw_ids(B * po)
+        partial = [a or b for a, b in zip(self._has_partial(ids_in, ctx.inner, pi),
+                                          self._has_partial(ids_out, ctx.outer, po))]
+        i = 0
+        while i < B:
+            if partial[i]:
+                self._eager_iteration(loop, ids_in[i * pi:(i + 1) * pi], ids_out[i * po:(i + 1) * po], loop.t + 1 + i)
+                i += 1
+                continue
+            j = partial.index(True, i) if True in partial[i:] else B
+            L = B if j - i == B else 1 << ((j - i).bit_length() - 1)
+            t_call = time.perf_counter()
+            t0 = torch.tensor(float(loop.t + 1 + i), dtype=loop.state["x"].dtype, device=loop.state["x"].device)
+            loop.state = self._fn(loop.state, ctx.inner.rows(ids_in[i * pi:(i + L) * pi]),
+                                  ctx.outer.rows(ids_out[i * po:(i + L) * po]), t0, L)
+            for k in ("inner", "outer"):
+                loop.oracles.calls[k] += L * per[k]
+            if L not in self._lengths:
+                self._lengths.add(L)
+                compiling += time.perf_counter() - t_call
+            i += L
         seconds = time.perf_counter() - start
         if self.compile_seconds is None:
             self.compile_seconds = seconds
             return 0.0
-        return seconds
+        self.compile_seconds += compiling
+        return seconds - compiling
+
+    def _eager_iteration(self, loop: Any, ids_in: torch.Tensor, ids_out: torch.Tensor, t: int) -> None:
+        """One iteration on the given batch ids (one of them the smaller last batch), eagerly, counted."""
+        for rep, sampler, ids in ((self.eager_in, loop.ctx.inner, ids_in), (self.eager_out, loop.ctx.outer, ids_out)):
+            bs = [int(b) for b in ids]
+            rep.load([sampler.batch(b) for b in bs], [sampler.weight(b) for b in bs])
+        with torch.no_grad():
+            loop.state = self.eager.step(loop.state, t)

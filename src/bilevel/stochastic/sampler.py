@@ -82,13 +82,14 @@ class BatchSampler:
         self.draws += 1
         return self.batch(b), b
 
-    def draw_many(self, k: int) -> torch.Tensor:
-        """The indices of the next ``k`` batches as one ``(k, batch_size)`` tensor: the same batches, and the same
-        generator state afterwards, as ``k`` calls of :meth:`draw`, in one gather (for the compiled engine). Needs
-        batches of one size (``batch_size`` divides ``n``)."""
-        if self.n % self.batch_size:
-            raise ValueError(f"draw_many needs batches of one size: batch_size {self.batch_size} must divide n = "
-                             f"{self.n}")
+    @property
+    def partial(self) -> Optional[int]:
+        """The id of the smaller last batch, or None when ``batch_size`` divides ``n``."""
+        return self.n_batches - 1 if self.n % self.batch_size else None
+
+    def draw_ids(self, k: int) -> torch.Tensor:
+        """The batch ids of the next ``k`` draws, as one tensor: the same ids, and the same generator state
+        afterwards, as ``k`` calls of :meth:`draw`."""
         ids = []
         left = int(k)
         while left > 0:
@@ -100,8 +101,21 @@ class BatchSampler:
             self.pos += take
             left -= take
         self.draws += int(k)
-        order = torch.cat(ids) if ids else self.order[:0]
-        return self.perm.view(self.n_batches, self.batch_size)[order.to(self.perm.device)]
+        return torch.cat(ids) if ids else self.order[:0]
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """The indices of the full batches ``ids`` as one ``(len(ids), batch_size)`` tensor, in one gather."""
+        full = self.n // self.batch_size
+        return self.perm[:full * self.batch_size].view(full, self.batch_size)[ids.to(self.perm.device)]
+
+    def draw_many(self, k: int) -> torch.Tensor:
+        """The indices of the next ``k`` batches as one ``(k, batch_size)`` tensor: the same batches, and the same
+        generator state afterwards, as ``k`` calls of :meth:`draw`, in one gather (for the compiled engine). Needs
+        batches of one size (``batch_size`` divides ``n``)."""
+        if self.n % self.batch_size:
+            raise ValueError(f"draw_many needs batches of one size: batch_size {self.batch_size} must divide n = "
+                             f"{self.n}")
+        return self.rows(self.draw_ids(k))
 
     def state_dict(self) -> Dict[str, torch.Tensor]:
         return {"generator": self._gen.get_state(), "order": self.order.clone(), "pos": torch.tensor(self.pos)}
