@@ -7,13 +7,16 @@ Eager PyTorch pays a fixed dispatch cost per operation, which dominates the smal
 * the oracles are written with ``torch.func`` (``grad`` and ``vjp``: the fused ``(grad_y f, H v, J v)`` is one
   ``vjp`` of ``y -> grad_y f``), which ``torch.compile`` traces into the graph;
 * the batches of the block are drawn beforehand from the same samplers, in the same order, and stacked, so the block
-  sees exactly the batches the eager loop would (every batch must then have the same size: ``batch_size`` divides
-  ``n_lower`` and ``n_upper``);
+  sees exactly the batches the eager loop would;
+* when ``batch_size`` does not divide ``n``, an iteration that draws the smaller last batch runs eagerly, and the
+  runs of full-batch iterations around it go through graphs of power-of-two lengths (once per epoch of a sampler;
+  up to ``log2(B) + 1`` extra graphs, each compiled the first time it is needed, that time kept out of ``elapsed``);
 * the iteration counter enters as a tensor, so one graph serves every block.
 
 The result equals the eager loop's to round-off (the compiled kernels may sum in another order; tested). Oracle
-counts are those of the eager loop: before the first block, one eager iteration on a copy of the state (samplers put
-back afterwards) measures the draws and counts of an iteration, which every compiled one repeats. Compiling costs seconds to a minute, growing with ``B`` and the method's number of oracle calls
+counts are those of the eager loop: before the first block, a probe iteration on a copy of the state, whose
+samplers hand out the first batch, measures the draws and counts of an iteration on full batches, which every
+compiled one repeats (the eager ones count themselves). Compiling costs seconds to a minute, growing with ``B`` and the method's number of oracle calls
 per iteration: :attr:`CompiledBlocks.compile_seconds` records the first block's wall time (its compilation included),
 which the loop keeps out of its ``elapsed`` time. Methods whose step branches on the iteration count or on random
 draws are not supported (:data:`SUPPORTED`).

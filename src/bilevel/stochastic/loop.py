@@ -145,8 +145,9 @@ class StochasticLoop:
 
     @property
     def compile_seconds(self) -> Optional[float]:
-        """Wall time of the first compiled block (compilation included; not in ``elapsed``); None when not compiled
-        or not yet run."""
+        """Wall time of the calls that compiled a graph, not in ``elapsed``: the first compiled block, plus, when
+        ``batch_size`` does not divide n, the first call of each shorter run; None when not compiled or not yet
+        run."""
         return None if self.compiled is None else self.compiled.compile_seconds
 
     def check_finite(self) -> None:
