@@ -118,21 +118,25 @@ class CompiledBlocks:
         if name not in SUPPORTED:
             raise ValueError(f"compile_block is available for {', '.join(SUPPORTED)}; {name!r} branches on the "
                              "iteration count or draws its own random numbers; leave compile_block=None")
-        ctx, o, cfg = loop.ctx, loop.oracles, loop.config
+        ctx, o = loop.ctx, loop.oracles
+        self.options = options
         self.oracles = FuncOracles(o._upper, o._lower, o.x_spec, o.y_spec, o.n_upper, o.n_lower, o._split, o._reduce)
         self.inner, self.outer = _Replay(ctx.inner.n, ctx.inner.batch_size), _Replay(ctx.outer.n, ctx.outer.batch_size)
-        fctx = Context(self.oracles, self.inner, self.outer, ctx.noise, ctx.batch_size)
-        self.solver = loop.method.bind(fctx, cfg["inner_lr"], cfg["outer_lr"], options)
-        self.options = options
+        self.solver = self._bind(loop, self.oracles, self.inner, self.outer)
         self.eager_in, self.eager_out = _Replay(ctx.inner.n, ctx.inner.batch_size), _Replay(ctx.outer.n,
                                                                                           ctx.outer.batch_size)
-        ectx = Context(o, self.eager_in, self.eager_out, ctx.noise, ctx.batch_size)
-        self.eager = loop.method.bind(ectx, cfg["inner_lr"], cfg["outer_lr"], options)
+        self.eager = self._bind(loop, o, self.eager_in, self.eager_out)  # iterations with a smaller batch, counted
         self.block = block
         self.per_step: Optional[Dict[str, int]] = None  # draws and oracle counts of one iteration
         self.compile_seconds: Optional[float] = None
         self._lengths: set = set()  # the run lengths compiled so far
         self._fn = torch.compile(self._run, fullgraph=True, dynamic=False, options=INDUCTOR_OPTIONS)
+
+    def _bind(self, loop: Any, oracles: Any, inner: Any, outer: Any) -> Any:
+        """The loop's method and options on ``oracles`` and the samplers ``inner`` / ``outer``."""
+        cfg = loop.config
+        return loop.method.bind(Context(oracles, inner, outer, loop.ctx.noise, loop.ctx.batch_size),
+                                cfg["inner_lr"], cfg["outer_lr"], self.options)
 
     def _run(self, state: State, idx_in: torch.Tensor, idx_out: torch.Tensor, t0: torch.Tensor, steps: int) -> State:
         self.inner.load(idx_in)
@@ -144,13 +148,11 @@ class CompiledBlocks:
     def learn(self, loop: Any) -> None:
         """Record the draws and counts of one iteration on full batches: a probe iteration on a copy of the state,
         whose samplers hand out the first batch (the loop's samplers are not touched; the counts are put back)."""
-        ctx, cfg = loop.ctx, loop.config
+        ctx = loop.ctx
         probe_in, probe_out = _Probe(ctx.inner), _Probe(ctx.outer)
         noise, calls = ctx.noise.get_state(), dict(loop.oracles.calls)
-        solver = loop.method.bind(Context(loop.oracles, probe_in, probe_out, ctx.noise, ctx.batch_size),
-                                  cfg["inner_lr"], cfg["outer_lr"], self.options)
         with torch.no_grad():
-            solver.step({k: v.clone() for k, v in loop.state.items()}, loop.t + 1)
+            self._bind(loop, loop.oracles, probe_in, probe_out).step({k: v.clone() for k, v in loop.state.items()}, loop.t + 1)
         self.per_step = {"in": probe_in.draws, "out": probe_out.draws,
                          **{k: loop.oracles.calls[k] - calls[k] for k in calls}}
         ctx.noise.set_state(noise)
