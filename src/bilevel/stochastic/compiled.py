@@ -151,8 +151,9 @@ class CompiledBlocks:
         ctx = loop.ctx
         probe_in, probe_out = _Probe(ctx.inner), _Probe(ctx.outer)
         noise, calls = ctx.noise.get_state(), dict(loop.oracles.calls)
+        probe = self._bind(loop, loop.oracles, probe_in, probe_out)
         with torch.no_grad():
-            self._bind(loop, loop.oracles, probe_in, probe_out).step({k: v.clone() for k, v in loop.state.items()}, loop.t + 1)
+            probe.step({k: v.clone() for k, v in loop.state.items()}, loop.t + 1)
         self.per_step = {"in": probe_in.draws, "out": probe_out.draws,
                          **{k: loop.oracles.calls[k] - calls[k] for k in calls}}
         ctx.noise.set_state(noise)
