@@ -16,9 +16,10 @@ Eager PyTorch pays a fixed dispatch cost per operation, which dominates the smal
 The result equals the eager loop's to round-off (the compiled kernels may sum in another order; tested). Oracle
 counts are those of the eager loop: before the first block, a probe iteration on a copy of the state, whose
 samplers hand out the first batch, measures the draws and counts of an iteration on full batches, which every
-compiled one repeats (the eager ones count themselves). Compiling costs seconds to a minute, growing with ``B`` and the method's number of oracle calls
-per iteration: :attr:`CompiledBlocks.compile_seconds` records the first block's wall time (its compilation included),
-which the loop keeps out of its ``elapsed`` time. Methods whose step branches on the iteration count or on random
+compiled one repeats (the eager ones count themselves). Compiling costs seconds to minutes, growing with ``B`` and
+the method's number of oracle calls per iteration: :attr:`CompiledBlocks.compile_seconds` records the wall time of
+the calls that compiled a graph (the first block's, compilation included), which the loop keeps out of its
+``elapsed`` time. Methods whose step branches on the iteration count or on random
 draws are not supported (:data:`SUPPORTED`).
 """
 from __future__ import annotations
