@@ -38,7 +38,7 @@ from bilevel.stochastic import StochasticLoop  # noqa: E402
 import problem_data  # noqa: E402
 
 # Their defaults (step_size 0.1, outer_ratio 1, batch_size 64; AmIGO n_inner_steps 10).
-STEP_SIZE, OUTER_RATIO, BATCH = 0.1, 1.0, 64
+STEP_SIZE, OUTER_RATIO, BATCH = 0.1, 1.0, problem_data.BATCH
 OPTIONS = {"soba": {}, "saba": {}, "amigo": {"n_inner_steps": 10}}
 
 
