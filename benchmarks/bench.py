@@ -628,10 +628,25 @@ def _record(problem: str, method: str, K: int, times: Dict[str, List[float]], ke
     return rec
 
 
+def _attach_floor_unit(records: List[Dict[str, Any]], times: Dict[str, List[float]],
+                       floor_unit: Optional[Dict[str, Callable[[], Any]]]) -> None:
+    """Give each record ``floor_unit_times``: the summed time per round of the ``floor:`` callables of ``times``
+    (the floor's unit timed in the records' own rounds; nothing without ``floor_unit``)."""
+    if floor_unit:
+        unit = [sum(ts) for ts in zip(*(times["floor:" + k] for k in floor_unit))]
+        for r in records:
+            r["floor_unit_times"] = unit
+
+
 def bench_group(R, prob: Prob, K: int, methods: Sequence[str], warmup: int, reps: int, log: Callable[[str], None],
                 with_upper_evals: bool = False, memory: Optional[str] = "saved",
-                min_sample: float = 0.0, device: Any = None) -> List[Dict[str, Any]]:
+                min_sample: float = 0.0, device: Any = None,
+                floor_unit: Optional[Dict[str, Callable[[], Any]]] = None) -> List[Dict[str, Any]]:
     """Library, reference and plain inner loop of each method at one (problem, K), timed round-robin.
+
+    ``floor_unit`` (:func:`floor_unit_fns`): the callables of the floor's unit, timed in the same rounds; every
+    record then carries ``floor_unit_times``, their summed time per round, which :func:`with_floor` pairs with
+    the record's own times.
 
     ``memory``: ``"saved"`` (autograd tape above the data baseline, :func:`saved_peak_mb`), ``"rss"`` (resident
     memory above the level before the call, :func:`rss_peak_mb`, or on a GPU :func:`cuda_peak_mb`; the records
@@ -651,9 +666,10 @@ def bench_group(R, prob: Prob, K: int, methods: Sequence[str], warmup: int, reps
                     prob.upper(prob.x, y_K)
 
         fns["upper_evals"] = upper_evals
+    fns.update({"floor:" + k: fn for k, fn in (floor_unit or {}).items()})
     t0 = time.perf_counter()
     times = time_round_robin(fns, warmup, reps, min_sample, sync=synchronizer(device or "cpu"))
-    measured = {k: fn for k, fn in fns.items() if k != "upper_evals"}
+    measured = {k: fn for k, fn in fns.items() if k != "upper_evals" and not k.startswith("floor:")}
     mems = _resident_peaks(measured, device) if memory == "rss" else (_peaks(measured) if memory else {})
     mem_extra = {"mem_measure": _mem_measure(device)} if memory == "rss" else {}
     out = [_record(prob.name, "inner_loop", K, times, "inner_loop", mems.get("inner_loop"), prob.note, **mem_extra)]
@@ -665,10 +681,18 @@ def bench_group(R, prob: Prob, K: int, methods: Sequence[str], warmup: int, reps
         out.append(_record(prob.name, m, K, times, "lib:" + m, mems.get("lib:" + m), prob.note, "ref:" + m, **extra))
     if with_upper_evals:
         out[0]["upper_evals_seconds"] = _median(times["upper_evals"])
+    _attach_floor_unit(out, times, floor_unit)
     log(f"  {prob.name} K={K}: " + ", ".join(f"{r['method']} {r['seconds_per_iter'] * 1e3:.1f}ms"
                                             + (f" (x{r['ratio_to_reference']:.2f} ref)" if r["ratio_to_reference"]
                                                else "") for r in out) + f"  [{time.perf_counter() - t0:.0f}s]")
     return out
+
+
+#: How the few-shot floor is measured (appended to the notes of its records).
+FEWSHOT_FLOOR_NOTE = ("floor: the backbone's forward + backward over the support and query sets once (rhg; inner_loop: "
+                      "its forward on the support set) + floor_pairs x one gradient of the lower objective's head "
+                      "(every task's, batched as the library runs it) on precomputed support features, all timed in "
+                      "the same rounds; time_vs_floor = the median over rounds of time / that round's floor")
 
 
 def bench_fewshot(R, cfg: Dict[str, Any], warmup: int, log: Callable[[str], None],
@@ -679,7 +703,10 @@ def bench_fewshot(R, cfg: Dict[str, Any], warmup: int, log: Callable[[str], None
     loop once per task). Also timed, in the same rounds: the backbone alone (forward and backward over the
     support and query sets, batched as the library runs it), whose time bounds what batching over tasks can
     save: ``vmap_throughput_bound = loop time / backbone time`` (the throughput ratio if the head steps and
-    everything else were free).
+    everything else were free); the backbone's forward on the support set; and one gradient of the lower
+    objective's head on precomputed support features. They make the floor (FEWSHOT_FLOOR_NOTE): ``floor_pairs``
+    head gradients (:func:`floor_pairs`) plus the backbone's share, ``floor_seconds`` its median and
+    ``time_vs_floor`` the paired ratio.
     """
     from bilevel.app.tasks import fewshot
 
@@ -695,16 +722,27 @@ def bench_fewshot(R, cfg: Dict[str, Any], warmup: int, log: Callable[[str], None
             loss = fewshot.backbone(xs, sx).sum() + fewshot.backbone(xs, qx).sum()
             torch.autograd.grad(loss, list(xs.values()))
 
+        with torch.no_grad():
+            feats = prob.lower.features(prob.x)
+        y_head = prob.y0.detach().clone().requires_grad_()
+
+        def support_features():
+            with torch.no_grad():
+                prob.lower.features(prob.x)
+
         fns = {"inner_loop": lambda: R.inner_loop(prob.lower, prob.x, prob.y0, K, prob.lr),
                "lib:rhg": library_call(prob, "rhg", K),
                "ref:rhg": lambda: R.fewshot_rhg_per_task(fewshot.backbone, fewshot.task_loss, prob.x, prob.y0, sx,
                                                          sy, qx, qy, K, prob.lr),
-               "backbone": backbone_only}
+               "backbone": backbone_only, "support_features": support_features,
+               "head_grad": lambda: torch.autograd.grad(prob.lower.head(feats, y_head), y_head)}
         t0 = time.perf_counter()
-        times = time_round_robin(fns, warmup, cfg["reps"], sync=synchronizer(device or "cpu"))
-        mems = _peaks({k: fn for k, fn in fns.items() if k != "backbone"})
+        times = time_round_robin(fns, warmup, cfg["reps"], TOY_MIN_SAMPLE if warmup else 0.0,
+                                 sync=synchronizer(device or "cpu"))
+        mems = _peaks({k: fns[k] for k in ("inner_loop", "lib:rhg", "ref:rhg")})
         t_ref, t_bb = _median(times["ref:rhg"]), _median(times["backbone"])
-        note = prob.note + "; reference = per-task Python loop (no vmap, one task's images at a time)"
+        note = prob.note + "; reference = per-task Python loop (no vmap, one task's images at a time); " + \
+            FEWSHOT_FLOOR_NOTE
         out.append(_record(prob.name, "inner_loop", K, times, "inner_loop", mems["inner_loop"], note, meta_batch=mb))
         rec = _record(prob.name, "rhg", K, times, "lib:rhg", mems["lib:rhg"], note, "ref:rhg", meta_batch=mb,
                       reference_peak_mem_mb=round(mems["ref:rhg"], 3))
@@ -714,24 +752,34 @@ def bench_fewshot(R, cfg: Dict[str, Any], warmup: int, log: Callable[[str], None
         rec["backbone_seconds"] = t_bb
         rec["vmap_throughput_bound"] = paired_ratio(times["ref:rhg"], times["backbone"])
         out.append(rec)
+        for r, base in ((out[-2], "support_features"), (rec, "backbone")):
+            pairs = floor_pairs(r["method"], K, {})
+            floor = [b + pairs * h for b, h in zip(times[base], times["head_grad"])]
+            r.update(floor_pairs=pairs, floor_seconds=_median(floor), time_vs_floor=paired_ratio(r["times"], floor),
+                     head_grad_seconds=_median(times["head_grad"]),
+                     support_features_seconds=_median(times["support_features"]))
         log(f"  fewshot mb={mb} K={K}: vmap {rec['seconds_per_iter']:.3f}s, loop {t_ref:.3f}s, "
-            f"backbone {t_bb:.3f}s, inner {rec['inner_loop_seconds']:.3f}s  [{time.perf_counter() - t0:.0f}s]")
+            f"backbone {t_bb:.3f}s, inner {rec['inner_loop_seconds']:.3f}s, x{rec['time_vs_floor']:.2f} floor "
+            f"({rec['floor_seconds']:.3f}s)  [{time.perf_counter() - t0:.0f}s]")
     return out
 
 
 def bench_memory_modes(R, cfg: Dict[str, Any], dataset: str, warmup: int, reps: int,
                        log: Callable[[str], None], device: Any = None) -> List[Dict[str, Any]]:
-    """RHG vs ``checkpoint=round(sqrt(K))`` at large K on hyperclean-linear."""
+    """RHG vs ``checkpoint=round(sqrt(K))`` at large K on hyperclean-linear, with the floor (:func:`measure_floor`,
+    its unit timed in the same rounds, :func:`with_floor`)."""
     prob = make_hyperclean("linear", cfg["train"], cfg["val"], dataset, device=device)
     K = cfg["K"]
     S = max(1, int(round(math.sqrt(K))))
     ck = f"rhg+checkpoint={S}"
+    floor = measure_floor(prob, warmup, cfg.get("floor_reps", reps), synchronizer(device or "cpu"))
+    unit = floor_unit_fns(prob, floor)
     fns = {"inner_loop": lambda: R.inner_loop(prob.lower, prob.x, prob.y0, K, prob.lr),
            "lib:rhg": library_call(prob, "rhg", K), "lib:" + ck: library_call(prob, ck, K),
-           "ref:rhg": reference_call(R, prob, "rhg", K)}
+           "ref:rhg": reference_call(R, prob, "rhg", K), **{"floor:" + k: fn for k, fn in unit.items()}}
     t0 = time.perf_counter()
     times = time_round_robin(fns, warmup, reps, sync=synchronizer(device or "cpu"))
-    mems = _peaks(fns)
+    mems = _peaks({k: fn for k, fn in fns.items() if not k.startswith("floor:")})
     note = prob.note + "; memory mode"
     ref_mem = round(mems["ref:rhg"], 3)
     out = [_record(prob.name, "inner_loop", K, times, "inner_loop", mems["inner_loop"], note, memory_mode=True),
@@ -744,7 +792,8 @@ def bench_memory_modes(R, cfg: Dict[str, Any], dataset: str, warmup: int, reps: 
                    time_vs_rhg_bound=1.0 + (K - S) / K * paired_ratio(times["inner_loop"], times["lib:rhg"]))]
     log(f"  memory K={K}: rhg {out[1]['seconds_per_iter']:.2f}s {out[1]['peak_mem_mb']:.1f}MB, checkpoint={S} "
         f"{out[2]['seconds_per_iter']:.2f}s {out[2]['peak_mem_mb']:.1f}MB  [{time.perf_counter() - t0:.0f}s]")
-    return out
+    _attach_floor_unit(out, times, unit)
+    return with_floor(out, floor, prob)
 
 
 def bench_fhg(R, cfg: Dict[str, Any], dataset: str, warmup: int, reps: int,
@@ -834,9 +883,23 @@ def floor_fns(X: torch.Tensor, W: torch.Tensor, b: torch.Tensor, G: torch.Tensor
 
 
 #: How the floor is measured (appended to the notes of the records that carry it).
-FLOOR_NOTE = ("floor: one step pair = the fastest logits matmul + the fastest weight-gradient matmul (floor_layouts) "
-              "on the task's training features, rebuilt by hyperclean_split with the task's arguments, and random W "
-              "and logits gradient G of the task's shapes and dtype; floor_seconds = floor_pairs x the pair")
+FLOOR_NOTE = ("floor: one step pair = the fastest logits matmul + the fastest weight-gradient matmul (floor_layouts, "
+              "chosen by timing every layout alone) on the task's training features, rebuilt by hyperclean_split "
+              "with the task's arguments, and random W and logits gradient G of the task's shapes and dtype; the "
+              "pair is timed again in the same rounds as the methods (floor_pair_seconds; timed alone: "
+              "floor_pair_seconds_alone); floor_seconds = floor_pairs x the pair, time_vs_floor = the median over "
+              "rounds of the method's time / floor_pairs x that round's pair")
+
+
+def _floor_candidates(prob: Prob) -> Dict[str, Callable[[], Any]]:
+    """:func:`floor_fns` on a linear hyperclean problem's training features (:func:`hyperclean_features`), with
+    random W and G of the task's shapes and dtype (the values do not matter to the time)."""
+    X = hyperclean_features(prob)
+    W0, b0 = prob.y0["weight"], prob.y0["bias"]
+    gen = torch.Generator().manual_seed(0)
+    W = torch.randn(W0.shape, generator=gen, dtype=W0.dtype).to(W0.device)
+    G = torch.randn((X.shape[0], W0.shape[0]), generator=gen, dtype=X.dtype).to(X.device)
+    return floor_fns(X, W, torch.zeros_like(b0), G)
 
 
 def measure_floor(prob: Prob, warmup: int, reps: int,
@@ -847,15 +910,11 @@ def measure_floor(prob: Prob, warmup: int, reps: int,
     (:func:`floor_fns`) on the problem's training features (:func:`hyperclean_features`).
 
     Returns the fields every record of the problem gets: ``floor_pair_seconds`` (the medians of the fastest logits
-    and the fastest weight-gradient layout, added), ``floor_layouts``, ``floor_matmul_seconds`` (the median of each
+    and the fastest weight-gradient layout, added; :func:`with_floor` replaces it by the pair timed in the
+    record's own rounds where it has them), ``floor_layouts``, ``floor_matmul_seconds`` (the median of each
     layout) and ``lower_grad_seconds``.
     """
-    X = hyperclean_features(prob)
-    W0, b0 = prob.y0["weight"], prob.y0["bias"]
-    gen = torch.Generator().manual_seed(0)  # the values do not matter to the time, the shapes and dtype do
-    W = torch.randn(W0.shape, generator=gen, dtype=W0.dtype).to(W0.device)
-    G = torch.randn((X.shape[0], W0.shape[0]), generator=gen, dtype=X.dtype).to(X.device)
-    fns = {"lower_grad": lower_grad_call(prob), **floor_fns(X, W, torch.zeros_like(b0), G)}
+    fns = {"lower_grad": lower_grad_call(prob), **_floor_candidates(prob)}
     med = {k: _median(t) for k, t in time_round_robin(fns, warmup, reps, FLOOR_MIN_SAMPLE if warmup else 0.0,
                                                       sync).items()}
     logits = min((k for k in med if k.startswith("logits:")), key=med.__getitem__)
@@ -864,6 +923,16 @@ def measure_floor(prob: Prob, warmup: int, reps: int,
             "floor_layouts": f"{logits.split(':', 1)[1]}, {wgrad.split(':', 1)[1]}",
             "floor_matmul_seconds": {k: v for k, v in med.items() if k != "lower_grad"},
             "lower_grad_seconds": med["lower_grad"]}
+
+
+def floor_unit_fns(prob: Prob, floor: Dict[str, Any]) -> Dict[str, Callable[[], Any]]:
+    """The callables of the unit of ``floor`` (:func:`measure_floor`: its two chosen matmul layouts;
+    :func:`measure_gradient_floor`: one lower gradient), for :func:`bench_group` to time in its own rounds."""
+    if floor["floor_layouts"] == GRAD_FLOOR_LAYOUT:
+        return {"lower_grad": lower_grad_call(prob)}
+    fns = _floor_candidates(prob)
+    logits, wgrad = floor["floor_layouts"].split(", ")
+    return {"logits": fns["logits:" + logits], "wgrad": fns["wgrad:" + wgrad]}
 
 
 def lower_grad_call(prob: Prob) -> Callable[[], Any]:
@@ -877,8 +946,11 @@ def lower_grad_call(prob: Prob) -> Callable[[], Any]:
     return lambda: torch.autograd.grad(prob.lower(prob.x, y), leaves)
 
 
-GRAD_FLOOR_NOTE = ("floor: one unit = one forward + gradient of the lower objective in isolation (lower_grad_seconds); "
-                   "floor_seconds = floor_pairs x that unit (a forward step and a reverse step each cost at least one)")
+GRAD_FLOOR_NOTE = ("floor: one unit = one forward + gradient of the lower objective in isolation, timed in the same "
+                   "rounds as the methods (floor_pair_seconds; timed alone: lower_grad_seconds); floor_seconds = "
+                   "floor_pairs x that unit (a forward step and a reverse step each cost at least one), time_vs_floor "
+                   "= the median over rounds of the method's time / floor_pairs x that round's unit")
+GRAD_FLOOR_LAYOUT = "one lower gradient"
 
 
 def measure_gradient_floor(prob: Prob, warmup: int, reps: int,
@@ -887,30 +959,43 @@ def measure_gradient_floor(prob: Prob, warmup: int, reps: int,
     lower objective in isolation, timed like :func:`measure_floor`, as the unit of :func:`floor_pairs`."""
     t = time_round_robin({"lower_grad": lower_grad_call(prob)}, warmup, reps, FLOOR_MIN_SAMPLE if warmup else 0.0,
                          sync)["lower_grad"]
-    return {"floor_pair_seconds": _median(t), "floor_layouts": "one lower gradient", "lower_grad_seconds": _median(t)}
+    return {"floor_pair_seconds": _median(t), "floor_layouts": GRAD_FLOOR_LAYOUT, "lower_grad_seconds": _median(t)}
 
 
 def with_floor(records: List[Dict[str, Any]], floor: Dict[str, Any], prob: Prob,
                note: Optional[str] = None) -> List[Dict[str, Any]]:
     """``records`` (of ``prob``) with the floor of :func:`measure_floor` (or :func:`measure_gradient_floor`, with
     ``note`` GRAD_FLOOR_NOTE): its fields, ``floor_pairs`` (:func:`floor_pairs`), ``floor_seconds`` = pairs x
-    ``floor_pair_seconds`` and ``time_vs_floor`` = median time / floor_seconds (None where the method has no
-    floor); the note (default FLOOR_NOTE) appended to the notes."""
+    ``floor_pair_seconds`` and ``time_vs_floor`` (None where the method has no floor); the note (default
+    FLOOR_NOTE) appended to the notes.
+
+    A record timed with the floor's unit in its rounds (``floor_unit_times``, :func:`bench_group` with
+    ``floor_unit``) gets ``floor_pair_seconds`` = that unit's median (the floor's own is kept as
+    ``floor_pair_seconds_alone``) and ``time_vs_floor`` = the median over rounds of its time / pairs x the unit
+    (:func:`paired_ratio`); the others get the median time / ``floor_seconds``.
+    """
     for r in records:
         K = r["inner_steps"]
         pairs = floor_pairs(r["method"], K, lib_options(r["method"], K, prob))
-        fs = pairs * floor["floor_pair_seconds"] if pairs else None
-        r.update(floor, floor_pairs=pairs, floor_seconds=fs,
-                 time_vs_floor=r["seconds_per_iter"] / fs if (fs and r["seconds_per_iter"]) else None)
+        unit = r.get("floor_unit_times")
+        fields = dict(floor, floor_pair_seconds_alone=floor["floor_pair_seconds"], floor_pair_seconds=_median(unit)) \
+            if unit else floor
+        fs = pairs * fields["floor_pair_seconds"] if pairs else None
+        ratio = None
+        if fs and r["seconds_per_iter"]:
+            ratio = paired_ratio(r["times"], [pairs * u for u in unit]) if unit else r["seconds_per_iter"] / fs
+        r.update(fields, floor_pairs=pairs, floor_seconds=fs, time_vs_floor=ratio)
         r["note"] = f"{r['note']}; {note or FLOOR_NOTE}"
     return records
 
 
 def _engine_records(R, prob: Prob, K: int, methods: Sequence[str], warmup: int, reps: int,
                     log: Callable[[str], None], min_sample: float = 0.0,
-                    sync: Optional[Callable[[], None]] = None) -> List[Dict[str, Any]]:
+                    sync: Optional[Callable[[], None]] = None,
+                    floor_unit: Optional[Dict[str, Callable[[], Any]]] = None) -> List[Dict[str, Any]]:
     """The engine group on one (problem, K): the plain inner loop and, for each method, the reference, the library
-    with the autograd engine and with ``+engine=compiled`` (first calls outside the rounds), round-robin."""
+    with the autograd engine and with ``+engine=compiled`` (first calls outside the rounds), round-robin; with the
+    floor's unit in the rounds as in :func:`bench_group`."""
     fns: Dict[str, Callable[[], Any]] = {"inner_loop": lambda: R.inner_loop(prob.lower, prob.x, prob.y0, K, prob.lr)}
     first: Dict[str, float] = {}
     for m in methods:
@@ -918,6 +1003,7 @@ def _engine_records(R, prob: Prob, K: int, methods: Sequence[str], warmup: int, 
             fns["lib:" + variant] = library_call(prob, variant, K)
             first[variant] = first_call_seconds(fns["lib:" + variant], sync)
         fns["ref:" + m] = reference_call(R, prob, m, K)
+    fns.update({"floor:" + k: fn for k, fn in (floor_unit or {}).items()})
     t0 = time.perf_counter()
     times = time_round_robin(fns, warmup, reps, min_sample, sync)
     note = prob.note + "; engine group (first_call_seconds: the first call, compiling for engine=compiled)"
@@ -936,6 +1022,7 @@ def _engine_records(R, prob: Prob, K: int, methods: Sequence[str], warmup: int, 
             f"{eager['seconds_per_iter'] * 1e3:.2f}ms, compiled {comp['seconds_per_iter'] * 1e3:.2f}ms "
             f"(x{comp['speedup_vs_reference']:.2f} faster than the reference, first call {first[c]:.1f}s, pays off "
             f"after {comp['amortize_after'] or 'never'})  [{time.perf_counter() - t0:.0f}s]")
+    _attach_floor_unit(out, times, floor_unit)
     return out
 
 
@@ -956,8 +1043,10 @@ def bench_engine(R, cfg: Dict[str, Any], dataset: str, warmup: int, log: Callabl
     out = _engine_records(R, make_toy(device=device), cfg["toy_K"], cfg["toy_methods"], warmup, cfg["toy_reps"],
                           log, TOY_MIN_SAMPLE if warmup else 0.0, sync)
     prob = make_hyperclean("linear", cfg["train"], cfg["val"], dataset, device=device)
-    recs = _engine_records(R, prob, cfg["K"], cfg["methods"], warmup, cfg["reps"], log, sync=sync)
-    return out + with_floor(recs, measure_floor(prob, warmup, cfg["floor_reps"], sync), prob)
+    floor = measure_floor(prob, warmup, cfg["floor_reps"], sync)
+    recs = _engine_records(R, prob, cfg["K"], cfg["methods"], warmup, cfg["reps"], log, sync=sync,
+                           floor_unit=floor_unit_fns(prob, floor))
+    return out + with_floor(recs, floor, prob)
 
 
 # ------------------------------------------------------------------------------------------ targets
@@ -1120,10 +1209,12 @@ def write_markdown(path: Path, records: List[Dict[str, Any]], checks: List[Dict[
         detail = c["detail"] + (f". Reason: {c['reason']}" if c["reason"] else "")
         L.append(f"| {c['target']} | {_fmt(c['measured'])} | {c['limit']} | {status} | {detail} |")
     L += ["", "## Records", "",
-          "x floor: median time / the floor measured in the same run (hyperclean-linear: `floor_pairs` step pairs, "
-          "each the fastest logits matmul + the fastest weight-gradient matmul; toy and hyperclean-mlp: `floor_pairs` "
-          "forward + gradient evaluations of the lower objective, timed alone), the floor's seconds in brackets; "
-          "blank where no floor is defined.", "",
+          "x floor: the method's time over the floor measured in the same run (hyperclean-linear: `floor_pairs` step "
+          "pairs, each the fastest logits matmul + the fastest weight-gradient matmul; toy and hyperclean-mlp: "
+          "`floor_pairs` forward + gradient evaluations of the lower objective; few-shot: the backbone's forward + "
+          "backward + `floor_pairs` head gradients), the floor's unit timed alone and again in the method's rounds; "
+          "the ratio is paired: the median over rounds of time / (pairs x that round's unit); the floor's seconds in "
+          "brackets; blank where no floor is defined.", "",
           "| problem | method | K | s/iter | peak MB | x inner loop | x reference | x floor (floor s) | ref s/iter | "
           "ref peak MB | extra |",
           "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -1244,7 +1335,8 @@ def run(out: Path, mode: str = "full", log: Callable[[str], None] = print,
             for K in cfg["toy_K"]:
                 records += with_floor(bench_group(R, toy, K, cfg.get("toy_methods", TOY_METHODS), warmup,
                                                   cfg.get("toy_reps", reps), log,
-                                                  min_sample=TOY_MIN_SAMPLE if warmup else 0.0, device=dev),
+                                                  min_sample=TOY_MIN_SAMPLE if warmup else 0.0, device=dev,
+                                                  floor_unit=floor_unit_fns(toy, toy_floor)),
                                       toy_floor, toy, GRAD_FLOOR_NOTE)
         dataset = cfg["dataset"]  # each hyperclean problem falls back to digits by itself if it is missing
         if "hyperclean-linear" in groups:
@@ -1260,14 +1352,15 @@ def run(out: Path, mode: str = "full", log: Callable[[str], None] = print,
                 records += with_floor(bench_group(R, prob, K, lin.get("methods_by_K", {}).get(K, lin["methods"]),
                                                   lin.get("warmup", {}).get(K, warmup),
                                                   lin.get("reps", {}).get(K, reps), log, with_upper_evals=True,
-                                                  device=dev), floor, prob)
+                                                  device=dev, floor_unit=floor_unit_fns(prob, floor)), floor, prob)
             del prob
         if "hyperclean-mlp" in groups:
             mlp = cfg["mlp"]
             prob = make_hyperclean("mlp", mlp["train"], mlp["val"], dataset, hidden=mlp["hidden"], device=dev)
             mlp_floor = measure_gradient_floor(prob, warmup, reps, synchronizer(dev))
             for K in mlp["K"]:
-                records += with_floor(bench_group(R, prob, K, mlp["methods"], warmup, reps, log, device=dev),
+                records += with_floor(bench_group(R, prob, K, mlp["methods"], warmup, reps, log, device=dev,
+                                                  floor_unit=floor_unit_fns(prob, mlp_floor)),
                                       mlp_floor, prob, GRAD_FLOOR_NOTE)
             del prob
         if "memory" in groups:

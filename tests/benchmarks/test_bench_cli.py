@@ -46,6 +46,20 @@ def test_bench_smoke_cli(tmp_path):
                for r in fhg if r["method"] == "fhg")  # the torch.func reference too (hooks could not)
     fs = [r for r in records if r["problem"] == "fewshot-conv4" and r["method"] == "rhg"]
     assert fs and all(r["vmap_throughput_bound"] > 0 and r["backbone_seconds"] > 0 for r in fs)
+    for r in (r for r in records if r["problem"] == "fewshot-conv4"):  # floor: backbone share + head gradients
+        K = r["inner_steps"]
+        assert r["floor_pairs"] == (2 * K if r["method"] == "rhg" else K) and r["time_vs_floor"] > 0
+        base = r["backbone_seconds"] if r["method"] == "rhg" else r["support_features_seconds"]
+        assert r["floor_seconds"] > base > 0 and r["head_grad_seconds"] > 0  # every round's floor exceeds its base
+    timed = [r for r in records if r.get("floor_unit_times")]  # the unit timed in the methods' own rounds
+    assert {r["problem"] for r in timed} >= {"toy", "hyperclean-linear", "hyperclean-mlp"}
+    assert {r["method"] for r in timed if r.get("memory_mode")} == {"inner_loop", "rhg"} | {
+        r["method"] for r in records if r["method"].startswith("rhg+checkpoint=")}
+    for r in timed:
+        assert len(r["floor_unit_times"]) == len(r["times"])
+        if r["floor_seconds"]:
+            assert r["time_vs_floor"] == pytest.approx(
+                bench.paired_ratio(r["times"], [r["floor_pairs"] * u for u in r["floor_unit_times"]]))
     assert all(r["ratio_to_reference"] > 0 for r in records if r["method"] != "inner_loop")
     md = (tmp_path / "BENCHMARKS.md").read_text()
     assert "## Target checks" in md and "torch" in md and "cpu_model" in md

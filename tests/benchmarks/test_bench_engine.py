@@ -104,6 +104,30 @@ def test_floor_is_positive_and_time_vs_floor_is_median_over_floor(linear_prob):
     assert checks[0]["measured"] == by["rhg"]["time_vs_floor"] and checks[0]["met"] is not None
 
 
+def test_time_vs_floor_pairs_rounds_when_the_unit_was_timed_with_the_method():
+    """With ``floor_unit_times`` the ratio is the median of per-round ratios, not the ratio of the medians."""
+    toy = bench.make_toy()
+    rec = {"problem": "toy", "method": "inner_loop", "inner_steps": 2, "times": [2.0, 8.0, 40.0],
+           "seconds_per_iter": 8.0, "floor_unit_times": [1.0, 4.0, 2.0], "note": ""}
+    floor = {"floor_pair_seconds": 0.5, "floor_layouts": bench.GRAD_FLOOR_LAYOUT, "lower_grad_seconds": 0.5}
+    (r,) = bench.with_floor([rec], floor, toy, bench.GRAD_FLOOR_NOTE)
+    assert r["floor_pairs"] == 2 and r["floor_pair_seconds"] == 2.0 and r["floor_pair_seconds_alone"] == 0.5
+    assert r["floor_seconds"] == 4.0
+    assert r["time_vs_floor"] == 1.0  # rounds: 2/2, 8/8, 40/4 -> median 1 (medians: 8 / 4 = 2)
+
+
+def test_floor_unit_fns_are_the_chosen_layouts(linear_prob):
+    floor = {"floor_layouts": "(W @ X.t()).t(), G.t() @ X"}
+    fns = bench.floor_unit_fns(linear_prob, floor)
+    cands = bench._floor_candidates(linear_prob)
+    assert set(fns) == {"logits", "wgrad"}
+    assert torch.equal(fns["logits"](), cands["logits:(W @ X.t()).t()"]())
+    assert torch.equal(fns["wgrad"](), cands["wgrad:G.t() @ X"]())
+    toy = bench.make_toy()
+    (g,) = bench.floor_unit_fns(toy, {"floor_layouts": bench.GRAD_FLOOR_LAYOUT}).values()
+    assert torch.equal(g()[0], bench.lower_grad_call(toy)()[0])
+
+
 def test_the_toy_floor_counts_lower_gradients():
     """Problems without a matmul floor (the toy, the MLP follower): the unit is one lower gradient timed alone."""
     R = bench.load_references()
@@ -148,10 +172,12 @@ def test_engine_group_records(engine_records):
             assert "amortize_after" in r
             assert r["amortize_after"] == bench.amortize_after(r["first_call_seconds"], r["seconds_per_iter"],
                                                                eager["seconds_per_iter"])
-    for m in ("inner_loop", "rhg", "rhg+engine=compiled"):  # the floor beside the ratios
+    for m in ("inner_loop", "rhg", "rhg+engine=compiled"):  # the floor beside the ratios, timed in the rounds
         r = by[("hyperclean-linear", m)]
-        assert r["floor_seconds"] > 0
-        assert r["time_vs_floor"] == pytest.approx(r["seconds_per_iter"] / r["floor_seconds"])
+        assert r["floor_seconds"] > 0 and len(r["floor_unit_times"]) == len(r["times"])
+        assert r["floor_pair_seconds"] == pytest.approx(bench._median(r["floor_unit_times"]))
+        assert r["time_vs_floor"] == pytest.approx(
+            bench.paired_ratio(r["times"], [r["floor_pairs"] * u for u in r["floor_unit_times"]]))
 
 
 def test_engine_records_stay_out_of_the_other_targets(engine_records, tmp_path):
