@@ -85,6 +85,7 @@ def test_floor_is_positive_and_time_vs_floor_is_median_over_floor(linear_prob):
     best = min(v for k, v in mm.items() if k.startswith("logits:")) + min(v for k, v in mm.items()
                                                                           if k.startswith("wgrad:"))
     assert floor["floor_pair_seconds"] == pytest.approx(best)
+    assert sum(mm[k] for k in floor["floor_unit_keys"]) == pytest.approx(best)
 
     K = 4
     records = bench.with_floor(bench.bench_group(R, linear_prob, K, ("rhg", "cg", "bda"), 0, 2, _silent,
@@ -117,11 +118,11 @@ def test_time_vs_floor_pairs_rounds_when_the_unit_was_timed_with_the_method():
 
 
 def test_floor_unit_fns_are_the_chosen_layouts(linear_prob):
-    floor = {"floor_layouts": "(W @ X.t()).t(), G.t() @ X"}
-    fns = bench.floor_unit_fns(linear_prob, floor)
+    logits = "logits:addmm(b[:, None], W, X.t()).t()"  # a layout whose name has a comma
+    fns = bench.floor_unit_fns(linear_prob, {"floor_unit_keys": [logits, "wgrad:G.t() @ X"]})
     cands = bench._floor_candidates(linear_prob)
     assert set(fns) == {"logits", "wgrad"}
-    assert torch.equal(fns["logits"](), cands["logits:(W @ X.t()).t()"]())
+    assert torch.equal(fns["logits"](), cands[logits]())
     assert torch.equal(fns["wgrad"](), cands["wgrad:G.t() @ X"]())
     toy = bench.make_toy()
     (g,) = bench.floor_unit_fns(toy, {"floor_layouts": bench.GRAD_FLOOR_LAYOUT}).values()
