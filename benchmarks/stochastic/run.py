@@ -5,7 +5,8 @@
 
 The problem instance is fixed (built once, seed 0, and shared by every run); ``--seeds`` are the solvers' seeds
 (batch draws and their own randomness). Each run steps a :class:`bilevel.stochastic.StochasticLoop` with the
-method's parameters (:data:`problems.BenchProblem.params`: the benchmark's tuned values) until the time spent in its
+method's parameters (:data:`problems.BenchProblem.params`: the benchmark's tuned values, or with ``--params`` those
+chosen by :mod:`bilevel_benchmarks.stochastic.tune` on this problem) until the time spent in its
 steps reaches the budget, and records ``loop.record(problem.metrics)`` at the start and at ``--log-points`` times on a
 geometric grid from budget/1000 to the budget (metrics are not timed). A run whose iterates or metrics become
 non-finite stops and is marked ``"diverged"``; one whose construction or step raises is marked ``"error"``. The
@@ -72,17 +73,20 @@ def _clean(rec: Dict[str, float]) -> Dict[str, Optional[float]]:
     return {k: (int(v) if k in ("step", "inner_oracles", "outer_oracles") else _finite(v)) for k, v in rec.items()}
 
 
-def run_one(problem: P.BenchProblem, method: str, seed: int, budget: float, log_points: int = 40) -> dict:
-    """One run (see the module docstring); returns the JSON-ready result."""
+def run_one(problem: P.BenchProblem, method: str, seed: int, budget: float, log_points: int = 40,
+            params: Optional[dict] = None, source: Optional[str] = None) -> dict:
+    """One run (see the module docstring); returns the JSON-ready result. ``params`` (with ``source``, where they
+    come from) replace the problem's parameters of ``method``."""
     from bilevel import NonFiniteError
     from bilevel.stochastic import StochasticLoop
 
-    params = dict(problem.params[method])
+    params = dict(problem.params[method] if params is None else params)
     options = {k: v for k, v in params.items() if k not in ("inner_lr", "outer_lr")}
     grid = budget * np.geomspace(1e-3, 1.0, log_points)
     out = {"problem": problem.name, "method": method, "seed": seed, "time_budget": budget,
            "main_metric": problem.main_metric, "target": problem.target, "log_scale": problem.log_scale,
-           "params": params, "params_source": problem.tuned.get(method, ""), "problem_info": problem.info,
+           "params": params, "params_source": problem.tuned.get(method, "") if source is None else source,
+           "problem_info": problem.info,
            "batch_size": problem.batch_size, "dtype": str(problem.x0.dtype).replace("torch.", ""),
            "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
            "status": "ok", "message": "", "history": []}
@@ -132,8 +136,11 @@ def _write(path: Path, obj: dict) -> None:
 
 
 def run(problem_name: str, methods: Iterable[str], seeds: Iterable[int], budget: float, out: str,
-        log_points: int = 40, dtype: torch.dtype = torch.float32, quiet: bool = False) -> List[Path]:
-    """Every (method, seed) of one problem; returns the JSON paths written (skipped ones excluded)."""
+        log_points: int = 40, dtype: torch.dtype = torch.float32, quiet: bool = False,
+        tuned: Optional[Dict[str, dict]] = None, problem: Optional[P.BenchProblem] = None) -> List[Path]:
+    """Every (method, seed) of one problem; returns the JSON paths written (skipped ones excluded). ``tuned``
+    (:func:`tune.load_tuned`): per method the parameters to run instead of the problem's, and their source;
+    ``problem``: the instance of ``problem_name`` (default: built here)."""
     todo = [(m, s, Path(out) / problem_name / f"{m}-seed{s}.json") for m in methods for s in seeds]
     todo = [t for t in todo if not t[2].exists()]
     if not todo:
@@ -141,13 +148,14 @@ def run(problem_name: str, methods: Iterable[str], seeds: Iterable[int], budget:
             print(f"{problem_name}: all runs done", flush=True)
         return []
     start = time.perf_counter()
-    problem = P.make(problem_name, seed=0, dtype=dtype)
+    problem = problem or P.make(problem_name, seed=0, dtype=dtype)
     if not quiet:
         print(f"{problem_name}: built in {time.perf_counter() - start:.1f} s; target {problem.main_metric} <= "
               f"{problem.target:.4g}", flush=True)
     written = []
     for method, seed, path in todo:
-        res = run_one(problem, method, seed, budget, log_points)
+        chosen = (tuned or {}).get(method, {})
+        res = run_one(problem, method, seed, budget, log_points, chosen.get("params"), chosen.get("source"))
         _write(path, res)
         written.append(path)
         if not quiet:
@@ -172,6 +180,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     p.add_argument("--log-points", type=int, default=40)
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--params", default=None,
+                   help="tuned.json of bilevel_benchmarks.stochastic.tune: run its chosen parameters (one problem)")
     a = p.parse_args(argv)
     if a.time_budget <= 0 or a.log_points < 1 or a.threads < 1:
         p.error("--time-budget, --log-points and --threads must be positive")
@@ -181,11 +191,18 @@ def main(argv=None) -> int:
         for n in names:
             if n not in P.PROBLEMS:
                 raise ValueError(f"unknown problem {n!r}; valid: {', '.join(P.PROBLEMS)}")
-    except ValueError as e:
+        tuned = None
+        if a.params:
+            from .tune import load_tuned
+
+            tuned = load_tuned(a.params)
+            if len(names) != 1:
+                raise ValueError("--params holds one problem's parameters: name one --problem")
+    except (ValueError, OSError, KeyError) as e:
         p.error(str(e))
     torch.set_num_threads(a.threads)
     for name in names:
-        run(name, methods, seeds, a.time_budget, a.out, a.log_points, getattr(torch, a.dtype))
+        run(name, methods, seeds, a.time_budget, a.out, a.log_points, getattr(torch, a.dtype), tuned=tuned)
     return 0
 
 

@@ -4,7 +4,9 @@
   Hessian, finite differences of h = F(x, y*(x))); batches are means;
 * datacleaning / logreg on generated arrays (no Fashion-MNIST): the objectives are means over idx and equal the
   formulas; logreg's implicit hypergradient matches finite differences of its value function;
-* run_one / plot: a short run is recorded, a diverging one is marked, the figure and RESULTS.md are written.
+* run_one / plot: a short run is recorded, a diverging one is marked, the figure and RESULTS.md are written;
+* tune: every grid point runs with its steps, the lowest final selection metric wins, a diverged point loses, the
+  runner takes the chosen parameters, a test-set metric is refused.
 """
 import json
 import math
@@ -14,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as tF
 
-from bilevel_benchmarks.stochastic import plot, problems, run
+from bilevel_benchmarks.stochastic import plot, problems, run, tune
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -180,3 +182,33 @@ def test_seed_and_method_parsing():
         run.parse_methods("soba,nope")
     assert math.isinf(plot.to_target({"history": [{"time": 0.0, "inner_oracles": 0, "outer_oracles": 0,
                                                    "m": 2.0}]}, "m", 1.0)[0])
+
+
+def test_tune_picks_the_lowest_final_metric_and_run_uses_it(tmp_path, quad):
+    out = tmp_path / "tuning"
+    tuned = tune.tune(quad, ["soba"], [0.5, 1e4], [1.0, 0.5], seed=7, budget=0.1, out=str(out), log_points=3,
+                      quiet=True)["soba"]
+    points = {(p["step"], p["ratio"]): p for p in tuned["points"]}
+    assert set(points) == {(0.5, 1.0), (0.5, 0.5), (1e4, 1.0), (1e4, 0.5)}
+    for (step, ratio), p in points.items():  # each point ran with its own steps (its file says so)
+        res = json.loads((out / "quadratic" / "soba" / f"{tune.point_name(step, ratio)}.json").read_text())
+        assert res["params"]["inner_lr"] == step and res["params"]["outer_lr"] == pytest.approx(step / ratio)
+        assert res["seed"] == 7 and p["score"] == (tune.score(res, "grad_norm2") if res["status"] == "ok" else None)
+    assert points[(1e4, 1.0)]["status"] == "diverged" and points[(1e4, 1.0)]["score"] is None
+    best = min((p for p in points.values() if p["score"] is not None), key=lambda p: p["score"])
+    assert tuned["chosen"] and tuned["score"] == best["score"]
+    assert tuned["params"]["inner_lr"] == best["step"]
+    loaded = tune.load_tuned(str(out / "quadratic" / "tuned.json"))
+    assert loaded["soba"]["params"] == tuned["params"] and "seed 7" in loaded["soba"]["source"]
+    run.run("quadratic", ["soba"], [0], 0.02, str(tmp_path / "res"), 3, quiet=True, tuned=loaded, problem=quad)
+    res = json.loads((tmp_path / "res" / "quadratic" / "soba-seed0.json").read_text())
+    assert res["params"] == tuned["params"] and res["params_source"].startswith("tuned here")
+
+
+def test_tune_refuses_test_metrics_and_bad_grids(quad):
+    with pytest.raises(ValueError, match="never on the test set"):
+        tune.selection_metric(quad, "test_error")
+    assert tune.selection_metric(quad, None) == "grad_norm2"
+    with pytest.raises(ValueError, match="positive finite"):
+        tune.parse_floats("0.1,-1", "--steps")
+    assert tune.score({"status": "diverged", "history": [{"m": 1.0}]}, "m") == math.inf
