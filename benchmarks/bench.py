@@ -826,10 +826,13 @@ def bench_compile(R, cfg: Dict[str, Any], dataset: str, warmup: int, log: Callab
     """``compile_step=True`` against the eager library call (and both against the reference) on hyperclean-linear.
 
     The first call of the compiled variants compiles (``first_call_seconds``, outside the timed rounds).
-    ``time_vs_eager`` is the paired ratio to the same method without ``compile_step``.
+    ``time_vs_eager`` is the paired ratio to the same method without ``compile_step``. The records carry the floor
+    (:func:`measure_floor`, its unit timed in the same rounds, :func:`with_floor`).
     """
     prob = make_hyperclean("linear", cfg["train"], cfg["val"], dataset, device=device)
     sync = synchronizer(device or "cpu")
+    floor = measure_floor(prob, warmup, cfg.get("floor_reps", cfg["reps"]), sync)
+    unit = floor_unit_fns(prob, floor)
     out = []
     for K in cfg["K"]:
         fns: Dict[str, Callable[[], Any]] = {"inner_loop": lambda: R.inner_loop(prob.lower, prob.x, prob.y0, K,
@@ -840,9 +843,11 @@ def bench_compile(R, cfg: Dict[str, Any], dataset: str, warmup: int, log: Callab
                 fns["lib:" + variant] = library_call(prob, variant, K)
                 first[variant] = first_call_seconds(fns["lib:" + variant], sync)
             fns["ref:" + m] = reference_call(R, prob, m, K)
+        fns.update({"floor:" + k: fn for k, fn in unit.items()})
         t0 = time.perf_counter()
         times = time_round_robin(fns, warmup, cfg["reps"], sync=sync)
         note = prob.note + "; compile_step"
+        start = len(out)
         out.append(_record(prob.name, "inner_loop", K, times, "inner_loop", None, note, compile_group=True))
         for m in cfg["methods"]:
             c = m + "+compile_step"
@@ -854,9 +859,10 @@ def bench_compile(R, cfg: Dict[str, Any], dataset: str, warmup: int, log: Callab
         log(f"  compile K={K}: " + ", ".join(f"{r['method']} {r['seconds_per_iter'] * 1e3:.0f}ms"
                                              + (f" (x{r['time_vs_eager']:.2f} eager, first call "
                                                 f"{r['first_call_seconds']:.1f}s)" if r.get("time_vs_eager") else "")
-                                             for r in out[-1 - 2 * len(cfg["methods"]):])
+                                             for r in out[start:])
             + f"  [{time.perf_counter() - t0:.0f}s]")
-    return out
+        _attach_floor_unit(out[start:], times, unit)
+    return with_floor(out, floor, prob)
 
 
 def amortize_after(first_call: float, t_compiled: float, t_eager: float) -> Optional[int]:

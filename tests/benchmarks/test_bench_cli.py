@@ -160,6 +160,11 @@ def test_bench_compile_group_times_compiled_against_eager(tmp_path):
     assert set(by) == {"inner_loop", "cg", "cg+compile_step"}
     c = by["cg+compile_step"]
     assert c["time_vs_eager"] > 0 and c["first_call_seconds"] > 0 and c["ratio_to_reference"] > 0
+    for r in records:  # the floor, its unit timed in the group's rounds
+        assert r["floor_pairs"] == bench.floor_pairs(r["method"], r["inner_steps"],
+                                                     bench.lib_options(r["method"], r["inner_steps"],
+                                                                       bench.make_toy()))
+        assert len(r["floor_unit_times"]) == len(r["times"]) and r["time_vs_floor"] > 0
     checks = json.loads((tmp_path / "targets.json").read_text())["checks"]
     assert any("torch.compile" in ch["target"] for ch in checks)
 
