@@ -321,7 +321,8 @@ def time_round_robin(fns: Dict[str, Callable[[], Any]], warmup: int, reps: int,
     callable always runs first (after the garbage collection that precedes each round; the collector is off
     during a round) or always right after a given other one. A callable whose last warm-up call took less
     than ``min_sample`` seconds is timed over a batch of calls of about that length, and the batch's time
-    divided by its size (timer resolution and per-round jitter matter less). Warm-up rounds are discarded.
+    divided by its size (timer resolution and per-round jitter matter less); a :class:`WarmTimed` callable is
+    never batched (it times itself). Warm-up rounds are discarded.
     ``sync`` (``torch.cuda.synchronize`` of the device, :func:`bilevel.app.device.synchronizer`; None on the CPU)
     runs before the clock is read, at both ends of a measurement: CUDA work is asynchronous.
     """
@@ -346,8 +347,8 @@ def time_round_robin(fns: Dict[str, Callable[[], Any]], warmup: int, reps: int,
                 dt = (time.perf_counter() - t0) / n
                 if r >= warmup:
                     out[k].append(dt)
-                elif r == warmup - 1 and 0.0 < dt < min_sample:
-                    batch[k] = max(1, int(round(min_sample / dt)))
+                elif r == warmup - 1 and 0.0 < dt < min_sample and not isinstance(fns[k], WarmTimed):
+                    batch[k] = max(1, int(round(min_sample / dt)))  # (a WarmTimed call times itself, once a round)
     finally:
         if enabled:
             gc.enable()
@@ -628,12 +629,36 @@ def _record(problem: str, method: str, K: int, times: Dict[str, List[float]], ke
     return rec
 
 
+class WarmTimed:
+    """A callable of the floor's unit that times itself warm: each call runs ``fn`` once untimed, then ``repeats``
+    times timed, and appends their mean to :attr:`samples`. Inside a method's loop the products follow one another
+    on the same data, which stays in cache; a single call right after another callable would also pay for bringing
+    the data back (on hyperclean-linear, X is 15.7 MB), which is not part of the floor."""
+
+    def __init__(self, fn: Callable[[], Any], repeats: int = 3, sync: Optional[Callable[[], None]] = None):
+        self.fn, self.repeats, self.sync = fn, repeats, sync
+        self.samples: List[float] = []
+
+    def __call__(self) -> None:
+        self.fn()
+        if self.sync is not None:
+            self.sync()
+        t0 = time.perf_counter()
+        for _ in range(self.repeats):
+            self.fn()
+        if self.sync is not None:
+            self.sync()
+        self.samples.append((time.perf_counter() - t0) / self.repeats)
+
+
 def _attach_floor_unit(records: List[Dict[str, Any]], times: Dict[str, List[float]],
-                       floor_unit: Optional[Dict[str, Callable[[], Any]]]) -> None:
-    """Give each record ``floor_unit_times``: the summed time per round of the ``floor:`` callables of ``times``
-    (the floor's unit timed in the records' own rounds; nothing without ``floor_unit``)."""
+                       floor_unit: Optional[Dict[str, "WarmTimed"]]) -> None:
+    """Give each record ``floor_unit_times``: per round of ``times``, the summed warm time of the floor's unit
+    (:class:`WarmTimed` samples of the ``floor:`` callables, timed in the records' own rounds; nothing without
+    ``floor_unit``)."""
     if floor_unit:
-        unit = [sum(ts) for ts in zip(*(times["floor:" + k] for k in floor_unit))]
+        n = len(times["floor:" + next(iter(floor_unit))])
+        unit = [sum(ts) for ts in zip(*(fn.samples[-n:] for fn in floor_unit.values()))]
         for r in records:
             r["floor_unit_times"] = unit
 
@@ -773,7 +798,7 @@ def bench_memory_modes(R, cfg: Dict[str, Any], dataset: str, warmup: int, reps: 
     S = max(1, int(round(math.sqrt(K))))
     ck = f"rhg+checkpoint={S}"
     floor = measure_floor(prob, warmup, cfg.get("floor_reps", reps), synchronizer(device or "cpu"))
-    unit = floor_unit_fns(prob, floor)
+    unit = floor_unit_fns(prob, floor, synchronizer(device or "cpu"))
     fns = {"inner_loop": lambda: R.inner_loop(prob.lower, prob.x, prob.y0, K, prob.lr),
            "lib:rhg": library_call(prob, "rhg", K), "lib:" + ck: library_call(prob, ck, K),
            "ref:rhg": reference_call(R, prob, "rhg", K), **{"floor:" + k: fn for k, fn in unit.items()}}
@@ -832,7 +857,7 @@ def bench_compile(R, cfg: Dict[str, Any], dataset: str, warmup: int, log: Callab
     prob = make_hyperclean("linear", cfg["train"], cfg["val"], dataset, device=device)
     sync = synchronizer(device or "cpu")
     floor = measure_floor(prob, warmup, cfg.get("floor_reps", cfg["reps"]), sync)
-    unit = floor_unit_fns(prob, floor)
+    unit = floor_unit_fns(prob, floor, sync)
     out = []
     for K in cfg["K"]:
         fns: Dict[str, Callable[[], Any]] = {"inner_loop": lambda: R.inner_loop(prob.lower, prob.x, prob.y0, K,
@@ -892,9 +917,9 @@ def floor_fns(X: torch.Tensor, W: torch.Tensor, b: torch.Tensor, G: torch.Tensor
 FLOOR_NOTE = ("floor: one step pair = the fastest logits matmul + the fastest weight-gradient matmul (floor_layouts, "
               "chosen by timing every layout alone) on the task's training features, rebuilt by hyperclean_split "
               "with the task's arguments, and random W and logits gradient G of the task's shapes and dtype; the "
-              "pair is timed again in the same rounds as the methods (floor_pair_seconds; timed alone: "
-              "floor_pair_seconds_alone); floor_seconds = floor_pairs x the pair, time_vs_floor = the median over "
-              "rounds of the method's time / floor_pairs x that round's pair")
+              "pair is timed again, warm (one untimed call, then three timed), in the same rounds as the methods "
+              "(floor_pair_seconds; timed alone: floor_pair_seconds_alone); floor_seconds = floor_pairs x the pair, "
+              "time_vs_floor = the median over rounds of the method's time / floor_pairs x that round's pair")
 
 
 def _floor_candidates(prob: Prob) -> Dict[str, Callable[[], Any]]:
@@ -932,13 +957,15 @@ def measure_floor(prob: Prob, warmup: int, reps: int,
             "lower_grad_seconds": med["lower_grad"]}
 
 
-def floor_unit_fns(prob: Prob, floor: Dict[str, Any]) -> Dict[str, Callable[[], Any]]:
+def floor_unit_fns(prob: Prob, floor: Dict[str, Any],
+                   sync: Optional[Callable[[], None]] = None) -> Dict[str, WarmTimed]:
     """The callables of the unit of ``floor`` (:func:`measure_floor`: its two chosen matmul layouts;
-    :func:`measure_gradient_floor`: one lower gradient), for :func:`bench_group` to time in its own rounds."""
+    :func:`measure_gradient_floor`: one lower gradient) as :class:`WarmTimed`, for :func:`bench_group` to time in
+    its own rounds."""
     if "floor_unit_keys" not in floor:
-        return {"lower_grad": lower_grad_call(prob)}
+        return {"lower_grad": WarmTimed(lower_grad_call(prob), sync=sync)}
     fns = _floor_candidates(prob)
-    return {k.split(":", 1)[0]: fns[k] for k in floor["floor_unit_keys"]}
+    return {k.split(":", 1)[0]: WarmTimed(fns[k], sync=sync) for k in floor["floor_unit_keys"]}
 
 
 def lower_grad_call(prob: Prob) -> Callable[[], Any]:
@@ -952,8 +979,8 @@ def lower_grad_call(prob: Prob) -> Callable[[], Any]:
     return lambda: torch.autograd.grad(prob.lower(prob.x, y), leaves)
 
 
-GRAD_FLOOR_NOTE = ("floor: one unit = one forward + gradient of the lower objective in isolation, timed in the same "
-                   "rounds as the methods (floor_pair_seconds; timed alone: lower_grad_seconds); floor_seconds = "
+GRAD_FLOOR_NOTE = ("floor: one unit = one forward + gradient of the lower objective in isolation, timed warm in the "
+                   "same rounds as the methods (floor_pair_seconds; timed alone: lower_grad_seconds); floor_seconds = "
                    "floor_pairs x that unit (a forward step and a reverse step each cost at least one), time_vs_floor "
                    "= the median over rounds of the method's time / floor_pairs x that round's unit")
 GRAD_FLOOR_LAYOUT = "one lower gradient"
@@ -1051,7 +1078,7 @@ def bench_engine(R, cfg: Dict[str, Any], dataset: str, warmup: int, log: Callabl
     prob = make_hyperclean("linear", cfg["train"], cfg["val"], dataset, device=device)
     floor = measure_floor(prob, warmup, cfg["floor_reps"], sync)
     recs = _engine_records(R, prob, cfg["K"], cfg["methods"], warmup, cfg["reps"], log, sync=sync,
-                           floor_unit=floor_unit_fns(prob, floor))
+                           floor_unit=floor_unit_fns(prob, floor, sync))
     return out + with_floor(recs, floor, prob)
 
 
@@ -1346,7 +1373,7 @@ def run(out: Path, mode: str = "full", log: Callable[[str], None] = print,
                 records += with_floor(bench_group(R, toy, K, cfg.get("toy_methods", TOY_METHODS), warmup,
                                                   cfg.get("toy_reps", reps), log,
                                                   min_sample=TOY_MIN_SAMPLE if warmup else 0.0, device=dev,
-                                                  floor_unit=floor_unit_fns(toy, toy_floor)),
+                                                  floor_unit=floor_unit_fns(toy, toy_floor, synchronizer(dev))),
                                       toy_floor, toy, GRAD_FLOOR_NOTE)
         dataset = cfg["dataset"]  # each hyperclean problem falls back to digits by itself if it is missing
         if "hyperclean-linear" in groups:
@@ -1362,7 +1389,9 @@ def run(out: Path, mode: str = "full", log: Callable[[str], None] = print,
                 records += with_floor(bench_group(R, prob, K, lin.get("methods_by_K", {}).get(K, lin["methods"]),
                                                   lin.get("warmup", {}).get(K, warmup),
                                                   lin.get("reps", {}).get(K, reps), log, with_upper_evals=True,
-                                                  device=dev, floor_unit=floor_unit_fns(prob, floor)), floor, prob)
+                                                  device=dev,
+                                                  floor_unit=floor_unit_fns(prob, floor, synchronizer(dev))),
+                                      floor, prob)
             del prob
         if "hyperclean-mlp" in groups:
             mlp = cfg["mlp"]
@@ -1370,7 +1399,7 @@ def run(out: Path, mode: str = "full", log: Callable[[str], None] = print,
             mlp_floor = measure_gradient_floor(prob, warmup, reps, synchronizer(dev))
             for K in mlp["K"]:
                 records += with_floor(bench_group(R, prob, K, mlp["methods"], warmup, reps, log, device=dev,
-                                                  floor_unit=floor_unit_fns(prob, mlp_floor)),
+                                                  floor_unit=floor_unit_fns(prob, mlp_floor, synchronizer(dev))),
                                       mlp_floor, prob, GRAD_FLOOR_NOTE)
             del prob
         if "memory" in groups:

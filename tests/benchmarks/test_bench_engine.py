@@ -121,12 +121,22 @@ def test_floor_unit_fns_are_the_chosen_layouts(linear_prob):
     logits = "logits:addmm(b[:, None], W, X.t()).t()"  # a layout whose name has a comma
     fns = bench.floor_unit_fns(linear_prob, {"floor_unit_keys": [logits, "wgrad:G.t() @ X"]})
     cands = bench._floor_candidates(linear_prob)
-    assert set(fns) == {"logits", "wgrad"}
-    assert torch.equal(fns["logits"](), cands[logits]())
-    assert torch.equal(fns["wgrad"](), cands["wgrad:G.t() @ X"]())
+    assert set(fns) == {"logits", "wgrad"} and all(isinstance(f, bench.WarmTimed) for f in fns.values())
+    assert torch.equal(fns["logits"].fn(), cands[logits]())
+    assert torch.equal(fns["wgrad"].fn(), cands["wgrad:G.t() @ X"]())
     toy = bench.make_toy()
     (g,) = bench.floor_unit_fns(toy, {"floor_layouts": bench.GRAD_FLOOR_LAYOUT}).values()
-    assert torch.equal(g()[0], bench.lower_grad_call(toy)()[0])
+    assert torch.equal(g.fn()[0], bench.lower_grad_call(toy)()[0])
+
+
+def test_warm_timed_runs_once_untimed_then_times_its_repeats_once_a_round():
+    calls = []
+    w = bench.WarmTimed(lambda: calls.append(1), repeats=3)
+    times = bench.time_round_robin({"floor:w": w, "other": lambda: None}, warmup=2, reps=4, min_sample=1.0)
+    assert len(calls) == 6 * 4 and len(w.samples) == 6 and len(times["floor:w"]) == 4  # never batched by the rounds
+    records = [{"times": [1.0] * 4}]
+    bench._attach_floor_unit(records, times, {"w": w})
+    assert records[0]["floor_unit_times"] == w.samples[-4:]  # the timed rounds' own samples
 
 
 def test_the_toy_floor_counts_lower_gradients():
