@@ -652,7 +652,7 @@ class WarmTimed:
 
 
 def _attach_floor_unit(records: List[Dict[str, Any]], times: Dict[str, List[float]],
-                       floor_unit: Optional[Dict[str, "WarmTimed"]]) -> None:
+                       floor_unit: Optional[Dict[str, WarmTimed]]) -> None:
     """Give each record ``floor_unit_times``: per round of ``times``, the summed warm time of the floor's unit
     (:class:`WarmTimed` samples of the ``floor:`` callables, timed in the records' own rounds; nothing without
     ``floor_unit``)."""
@@ -666,12 +666,12 @@ def _attach_floor_unit(records: List[Dict[str, Any]], times: Dict[str, List[floa
 def bench_group(R, prob: Prob, K: int, methods: Sequence[str], warmup: int, reps: int, log: Callable[[str], None],
                 with_upper_evals: bool = False, memory: Optional[str] = "saved",
                 min_sample: float = 0.0, device: Any = None,
-                floor_unit: Optional[Dict[str, Callable[[], Any]]] = None) -> List[Dict[str, Any]]:
+                floor_unit: Optional[Dict[str, WarmTimed]] = None) -> List[Dict[str, Any]]:
     """Library, reference and plain inner loop of each method at one (problem, K), timed round-robin.
 
-    ``floor_unit`` (:func:`floor_unit_fns`): the callables of the floor's unit, timed in the same rounds; every
-    record then carries ``floor_unit_times``, their summed time per round, which :func:`with_floor` pairs with
-    the record's own times.
+    ``floor_unit`` (:func:`floor_unit_fns`): the floor's unit, timed warm in the same rounds; every record then
+    carries ``floor_unit_times``, its summed time per round (:func:`_attach_floor_unit`), which :func:`with_floor`
+    pairs with the record's own times.
 
     ``memory``: ``"saved"`` (autograd tape above the data baseline, :func:`saved_peak_mb`), ``"rss"`` (resident
     memory above the level before the call, :func:`rss_peak_mb`, or on a GPU :func:`cuda_peak_mb`; the records
@@ -1025,7 +1025,7 @@ def with_floor(records: List[Dict[str, Any]], floor: Dict[str, Any], prob: Prob,
 def _engine_records(R, prob: Prob, K: int, methods: Sequence[str], warmup: int, reps: int,
                     log: Callable[[str], None], min_sample: float = 0.0,
                     sync: Optional[Callable[[], None]] = None,
-                    floor_unit: Optional[Dict[str, Callable[[], Any]]] = None) -> List[Dict[str, Any]]:
+                    floor_unit: Optional[Dict[str, WarmTimed]] = None) -> List[Dict[str, Any]]:
     """The engine group on one (problem, K): the plain inner loop and, for each method, the reference, the library
     with the autograd engine and with ``+engine=compiled`` (first calls outside the rounds), round-robin; with the
     floor's unit in the rounds as in :func:`bench_group`."""
