@@ -13,7 +13,8 @@ metric unless ``--select`` names another; a metric on the test set is refused (s
 validation objective).
 
 Writes ``OUT/<problem>/<method>/step<s>-ratio<r>.json`` per point (existing ones are kept, so an interrupted sweep
-resumes) and ``OUT/<problem>/tuned.json``: per method the chosen parameters, their score and every point's score.
+resumes; one run with another seed or budget is refused) and ``OUT/<problem>/tuned.json``: per method the chosen
+parameters, their score, every point's score and the grid, seed, budget and metric they come from.
 ``python -m bilevel_benchmarks.stochastic.run --params OUT/<problem>/tuned.json`` then runs the chosen parameters.
 """
 from __future__ import annotations
@@ -76,6 +77,8 @@ def tune(problem: P.BenchProblem, methods: Iterable[str], steps: Sequence[float]
     problem_name = problem.name
     root = Path(out) / problem_name
     tuned: Dict[str, dict] = {}
+    meta = {"metric": metric, "seed": seed, "time_budget": budget, "steps": list(steps), "ratios": list(ratios),
+            "log_points": log_points, "threads": torch.get_num_threads()}
     for method in methods:
         points = []
         for step in steps:
@@ -83,6 +86,9 @@ def tune(problem: P.BenchProblem, methods: Iterable[str], steps: Sequence[float]
                 path = root / method / f"{point_name(step, ratio)}.json"
                 if path.exists():
                     res = json.loads(path.read_text())
+                    if (res["seed"], res["time_budget"]) != (seed, budget):
+                        raise ValueError(f"{path} was run with seed {res['seed']} and budget {res['time_budget']:g} s, "
+                                         f"not seed {seed} and {budget:g} s: use another --out or remove it")
                 else:
                     params = {**problem.params[method], "inner_lr": step, "outer_lr": step / ratio}
                     res = run_one(problem, method, seed, budget, log_points, params=params,
@@ -97,24 +103,25 @@ def tune(problem: P.BenchProblem, methods: Iterable[str], steps: Sequence[float]
         finite = [p for p in points if p["score"] is not None]
         best = min(finite, key=lambda p: p["score"]) if finite else None
         tuned[method] = {"params": best["params"] if best else dict(problem.params[method]),
-                         "score": best["score"] if best else None, "chosen": best is not None,
+                         "score": best["score"] if best else None, "chosen": best is not None, "meta": meta,
                          "points": [{k: p[k] for k in ("step", "ratio", "score", "status")} for p in points]}
-    meta = {"problem": problem_name, "metric": metric, "seed": seed, "time_budget": budget, "steps": list(steps),
-            "ratios": list(ratios), "log_points": log_points, "threads": torch.get_num_threads()}
     path = root / "tuned.json"
     old = json.loads(path.read_text())["methods"] if path.exists() else {}
-    _write(path, {"meta": meta, "methods": {**old, **tuned}})
+    _write(path, {"problem": problem_name, "methods": {**old, **tuned}})
     return tuned
 
 
 def load_tuned(path: str) -> Dict[str, dict]:
-    """``{method: {"params", "source"}}`` from a ``tuned.json``; methods whose every point failed are left out."""
+    """``{method: {"params", "source"}}`` from a ``tuned.json`` (each method's source from its own tuning call's
+    grid, seed, budget and metric); methods whose every point failed are left out."""
+    def source(m: dict) -> str:
+        return (f"tuned here: grid step {{{', '.join(f'{v:g}' for v in m['steps'])}}} x outer ratio "
+                f"{{{', '.join(f'{v:g}' for v in m['ratios'])}}}, seed {m['seed']}, {m['time_budget']:g} s, "
+                f"final {m['metric']}")
+
     data = json.loads(Path(path).read_text())
-    m = data["meta"]
-    grid = (f"tuned here: grid step {{{', '.join(f'{v:g}' for v in m['steps'])}}} x outer ratio "
-            f"{{{', '.join(f'{v:g}' for v in m['ratios'])}}}, seed {m['seed']}, {m['time_budget']:g} s, "
-            f"final {m['metric']}")
-    return {k: {"params": v["params"], "source": grid} for k, v in data["methods"].items() if v["chosen"]}
+    return {k: {"params": v["params"], "source": source(v["meta"])} for k, v in data["methods"].items()
+            if v["chosen"]}
 
 
 def main(argv=None) -> int:

@@ -200,6 +200,8 @@ def test_tune_picks_the_lowest_final_metric_and_run_uses_it(tmp_path, quad):
     assert tuned["params"]["inner_lr"] == best["step"]
     loaded = tune.load_tuned(str(out / "quadratic" / "tuned.json"))
     assert loaded["soba"]["params"] == tuned["params"] and "seed 7" in loaded["soba"]["source"]
+    with pytest.raises(ValueError, match="was run with seed 7"):  # a kept point of another seed is not reused
+        tune.tune(quad, ["soba"], [0.5], [1.0], seed=8, budget=0.1, out=str(out), log_points=3, quiet=True)
     run.run("quadratic", ["soba"], [0], 0.02, str(tmp_path / "res"), 3, quiet=True, tuned=loaded, problem=quad)
     res = json.loads((tmp_path / "res" / "quadratic" / "soba-seed0.json").read_text())
     assert res["params"] == tuned["params"] and res["params_source"].startswith("tuned here")
