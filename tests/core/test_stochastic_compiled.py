@@ -37,13 +37,15 @@ def test_compiled_blocks_follow_the_eager_run(method, options):
 
 
 @pytest.mark.slow
-def test_compiled_blocks_with_a_smaller_last_batch_follow_the_eager_run():
+@pytest.mark.parametrize("batches", ["shuffled", "contiguous"])
+def test_compiled_blocks_with_a_smaller_last_batch_follow_the_eager_run(batches):
     """batch_size 3 divides neither n_lower = 16 nor n_upper = 8: the iterations that draw a smaller last batch run
-    eagerly (SABA weighs its memories by |batch| / n), the others in compiled runs of 4, 2 or 1 iterations."""
+    eagerly (SABA weighs its memories by |batch| / n), the others in compiled runs of 4, 2 or 1 iterations; with
+    shuffled and with contiguous batches."""
     def go(**kw):
         return stochastic.solve(PB.upper, PB.lower, torch.zeros(2, dtype=DT), torch.zeros(3, dtype=DT),
                                 method="saba", n_upper=8, n_lower=16, batch_size=3, outer_steps=24, log_every=8,
-                                seed=2, **kw)
+                                seed=2, batches=batches, **kw)
 
     eager, comp = go(), go(compile_block=4)
     assert comp.history[-1]["compile_seconds"] > 0

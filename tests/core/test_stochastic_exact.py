@@ -129,6 +129,54 @@ def test_batch_sampler_visits_fixed_batches_once_per_epoch_and_resumes_bitwise()
         BatchSampler(10, 5, seed=7).load_state_dict(sd)
 
 
+def test_contiguous_batches_are_ranges_in_a_random_order():
+    """batches="contiguous": batch b is [3b, 3b + 3) clipped to n, every epoch visits each once, and the order of the
+    batches is the seeded draw (the same ids as a shuffled sampler of the same seed, which draws its permutation
+    first, would not give: the order stream starts at the generator's first number)."""
+    s = BatchSampler(10, 3, seed=7, contiguous=True)
+    assert [s.batch(b).tolist() for b in range(4)] == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
+    epochs = [[s.draw()[1] for _ in range(4)] for _ in range(3)]
+    assert all(sorted(e) == [0, 1, 2, 3] for e in epochs) and len({tuple(e) for e in epochs}) > 1
+    gen = torch.Generator().manual_seed(7)
+    assert epochs[0] == torch.randperm(4, generator=gen).tolist()
+    sd = s.state_dict()
+    ahead = [s.draw()[1] for _ in range(6)]
+    s2 = BatchSampler(10, 3, seed=7, contiguous=True)
+    s2.load_state_dict(sd)
+    assert [s2.draw()[1] for _ in range(6)] == ahead
+
+
+def test_a_contiguous_run_evaluates_the_objectives_on_ranges():
+    """StochasticLoop(batches="contiguous") hands every objective call a range of consecutive samples; an unknown
+    value is refused by name; a state saved before the option existed resumes as a shuffled run."""
+    seen = []
+
+    def watch(fn):
+        def f(x, y, idx):
+            seen.append(idx.tolist())
+            return fn(x, y, idx)
+        return f
+
+    lp = stochastic.StochasticLoop(watch(PB.upper), watch(PB.lower), X, torch.zeros(4, dtype=DT), method="soba",
+                                   n_upper=N, n_lower=N, batch_size=5, seed=5, batches="contiguous")
+    for _ in range(6):
+        lp.step()
+    assert len(seen) >= 12 and all(i == list(range(i[0], i[0] + len(i))) and i[0] % 5 == 0 for i in seen)
+    assert {len(i) for i in seen} == {5, 2}  # batches [0, 5), [5, 10), [10, 12)
+    with pytest.raises(ValueError, match="batches must be one of 'shuffled', 'contiguous', got 'random'"):
+        stochastic.StochasticLoop(PB.upper, PB.lower, X, torch.zeros(4, dtype=DT), method="soba", n_upper=N,
+                                  n_lower=N, batch_size=5, batches="random")
+    old = loop("soba")
+    old.step()
+    sd = old.state_dict()
+    del sd["config"]["batches"]
+    again = loop("soba")
+    again.load_state_dict(sd)
+    assert again.t == 1 and torch.equal(again.state["x"], old.state["x"])
+    with pytest.raises(ValueError, match="another run: batches"):
+        loop("soba", batches="contiguous").load_state_dict(old.state_dict())
+
+
 @pytest.mark.parametrize("first, block", [(0, 5), (2, 5), (3, 12), (4, 1), (1, 0)])
 def test_draw_many_is_k_draws(first, block):
     """A block of draws (the compiled engine's) = the same number of single draws, across epoch ends, and leaves the

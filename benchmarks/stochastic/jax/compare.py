@@ -56,7 +56,8 @@ def run_side(side: str, problem: str, args) -> dict:
         cmd = [args.jax_python, os.path.join(HERE, "their_step.py")]
         extra = {}
     else:
-        cmd = [sys.executable, os.path.join(HERE, "our_step.py"), "--threads", str(args.threads)]
+        cmd = [sys.executable, os.path.join(HERE, "our_step.py"), "--threads", str(args.threads),
+               "--batches", args.batches]
         if side == "compiled":
             cmd += ["--compile-block", str(args.compile_block)]
         extra = dict(kv.split("=", 1) for kv in args.our_env)
@@ -190,8 +191,9 @@ def markdown(report: dict) -> str:
         "batch_size)` (mean over a `lax.dynamic_slice`) are written here.",
         "* ours: `bilevel.stochastic.StochasticLoop(..., method=m, batch_size=64, inner_lr=0.1, outer_lr=0.1)` "
         "(`n_inner_steps=10` for AmIGO), eager torch, 128 untimed steps then timed blocks of 128 `step()` calls. "
-        "The objectives gather the batch's rows by index (our sampler's fixed batches are random sample indices; "
-        "theirs are contiguous slices).",
+        f"`batches=\"{a.get('batches', 'shuffled')}\"`. "
+        "The objectives gather the batch's rows by index: random sample indices with shuffled batches, ranges of "
+        "consecutive samples with contiguous ones (theirs are contiguous slices, read with `lax.dynamic_slice`).",
         "* Problems (float32, sizes of the benchmark): quadratic = `simulated` (1024/1024 samples, dims 100/100, "
         "rank-one per-sample matrices stored dense, as the benchmark stores them); quadratic_factored (when run) = "
         "the same functions with the rank-one factors kept (the formulation of benchmarks/stochastic/problems.py, "
@@ -227,6 +229,8 @@ def main():
     ap.add_argument("--compiled-methods", default=None,
                     help="the methods timed compiled: METHOD (every problem) or PROBLEM:METHOD, comma-separated "
                          "(default: --methods)")
+    ap.add_argument("--batches", choices=("shuffled", "contiguous"), default="shuffled",
+                    help="our loop's fixed batches (StochasticLoop(batches=...)); theirs are contiguous slices")
     ap.add_argument("--cpu", type=int, default=None, help="pin both sides to this CPU core")
     ap.add_argument("--our-env", action="append", default=[], metavar="KEY=VALUE",
                     help="extra environment for our side only (e.g. MALLOC_MMAP_THRESHOLD_=67108864)")

@@ -4,7 +4,7 @@ Runs in the main venv; the counterpart of their_step.py (same data, from problem
 benchmark's default parameters): inner_lr 0.1 (their step_size), outer_lr 0.1 (step_size / outer_ratio), batch 64,
 n_inner_steps 10 for AmIGO. The objectives are ``upper(x, y, idx)`` / ``lower(x, y, idx)``, means over the index
 tensor ``idx`` (our sampler's fixed batches are random sample indices, so the data rows are gathered; theirs are
-contiguous slices).
+contiguous slices; ``--batches contiguous`` makes ours ranges of consecutive samples too).
 
 For each method: build a ``StochasticLoop``, run ``--warmup`` untimed blocks of ``--steps`` steps, then
 ``--repeats`` timed blocks: time per step = block time / steps; the median is reported, with the process CPU time
@@ -110,7 +110,7 @@ PROBLEMS = {"quadratic": quadratic_problem, "quadratic_factored": quadratic_fact
             "datacleaning64": functools.partial(datacleaning_problem, problem="datacleaning64")}
 
 
-def time_method(method, prob, steps, warmup, repeats, saba_memory_mb, compile_block=0):
+def time_method(method, prob, steps, warmup, repeats, saba_memory_mb, compile_block=0, batches="shuffled"):
     options = dict(OPTIONS[method])
     if compile_block:
         options["compile_block"] = compile_block
@@ -119,7 +119,7 @@ def time_method(method, prob, steps, warmup, repeats, saba_memory_mb, compile_bl
     t0 = time.perf_counter()
     loop = StochasticLoop(prob["upper"], prob["lower"], prob["x0"], prob["y0"], method=method,
                           n_upper=prob["n_upper"], n_lower=prob["n_lower"], batch_size=BATCH, seed=1,
-                          inner_lr=STEP_SIZE, outer_lr=STEP_SIZE / OUTER_RATIO, **options)
+                          inner_lr=STEP_SIZE, outer_lr=STEP_SIZE / OUTER_RATIO, batches=batches, **options)
     setup_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     loop.run(warmup * steps)  # with compile_block: the compilation happens here
@@ -136,7 +136,7 @@ def time_method(method, prob, steps, warmup, repeats, saba_memory_mb, compile_bl
             "steps_per_sample": steps, "cpu_over_wall": cpu / wall, "setup_s": setup_s, "steps_run": loop.t,
             "finite": finite, "compile_block": compile_block, "compile_s": loop.compile_seconds,
             "warmup_s": warmup_s, "params": {"inner_lr": STEP_SIZE, "outer_lr": STEP_SIZE / OUTER_RATIO,
-                                         "batch_size": BATCH, **options}}
+                                         "batch_size": BATCH, "batches": batches, **options}}
 
 
 def main():
@@ -152,6 +152,9 @@ def main():
                     help="run the steps in torch.compile-d blocks of this many (0: eager; must divide --steps); "
                          "AmIGO, whose iteration makes 21 oracle calls, uses a sixteenth of it (its graph is that much "
                          "larger per iteration)")
+    ap.add_argument("--batches", choices=("shuffled", "contiguous"), default="shuffled",
+                    help="the loop's fixed batches: pieces of a seeded permutation, or ranges of consecutive samples "
+                         "(benchmark_bilevel's contiguous slices)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     prob = PROBLEMS[args.problem]()
@@ -161,7 +164,8 @@ def main():
            "threads": torch.get_num_threads(), "dtype": str(prob["y0"].dtype)}
     for m in args.methods.split(","):
         block = max(1, args.compile_block // 16) if (args.compile_block and m == "amigo") else args.compile_block
-        out["methods"][m] = time_method(m, prob, args.steps, args.warmup, args.repeats, args.saba_memory_mb, block)
+        out["methods"][m] = time_method(m, prob, args.steps, args.warmup, args.repeats, args.saba_memory_mb, block,
+                                        args.batches)
     print(json.dumps(out))
 
 

@@ -29,6 +29,8 @@ from .sampler import BatchSampler, derive_seed, generator
 __all__ = ["StochasticLoop", "StochasticResult", "solve"]
 
 FORMAT = 1
+#: the values of ``batches``: how the samples form the fixed batches
+BATCHES = ("shuffled", "contiguous")
 
 
 @dataclass
@@ -81,7 +83,7 @@ class StochasticLoop:
     def __init__(self, upper: Callable, lower: Callable, x0: Tree, y0: Tree, *, method: str, n_upper: int,
                  n_lower: int, batch_size: int, seed: int = 0, inner_lr: Optional[float] = None,
                  outer_lr: Optional[float] = None, data_parallel: Any = None, compile_block: Optional[int] = None,
-                 **options: Any):
+                 batches: str = "shuffled", **options: Any):
         self.method: StochasticMethod = get(method)
         self.method.check_options(options)
         check_callable("upper", upper, "upper(x, y, idx) -> scalar tensor")
@@ -92,6 +94,9 @@ class StochasticLoop:
         if batch_size > max(n_upper, n_lower):
             raise ValueError(f"batch_size must be <= max(n_upper, n_lower) = {max(n_upper, n_lower)}, got {batch_size}")
         seed = check_int("seed", seed, 0)
+        if batches not in BATCHES:
+            raise ValueError(f"batches must be one of {', '.join(map(repr, BATCHES))}, got {batches!r}")
+        contiguous = batches == "contiguous"
         inner_lr = self.method.inner_lr if inner_lr is None else check_float("inner_lr", inner_lr, positive=True)
         outer_lr = self.method.outer_lr if outer_lr is None else check_float("outer_lr", outer_lr, positive=True)
         x, self.x_spec = flatten(x0, "x0")
@@ -101,11 +106,12 @@ class StochasticLoop:
         split, reduce = _data_parallel(data_parallel, batch_size)
         self.oracles = Oracles(upper, lower, self.x_spec, self.y_spec, n_upper, n_lower, split, reduce)
         self.ctx = Context(self.oracles,
-                           BatchSampler(n_lower, min(batch_size, n_lower), derive_seed(seed, 0), x.device),
-                           BatchSampler(n_upper, min(batch_size, n_upper), derive_seed(seed, 1), x.device),
+                           BatchSampler(n_lower, min(batch_size, n_lower), derive_seed(seed, 0), x.device, contiguous),
+                           BatchSampler(n_upper, min(batch_size, n_upper), derive_seed(seed, 1), x.device, contiguous),
                            generator(seed, 2), batch_size)
         self.config = {"format": FORMAT, "method": self.method.name, "n_upper": n_upper, "n_lower": n_lower,
-                       "batch_size": batch_size, "seed": seed, "inner_lr": inner_lr, "outer_lr": outer_lr,
+                       "batch_size": batch_size, "batches": batches, "seed": seed, "inner_lr": inner_lr,
+                       "outer_lr": outer_lr,
                        "options": {k: options[k] for k in sorted(options)},
                        "compile_block": check_int("compile_block", compile_block, 1, allow_none=True)}
         self.solver = self.method.bind(self.ctx, inner_lr, outer_lr, options)
@@ -182,11 +188,11 @@ class StochasticLoop:
 
     def load_state_dict(self, sd: Dict[str, Any]) -> None:
         """Restore a :meth:`state_dict` of a run with the same configuration (ValueError otherwise)."""
-        if sd.get("config") != self.config:
-            diff = sorted(k for k in set(self.config) | set(sd.get("config", {}))
-                          if self.config.get(k) != sd.get("config", {}).get(k))
+        saved = {"batches": "shuffled", **sd.get("config", {})}  # states saved before ``batches`` existed
+        if saved != self.config:
+            diff = sorted(k for k in set(self.config) | set(saved) if self.config.get(k) != saved.get(k))
             raise ValueError(f"the saved state belongs to another run: {', '.join(diff)} differ(s) "
-                             f"(saved {[sd.get('config', {}).get(k) for k in diff]}, now {[self.config.get(k) for k in diff]})")
+                             f"(saved {[saved.get(k) for k in diff]}, now {[self.config.get(k) for k in diff]})")
         if set(sd["state"]) != set(self.state):
             raise ValueError(f"saved state has keys {sorted(sd['state'])}, expected {sorted(self.state)}")
         device = self.state["x"].device
@@ -212,7 +218,7 @@ def solve(upper: Callable, lower: Callable, x0: Tree, y0: Tree, *, method: str, 
           outer_lr: Optional[float] = None, log_every: Optional[int] = None,
           metrics: Optional[Callable[[Tree, Tree], Dict[str, Any]]] = None, checkpoint: Optional[str] = None,
           checkpoint_every: int = 100, data_parallel: Any = None, compile_block: Optional[int] = None,
-          **options: Any) -> StochasticResult:
+          batches: str = "shuffled", **options: Any) -> StochasticResult:
     """Minimize ``F(x, y*(x))`` over finite-sum objectives with a stochastic bilevel method.
 
     Parameters
@@ -252,6 +258,10 @@ def solve(upper: Callable, lower: Callable, x0: Tree, y0: Tree, *, method: str, 
         saba, amigo, stocbio): the same trajectory to round-off, several times faster on small batches, after a
         compilation of seconds to a minute (``compile_seconds`` in the history records). Blocks never cross a log or
         checkpoint point.
+    batches : str
+        How the samples form the fixed batches (:class:`~bilevel.stochastic.BatchSampler`): ``"shuffled"`` (default)
+        cuts a seeded permutation of the samples; ``"contiguous"`` takes ranges of consecutive samples, as
+        benchmark_bilevel slices its data, for data whose order is already random.
     **options
         The method's options (``METHODS[method].options``); unknown ones raise ValueError.
 
@@ -265,7 +275,7 @@ def solve(upper: Callable, lower: Callable, x0: Tree, y0: Tree, *, method: str, 
     check_callable("metrics", metrics, "metrics(x, y) -> dict", allow_none=True)
     loop = StochasticLoop(upper, lower, x0, y0, method=method, n_upper=n_upper, n_lower=n_lower,
                           batch_size=batch_size, seed=seed, inner_lr=inner_lr, outer_lr=outer_lr,
-                          data_parallel=data_parallel, compile_block=compile_block, **options)
+                          data_parallel=data_parallel, compile_block=compile_block, batches=batches, **options)
     history: List[Dict[str, float]] = []
     if checkpoint is not None and os.path.exists(checkpoint):
         saved = torch.load(checkpoint, map_location="cpu", weights_only=True)

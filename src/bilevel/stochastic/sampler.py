@@ -5,7 +5,9 @@
 ``n mod batch_size`` remaining samples when ``batch_size`` does not divide ``n``), and every epoch visits all batches
 once, in a fresh random order. Fixed batches make the variance-reduced memories of SABA exact: a memory row always
 holds the last value seen for its own batch. Its state (generator, order, position) is a dict of tensors, so a
-resumed run draws the same batches bitwise.
+resumed run draws the same batches bitwise. With ``contiguous=True`` the fixed batches are the ranges
+``[b * batch_size, (b + 1) * batch_size)`` of the samples in their given order (as benchmark_bilevel slices its
+data; for data whose order is already random); the order of the batches is drawn as before.
 
 :class:`StepBatches` is the draw of the mini-batched unrolled and implicit methods: inner step ``k`` gets batch
 ``k mod m`` of epoch ``k // m`` (``m = n // batch_size``; a remainder is left out of that epoch), a pure function of
@@ -49,16 +51,24 @@ class BatchSampler:
         The stream's seed (see :func:`derive_seed`).
     device : torch.device, optional
         Where the index tensors live (the device of the data the objectives index).
+    contiguous : bool
+        Batch ``b`` is the range ``[b * batch_size, (b + 1) * batch_size)`` (clipped to ``n``) instead of a piece of
+        a seeded permutation.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int, device: Optional[torch.device] = None):
+    def __init__(self, n: int, batch_size: int, seed: int, device: Optional[torch.device] = None,
+                 contiguous: bool = False):
         self.n, self.batch_size = int(n), int(batch_size)
         self.n_batches = math.ceil(self.n / self.batch_size)
+        self.contiguous = bool(contiguous)
         self._gen = torch.Generator().manual_seed(int(seed))
-        perm = torch.randperm(self.n, generator=self._gen)
-        full = (self.n // self.batch_size) * self.batch_size
-        head = perm[:full].view(-1, self.batch_size).sort(dim=1).values.reshape(-1)
-        self.perm = torch.cat([head, perm[full:].sort().values]).to(device)
+        if self.contiguous:
+            self.perm = torch.arange(self.n, device=device)
+        else:
+            perm = torch.randperm(self.n, generator=self._gen)
+            full = (self.n // self.batch_size) * self.batch_size
+            head = perm[:full].view(-1, self.batch_size).sort(dim=1).values.reshape(-1)
+            self.perm = torch.cat([head, perm[full:].sort().values]).to(device)
         self.order = torch.randperm(self.n_batches, generator=self._gen)
         self.pos = 0
         self.draws = 0  # draws made by this object (not part of the state: a counter for the compiled engine)
