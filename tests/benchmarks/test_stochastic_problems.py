@@ -186,12 +186,12 @@ def test_seed_and_method_parsing():
 
 def test_tune_picks_the_lowest_final_metric_and_run_uses_it(tmp_path, quad):
     out = tmp_path / "tuning"
-    tuned = tune.tune(quad, ["soba"], [0.5, 1e4], [1.0, 0.5], seed=7, budget=0.1, out=str(out), log_points=3,
+    tuned = tune.tune(quad, ["soba"], [0.5, 1e4], [1.0, 0.5], seeds=[7], budget=0.1, out=str(out), log_points=3,
                       quiet=True)["soba"]
     points = {(p["step"], p["ratio"]): p for p in tuned["points"]}
     assert set(points) == {(0.5, 1.0), (0.5, 0.5), (1e4, 1.0), (1e4, 0.5)}
     for (step, ratio), p in points.items():  # each point ran with its own steps (its file says so)
-        res = json.loads((out / "quadratic" / "soba" / f"{tune.point_name(step, ratio)}.json").read_text())
+        res = json.loads((out / "quadratic" / "soba" / f"{tune.point_name(step, ratio, 7)}.json").read_text())
         assert res["params"]["inner_lr"] == step and res["params"]["outer_lr"] == pytest.approx(step / ratio)
         assert res["seed"] == 7 and p["score"] == (tune.score(res, "grad_norm2") if res["status"] == "ok" else None)
     assert points[(1e4, 1.0)]["status"] == "diverged" and points[(1e4, 1.0)]["score"] is None
@@ -199,12 +199,43 @@ def test_tune_picks_the_lowest_final_metric_and_run_uses_it(tmp_path, quad):
     assert tuned["chosen"] and tuned["score"] == best["score"]
     assert tuned["params"]["inner_lr"] == best["step"]
     loaded = tune.load_tuned(str(out / "quadratic" / "tuned.json"))
-    assert loaded["soba"]["params"] == tuned["params"] and "seed 7" in loaded["soba"]["source"]
-    with pytest.raises(ValueError, match="was run with seed 7"):  # a kept point of another seed is not reused
-        tune.tune(quad, ["soba"], [0.5], [1.0], seed=8, budget=0.1, out=str(out), log_points=3, quiet=True)
+    assert loaded["soba"]["params"] == tuned["params"] and "seed 7," in loaded["soba"]["source"]
+    with pytest.raises(ValueError, match="was run with seed 7 and budget 0.1 s, not seed 7 and 0.2 s"):
+        tune.tune(quad, ["soba"], [0.5], [1.0], seeds=[7], budget=0.2, out=str(out), log_points=3, quiet=True)
     run.run("quadratic", ["soba"], [0], 0.02, str(tmp_path / "res"), 3, quiet=True, tuned=loaded, problem=quad)
     res = json.loads((tmp_path / "res" / "quadratic" / "soba-seed0.json").read_text())
     assert res["params"] == tuned["params"] and res["params_source"].startswith("tuned here")
+
+
+def test_tune_scores_a_point_by_its_worst_seed(tmp_path, quad, monkeypatch):
+    """With two tuning seeds a point's score is the worse of its two runs' (a point that diverges on one seed loses);
+    the kept runs of the first seed are reused, so adding a seed runs only that seed."""
+    out = tmp_path / "tuning"
+    tune.tune(quad, ["soba"], [0.5, 0.125], [1.0], seeds=[7], budget=0.1, out=str(out), log_points=3, quiet=True)
+    calls = []
+    real = tune.run_one
+
+    def fake_run_one(problem, method, seed, budget, log_points, params, source):
+        calls.append(seed)
+        res = real(problem, method, seed, budget, log_points, params=params, source=source)
+        if params["inner_lr"] == 0.5:  # seed 8 diverges at the larger step
+            res["status"] = "diverged"
+        return res
+
+    monkeypatch.setattr(tune, "run_one", fake_run_one)
+    tuned = tune.tune(quad, ["soba"], [0.5, 0.125], [1.0], seeds=[7, 8], budget=0.1, out=str(out), log_points=3,
+                      quiet=True)["soba"]
+    assert calls == [8, 8]
+    pts = {p["step"]: p for p in tuned["points"]}
+    assert pts[0.5]["score"] is None and pts[0.5]["status"] == "diverged" and pts[0.5]["scores"][1] is None
+    runs = [json.loads((out / "quadratic" / "soba" / f"{tune.point_name(0.125, 1.0, k)}.json").read_text())
+            for k in (7, 8)]
+    assert pts[0.125]["score"] == max(tune.score(r, "grad_norm2") for r in runs)
+    assert tuned["params"]["inner_lr"] == 0.125 and tuned["meta"]["seeds"] == [7, 8]
+    assert "seeds 7, 8, 0.1 s, final grad_norm2, worst over the seeds" in \
+        tune.load_tuned(str(out / "quadratic" / "tuned.json"))["soba"]["source"]
+    with pytest.raises(ValueError, match="distinct non-negative"):
+        tune.tune(quad, ["soba"], [0.5], [1.0], seeds=[7, 7], budget=0.1, out=str(out), quiet=True)
 
 
 def test_tune_refuses_test_metrics_and_bad_grids(quad):
