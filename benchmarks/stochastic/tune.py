@@ -9,13 +9,13 @@ Each grid point sets ``inner_lr = step`` and ``outer_lr = step / ratio`` (the be
 run of :func:`run.run_one` per tuning seed (``--seeds``, solver seeds that the results do not report) with the same
 budget as the results; a run's score is the selection metric at its last log point (infinite when the run diverged
 or failed), and the point's score is the worst of its runs: a point that diverges on any tuning seed loses. Per
-method the point with the lowest score wins. The selection metric is the problem's main
-metric unless ``--select`` names another; a metric on the test set is refused (selection is on the training or
-validation objective).
+method the point with the lowest score wins. The selection metric is the problem's main metric unless ``--select``
+names another; a metric on the test set is refused (selection is on the training or validation objective).
 
 Writes ``OUT/<problem>/<method>/step<s>-ratio<r>-seed<k>.json`` per run (existing ones are kept, so an interrupted
-sweep resumes, and a sweep with one more seed runs only that seed; one run with another budget is refused) and ``OUT/<problem>/tuned.json``: per method the chosen
-parameters, their score, every point's score and the grid, seed, budget and metric they come from.
+sweep resumes, and a sweep with one more seed runs only that seed; one run with another budget is refused) and
+``OUT/<problem>/tuned.json``: per method the chosen parameters, their score, every point's score (and each seed's)
+and the grid, seeds, budget and metric they come from.
 ``python -m bilevel_benchmarks.stochastic.run --params OUT/<problem>/tuned.json`` then runs the chosen parameters.
 """
 from __future__ import annotations
@@ -46,6 +46,14 @@ def parse_floats(text: str, name: str) -> List[float]:
     if not vals or not all(math.isfinite(v) and v > 0 for v in vals):
         raise ValueError(f"{name} needs positive finite numbers, got {text!r}")
     return vals
+
+
+def parse_seeds(text: str) -> List[int]:
+    """``"100,101"`` -> [100, 101]."""
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds needs comma-separated integers, got {text!r}") from None
 
 
 def selection_metric(problem: P.BenchProblem, select: Optional[str]) -> str:
@@ -164,7 +172,7 @@ def main(argv=None) -> int:
     try:
         methods = parse_methods(a.methods)
         steps, ratios = parse_floats(a.steps, "--steps"), parse_floats(a.ratios, "--ratios")
-        seeds = [int(k) for k in a.seeds.split(",") if k.strip()]
+        seeds = parse_seeds(a.seeds)
     except ValueError as e:
         p.error(str(e))
     torch.set_num_threads(a.threads)

@@ -130,9 +130,8 @@ def test_batch_sampler_visits_fixed_batches_once_per_epoch_and_resumes_bitwise()
 
 
 def test_contiguous_batches_are_ranges_in_a_random_order():
-    """batches="contiguous": batch b is [3b, 3b + 3) clipped to n, every epoch visits each once, and the order of the
-    batches is the seeded draw (the same ids as a shuffled sampler of the same seed, which draws its permutation
-    first, would not give: the order stream starts at the generator's first number)."""
+    """contiguous=True: batch b is [3b, 3b + 3) clipped to n, every epoch visits each once, the first epoch's order
+    is the generator's first permutation of the 4 batches, and the state resumes bitwise."""
     s = BatchSampler(10, 3, seed=7, contiguous=True)
     assert [s.batch(b).tolist() for b in range(4)] == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
     epochs = [[s.draw()[1] for _ in range(4)] for _ in range(3)]
