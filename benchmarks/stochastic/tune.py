@@ -30,7 +30,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import torch
 
 from . import problems as P
-from .run import _write, parse_methods, run_one
+from .run import _write, parse_methods, parse_seeds, run_one
 
 DEFAULT_OUT = str(Path("benchmarks") / "results" / "stochastic" / "tuning")
 DEFAULT_STEPS = (0.5, 0.125, 0.03125)
@@ -46,14 +46,6 @@ def parse_floats(text: str, name: str) -> List[float]:
     if not vals or not all(math.isfinite(v) and v > 0 for v in vals):
         raise ValueError(f"{name} needs positive finite numbers, got {text!r}")
     return vals
-
-
-def parse_seeds(text: str) -> List[int]:
-    """``"100,101"`` -> [100, 101]."""
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"--seeds needs comma-separated integers, got {text!r}") from None
 
 
 def selection_metric(problem: P.BenchProblem, select: Optional[str]) -> str:
@@ -157,7 +149,7 @@ def main(argv=None) -> int:
     p.add_argument("--methods", default="all", help="all, or a comma-separated list")
     p.add_argument("--steps", default=",".join(f"{v:g}" for v in DEFAULT_STEPS), help="step_size grid")
     p.add_argument("--ratios", default=",".join(f"{v:g}" for v in DEFAULT_RATIOS), help="outer_ratio grid")
-    p.add_argument("--seeds", default="100", help="solver seeds of the tuning runs, comma-separated (a point's "
+    p.add_argument("--seeds", default="100", help="solver seeds of the tuning runs: 100,101 or 100-101 (a point's "
                    "score is its worst over them)")
     p.add_argument("--time-budget", type=float, required=True, help="seconds of solver steps per run")
     p.add_argument("--select", default=None, help="the metric to minimize (default: the problem's main metric)")

@@ -234,9 +234,6 @@ def test_tune_scores_a_point_by_its_worst_seed(tmp_path, quad, monkeypatch):
     assert tuned["params"]["inner_lr"] == 0.125 and tuned["meta"]["seeds"] == [7, 8]
     assert "seeds 7, 8, 0.1 s, final grad_norm2, worst over the seeds" in \
         tune.load_tuned(str(out / "quadratic" / "tuned.json"))["soba"]["source"]
-    assert tune.parse_seeds("100, 101") == [100, 101]
-    with pytest.raises(ValueError, match="comma-separated integers"):
-        tune.parse_seeds("100,x")
     with pytest.raises(ValueError, match="distinct non-negative"):
         tune.tune(quad, ["soba"], [0.5], [1.0], seeds=[7, 7], budget=0.1, out=str(out), quiet=True)
 
