@@ -197,7 +197,9 @@ def markdown(report: dict) -> str:
         "* Problems (float32, sizes of the benchmark): quadratic = `simulated` (1024/1024 samples, dims 100/100, "
         "rank-one per-sample matrices stored dense, as the benchmark stores them); quadratic_factored (when run) = "
         "the same functions with the rank-one factors kept (the formulation of benchmarks/stochastic/problems.py, "
-        "not the benchmark's); datacleaning = the `mnist` "
+        "not the benchmark's); quadratic_stacked (when run) = the same factors stored as one (n, 600) table, "
+        "`[u | w | p | q | a | b]`, so that a batch is one slice (theirs) or one gather (ours) of 64 rows, cut into "
+        "its six column blocks, on both sides; datacleaning = the `mnist` "
         "shapes (20000 inner / 5000 outer samples, 784 features, 10 classes, linear model, x in R^20000, "
         "reg 0.2) with RANDOM features and labels (timing does not depend on the values); datacleaning64 = the "
         "same with 19968 / 4992 samples (multiples of the batch, 64, so that every iteration runs compiled; with "
@@ -221,7 +223,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=5, help="timed blocks of 128 steps per side, method and round")
     ap.add_argument("--problems", default="quadratic_factored,datacleaning64",
-                    help="of quadratic, quadratic_factored, datacleaning, datacleaning64")
+                    help="of quadratic, quadratic_factored, quadratic_stacked, datacleaning, datacleaning64")
     ap.add_argument("--methods", default="soba,saba,amigo")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--compile-block", type=int, default=64,

@@ -83,6 +83,24 @@ def quadratic_factored_problem():
                 x0=-2 * torch.ones(p["dim_outer"]), y0=torch.zeros(p["dim_inner"]))
 
 
+def quadratic_stacked_problem():
+    data = problem_data.quadratic_stacked()
+    p, d = problem_data.QUADRATIC, problem_data.QUADRATIC["dim_inner"]
+
+    def make(table):
+        table = torch.from_numpy(table)
+
+        def f(x, y, idx):  # one gather of the batch's rows, cut into the six factor blocks
+            ub, wb, pb, qb, ab, bb = _rows(table, idx).split(d, dim=1)
+            per_sample = 0.5 * (ub @ y) ** 2 + 0.5 * (wb @ x) ** 2 + (pb @ x) * (qb @ y) + ab @ y + bb @ x
+            return per_sample.mean()
+
+        return f
+
+    return dict(upper=make(data["outer"]), lower=make(data["inner"]), n_upper=p["n_outer"], n_lower=p["n_inner"],
+                x0=-2 * torch.ones(p["dim_outer"]), y0=torch.zeros(p["dim_inner"]))
+
+
 def datacleaning_problem(problem="datacleaning"):
     data = problem_data.datacleaning(problem=problem)
     p = problem_data.datacleaning_sizes(problem)
@@ -106,7 +124,7 @@ def datacleaning_problem(problem="datacleaning"):
 
 
 PROBLEMS = {"quadratic": quadratic_problem, "quadratic_factored": quadratic_factored_problem,
-            "datacleaning": datacleaning_problem,
+            "quadratic_stacked": quadratic_stacked_problem, "datacleaning": datacleaning_problem,
             "datacleaning64": functools.partial(datacleaning_problem, problem="datacleaning64")}
 
 

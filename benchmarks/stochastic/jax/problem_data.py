@@ -11,6 +11,8 @@ JAX venv, and our_step.py, in the main venv, so the two sides get the same array
   does not depend on it).
 * ``quadratic_factored``: the same functions with the rank-one matrices kept as factors (not the benchmark's
   formulation; it is the one of benchmarks/stochastic/problems.py): a batch costs O(batch d), not O(batch d^2).
+* ``quadratic_stacked``: the same factors stored as one table, the columns ``[u | w | p | q | a | b]`` side by side
+  (n x 600): a batch is one slice (or one gather) of 64 rows instead of six, cut into its six column blocks.
 * ``datacleaning``: the shapes of benchmark_bilevel's ``mnist`` dataset (Fashion-MNIST-sized): 20000 training
   (inner) and 5000 validation (outer) samples of 784 features, 10 classes. The features are RANDOM N(0, 1)
   (the benchmark standardises its features) and the labels are random classes: the time per step of these
@@ -22,7 +24,9 @@ import numpy as np
 
 QUADRATIC = dict(n_inner=1024, n_outer=1024, dim_inner=100, dim_outer=100, mu=0.1, L=1.0, L_cross=0.1)
 DATACLEANING = dict(n_inner=20000, n_outer=5000, n_features=784, n_classes=10, reg=0.2)
-PROBLEMS = ("quadratic", "quadratic_factored", "datacleaning", "datacleaning64")
+PROBLEMS = ("quadratic", "quadratic_factored", "quadratic_stacked", "datacleaning", "datacleaning64")
+#: the column blocks of a ``quadratic_stacked`` table, in order
+STACKED = ("u", "w", "p", "q", "a", "b")
 BATCH = 64  # their default batch size
 
 
@@ -72,6 +76,13 @@ def quadratic(seed: int = 2442, dense: bool = True):
                      C=np.einsum("ni,nj->nij", f["p"], f["q"]), a=f["a"], b=f["b"])
         out[name] = {k: v.astype(np.float32) for k, v in f.items()}
     return out
+
+
+def quadratic_stacked(seed: int = 2442) -> dict:
+    """``{"inner": table, "outer": table}``: the factors of :func:`quadratic` (``dense=False``), float32, as one
+    contiguous (n, 6 d) table whose column blocks are :data:`STACKED` (all blocks have d = 100 columns)."""
+    return {name: np.ascontiguousarray(np.concatenate([f[k] for k in STACKED], axis=1))
+            for name, f in quadratic(seed, dense=False).items()}
 
 
 def datacleaning(seed: int = 32, problem: str = "datacleaning"):

@@ -102,6 +102,25 @@ def quadratic_factored_problem(jax, jnp):
     return _quadratic_objective(jnp, make, data)
 
 
+def quadratic_stacked_problem(jax, jnp):
+    data = problem_data.quadratic_stacked()
+    lax, d = jax.lax, problem_data.QUADRATIC["dim_inner"]
+
+    def make(table):
+        table = jnp.asarray(table)
+
+        def f(inner_var, outer_var, start=0, batch_size=1):
+            rows = lax.dynamic_slice_in_dim(table, start, batch_size, axis=0)
+            ub, wb, pb, qb, ab, bb = (rows[:, k * d:(k + 1) * d] for k in range(6))
+            per_sample = (0.5 * (ub @ inner_var) ** 2 + 0.5 * (wb @ outer_var) ** 2
+                          + (pb @ outer_var) * (qb @ inner_var) + ab @ inner_var + bb @ outer_var)
+            return per_sample.mean()
+
+        return jax.jit(f, static_argnames=("batch_size",))
+
+    return _quadratic_objective(jnp, make, data)
+
+
 def datacleaning_problem(jax, jnp, problem="datacleaning"):
     data = problem_data.datacleaning(problem=problem)
     p = problem_data.datacleaning_sizes(problem)
@@ -133,7 +152,7 @@ def datacleaning_problem(jax, jnp, problem="datacleaning"):
 
 
 PROBLEMS = {"quadratic": quadratic_problem, "quadratic_factored": quadratic_factored_problem,
-            "datacleaning": datacleaning_problem,
+            "quadratic_stacked": quadratic_stacked_problem, "datacleaning": datacleaning_problem,
             "datacleaning64": functools.partial(datacleaning_problem, problem="datacleaning64")}
 
 
