@@ -1,12 +1,16 @@
-"""The torch side of the JAX timing comparison (benchmarks/stochastic/jax/our_step.py): the two layouts of the factored
-quadratic are one function.
+"""The problems of the JAX timing comparison (benchmarks/stochastic/jax): the two layouts of the factored quadratic are
+one function, on both sides.
 
 ``quadratic_factored`` keeps the six per-sample factor arrays apart; ``quadratic_stacked`` stores them as one
 (n, 600) table cut into column blocks. Both must give the same objective (values and gradients, on a batch and on all
-samples), or the time per step of the two rows would not compare the same work.
+samples), or the time per step of the two rows would not compare the same work. The torch side (our_step.py) is
+checked against itself and the JAX side (their_step.py, in the JAX venv; skipped without one) against the formula
+written out in numpy.
 """
 import importlib.util
+import json
 import os
+import subprocess
 import sys
 
 import pytest
@@ -52,3 +56,43 @@ def test_stacked_and_factored_objectives_agree(our_step, which):
         ga, gb = torch.autograd.grad(fa, (xa, ya)), torch.autograd.grad(fb, (xb, yb))
         for u, v in zip(gb, ga):
             torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-5)
+
+
+JAX_CHECK = r"""
+import json, sys
+import jax, jax.numpy as jnp, numpy as np
+import problem_data as pd, their_step as T
+x = np.random.default_rng(3).standard_normal(100).astype(np.float32)
+y = np.random.default_rng(4).standard_normal(100).astype(np.float32)
+data, out = pd.quadratic(dense=False), {}
+for layout in ("quadratic_factored", "quadratic_stacked"):
+    obj = T.PROBLEMS[layout](jax, jnp)
+    for side in ("inner", "outer"):
+        d, rows = data[side], slice(128, 192)
+        u, w, p, q, a, b = (d[k][rows].astype(np.float64) for k in "uwpqab")
+        want = (0.5 * (u @ y) ** 2 + 0.5 * (w @ x) ** 2 + (p @ x) * (q @ y) + a @ y + b @ x).mean()
+        gy = (u.T @ (u @ y) + q.T @ (p @ x) + a.sum(0)) / 64
+        gx = (w.T @ (w @ x) + p.T @ (q @ y) + b.sum(0)) / 64
+        f = obj["f_" + side]
+        got = float(f(jnp.asarray(y), jnp.asarray(x), 128, 64))
+        g_in, g_out = jax.grad(lambda i, o: f(i, o, 128, 64), argnums=(0, 1))(jnp.asarray(y), jnp.asarray(x))
+        out[layout + "/" + side] = [abs(got - want) / abs(want), float(np.abs(np.asarray(g_in) - gy).max()),
+                                    float(np.abs(np.asarray(g_out) - gx).max())]
+print(json.dumps(out))
+"""
+
+
+def test_their_layouts_are_the_formula():
+    """Both JAX layouts, on the inner variable y and the outer x in the right places: values and gradients."""
+    from bilevel_benchmarks.jax_refs import group
+
+    py, why = group.find_jax_python()
+    if py is None:
+        pytest.skip(f"no JAX venv ({why}); {group.HOW_TO_ENABLE}")
+    env = dict(os.environ, PYTHONPATH=os.path.abspath(HERE), JAX_PLATFORMS="cpu")
+    res = subprocess.run([py, "-c", JAX_CHECK], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    errors = json.loads(res.stdout.strip().splitlines()[-1])
+    assert len(errors) == 4
+    for name, (value, grad_inner, grad_outer) in errors.items():
+        assert value < 1e-5 and grad_inner < 1e-4 and grad_outer < 1e-4, (name, value, grad_inner, grad_outer)

@@ -65,40 +65,36 @@ def quadratic_problem():
                 x0=-2 * torch.ones(p["dim_outer"]), y0=torch.zeros(p["dim_inner"]))
 
 
-def quadratic_factored_problem():
-    data = problem_data.quadratic(dense=False)
+def _factored_problem(blocks):
+    """The factored quadratic whose objectives read a batch's six factor blocks as ``blocks(side)(idx)``."""
     p = problem_data.QUADRATIC
 
-    def make(d):
-        u, w, pp, q, a, b = (torch.from_numpy(d[k]) for k in ("u", "w", "p", "q", "a", "b"))
+    def make(side):
+        rows_of = blocks(side)
+        return lambda x, y, idx: problem_data.factored_mean(*rows_of(idx), x, y)
 
-        def f(x, y, idx):  # A_i = u_i u_i', B_i = w_i w_i', C_i = p_i q_i'
-            ub, wb, pb, qb, ab, bb = (_rows(t, idx) for t in (u, w, pp, q, a, b))
-            per_sample = 0.5 * (ub @ y) ** 2 + 0.5 * (wb @ x) ** 2 + (pb @ x) * (qb @ y) + ab @ y + bb @ x
-            return per_sample.mean()
-
-        return f
-
-    return dict(upper=make(data["outer"]), lower=make(data["inner"]), n_upper=p["n_outer"], n_lower=p["n_inner"],
+    return dict(upper=make("outer"), lower=make("inner"), n_upper=p["n_outer"], n_lower=p["n_inner"],
                 x0=-2 * torch.ones(p["dim_outer"]), y0=torch.zeros(p["dim_inner"]))
+
+
+def quadratic_factored_problem():
+    data = problem_data.quadratic(dense=False)
+
+    def blocks(side):  # one gather per factor array
+        arrays = [torch.from_numpy(data[side][k]) for k in problem_data.STACKED]
+        return lambda idx: [_rows(t, idx) for t in arrays]
+
+    return _factored_problem(blocks)
 
 
 def quadratic_stacked_problem():
-    data = problem_data.quadratic_stacked()
-    p, d = problem_data.QUADRATIC, problem_data.QUADRATIC["dim_inner"]
+    data, d = problem_data.quadratic_stacked(), problem_data.QUADRATIC["dim_inner"]
 
-    def make(table):
-        table = torch.from_numpy(table)
+    def blocks(side):  # one gather of the batch's rows, cut into the six factor blocks
+        table = torch.from_numpy(data[side])
+        return lambda idx: _rows(table, idx).split(d, dim=1)
 
-        def f(x, y, idx):  # one gather of the batch's rows, cut into the six factor blocks
-            ub, wb, pb, qb, ab, bb = _rows(table, idx).split(d, dim=1)
-            per_sample = 0.5 * (ub @ y) ** 2 + 0.5 * (wb @ x) ** 2 + (pb @ x) * (qb @ y) + ab @ y + bb @ x
-            return per_sample.mean()
-
-        return f
-
-    return dict(upper=make(data["outer"]), lower=make(data["inner"]), n_upper=p["n_outer"], n_lower=p["n_inner"],
-                x0=-2 * torch.ones(p["dim_outer"]), y0=torch.zeros(p["dim_inner"]))
+    return _factored_problem(blocks)
 
 
 def datacleaning_problem(problem="datacleaning"):

@@ -85,6 +85,13 @@ def quadratic_stacked(seed: int = 2442) -> dict:
             for name, f in quadratic(seed, dense=False).items()}
 
 
+def factored_mean(u, w, p, q, a, b, x, y):
+    """The mean over a batch of ``1/2 (u'y)^2 + 1/2 (w'x)^2 + (p'x)(q'y) + a'y + b'x``: the quadratic with
+    ``A_i = u_i u_i'``, ``B_i = w_i w_i'``, ``C_i = p_i q_i'``, each argument before x the batch's rows of one factor.
+    Operators only, so one formula serves torch tensors (our_step.py) and JAX arrays (their_step.py)."""
+    return (0.5 * (u @ y) ** 2 + 0.5 * (w @ x) ** 2 + (p @ x) * (q @ y) + a @ y + b @ x).mean()
+
+
 def datacleaning(seed: int = 32, problem: str = "datacleaning"):
     """``{"X_train", "y_train" (int), "X_val", "y_val"}``: random features and labels of the mnist shapes (of
     :func:`datacleaning_sizes`)."""

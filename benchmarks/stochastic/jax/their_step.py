@@ -83,42 +83,36 @@ def _quadratic_objective(jnp, make, data):
                 outer_var0=-2 * jnp.ones(p["dim_outer"], jnp.float32))
 
 
-def quadratic_factored_problem(jax, jnp):
-    data = problem_data.quadratic(dense=False)
-    lax = jax.lax
+def _factored_objective(jax, jnp, data, cut):
+    """The factored quadratic on ``data`` (``{"inner": ..., "outer": ...}``), whose functions read a batch's six
+    factor blocks as ``cut(table, start, batch_size)`` from each side's ``table = jnp.asarray``-ed data."""
 
     def make(t):
-        u, w, pp, q, a, b = (jnp.asarray(t[k]) for k in ("u", "w", "p", "q", "a", "b"))
+        table = jax.tree_util.tree_map(jnp.asarray, t)
 
         def f(inner_var, outer_var, start=0, batch_size=1):
-            sl = lambda arr: lax.dynamic_slice_in_dim(arr, start, batch_size, axis=0)  # noqa: E731
-            ub, wb, pb, qb, ab, bb = (sl(t_) for t_ in (u, w, pp, q, a, b))
-            per_sample = (0.5 * (ub @ inner_var) ** 2 + 0.5 * (wb @ outer_var) ** 2
-                          + (pb @ outer_var) * (qb @ inner_var) + ab @ inner_var + bb @ outer_var)
-            return per_sample.mean()
+            return problem_data.factored_mean(*cut(table, start, batch_size), outer_var, inner_var)
 
         return jax.jit(f, static_argnames=("batch_size",))
 
     return _quadratic_objective(jnp, make, data)
+
+
+def quadratic_factored_problem(jax, jnp):
+    def cut(arrays, start, batch_size):  # one slice per factor array
+        return [jax.lax.dynamic_slice_in_dim(arrays[k], start, batch_size, axis=0) for k in problem_data.STACKED]
+
+    return _factored_objective(jax, jnp, problem_data.quadratic(dense=False), cut)
 
 
 def quadratic_stacked_problem(jax, jnp):
-    data = problem_data.quadratic_stacked()
-    lax, d = jax.lax, problem_data.QUADRATIC["dim_inner"]
+    d = problem_data.QUADRATIC["dim_inner"]
 
-    def make(table):
-        table = jnp.asarray(table)
+    def cut(table, start, batch_size):  # one slice of the batch's rows, cut into the six factor blocks
+        rows = jax.lax.dynamic_slice_in_dim(table, start, batch_size, axis=0)
+        return [rows[:, k * d:(k + 1) * d] for k in range(len(problem_data.STACKED))]
 
-        def f(inner_var, outer_var, start=0, batch_size=1):
-            rows = lax.dynamic_slice_in_dim(table, start, batch_size, axis=0)
-            ub, wb, pb, qb, ab, bb = (rows[:, k * d:(k + 1) * d] for k in range(6))
-            per_sample = (0.5 * (ub @ inner_var) ** 2 + 0.5 * (wb @ outer_var) ** 2
-                          + (pb @ outer_var) * (qb @ inner_var) + ab @ inner_var + bb @ outer_var)
-            return per_sample.mean()
-
-        return jax.jit(f, static_argnames=("batch_size",))
-
-    return _quadratic_objective(jnp, make, data)
+    return _factored_objective(jax, jnp, problem_data.quadratic_stacked(), cut)
 
 
 def datacleaning_problem(jax, jnp, problem="datacleaning"):
