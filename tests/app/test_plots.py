@@ -89,6 +89,35 @@ def test_plot_curves_and_compare_write_pngs(tmp_path):
     assert p.read_bytes()[:8] == PNG
 
 
+
+def test_run_curves_panels_titles_and_labels_do_not_overlap():
+    """curves.png has fixed margins (no constrained layout): with 9 panels of awkward values (log scale, 1e-7
+    offsets, six-digit numbers, a long title), no panel's texts reach into another's, and all stay in the figure."""
+    recs = []
+    for t in range(0, 41):
+        recs.append({"step": t, "upper": 1e3 / (t + 1) ** 2, "lower": 0.5, "grad_norm": 1e-7 * (1 + 0.01 * t),
+                     "time": 0.1 * t, "eval_time": 0.0, "acc": 123456.0 + 7 * t, "a_much_longer_metric_name": -t,
+                     "f1": 0.5, "holdout_loss": 2.3 + 1e-5 * t, "recall": 1 - 1 / (t + 2), "precision": t % 3,
+                     **({"info": {"lower_grad_norm_first": 2.0, "lower_grad_norm_last": 10.0 ** (1 - t / 10)}}
+                        if t else {})})
+    assert len(plots.default_panels([recs])) == 9
+    plt, fig = plots.curves_figure(recs, title="hyperclean: a long method name (K=100, T=40)")
+    try:
+        renderer = fig.canvas.get_renderer()
+        fig.canvas.draw()
+        axes = [ax for ax in fig.axes if ax.get_visible()]
+        assert len(axes) == 9 and axes[0].get_yscale() == "log" and axes[2].get_yscale() == "log"
+        figbox = fig.bbox
+        boxes = [ax.get_tightbbox(renderer) for ax in axes]
+        for i, box in enumerate(boxes):
+            assert figbox.x0 <= box.x0 and box.x1 <= figbox.x1 and figbox.y0 <= box.y0 and box.y1 <= figbox.y1, i
+            for j in range(i):
+                assert not box.overlaps(boxes[j]), f"panels {j} and {i} overlap"
+        title = fig._suptitle.get_window_extent(renderer)
+        assert title.y1 <= figbox.y1 and not any(title.overlaps(b) for b in boxes)
+    finally:
+        plt.close(fig)
+
 # ------------------------------------------------------------------------------------------ the step-0 line
 def _rng_task(evaluate_draws: bool):
     """A task module whose evaluate() at x0 draws from torch's, numpy's and Python's generators."""
