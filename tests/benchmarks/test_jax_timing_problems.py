@@ -44,6 +44,33 @@ def test_stacked_table_holds_the_factors_side_by_side(our_step):
             assert (table[:, k * d:(k + 1) * d] == factors[side][name]).all()
 
 
+def test_sliced_rows_are_the_gathered_rows_without_a_copy(our_step):
+    """``--rows slice``: a contiguous batch read as a view gives the gathered batch's values and gradients (the
+    datacleaning objectives, whose outer variable is sliced too, and the stacked quadratic); other batches are
+    refused."""
+    t = torch.arange(12.0).view(6, 2)
+    idx = torch.arange(2, 5)
+    view = our_step._slice_rows(t, idx)
+    assert torch.equal(view, our_step._rows(t, idx)) and view.data_ptr() == t[2].data_ptr()
+    assert our_step._slice_rows(t, None) is t
+    with pytest.raises(ValueError, match="consecutive samples"):
+        our_step._slice_rows(t, torch.tensor([1, 2, 4]))
+    g = torch.Generator().manual_seed(5)
+    for make, dx, dy in ((our_step.quadratic_stacked_problem, 100, 100),
+                         (our_step.datacleaning_problem, 20000, 7840)):
+        a, b = make(), make(rows=our_step._slice_rows)
+        x, y = 0.1 * torch.randn(dx, generator=g), 0.01 * torch.randn(dy, generator=g)
+        for which, start in (("upper", 128), ("lower", 896)):
+            idx = torch.arange(start, start + 64)
+            (xa, ya), (xb, yb) = [(x.clone().requires_grad_(), y.clone().requires_grad_()) for _ in range(2)]
+            fa, fb = a[which](xa, ya, idx), b[which](xb, yb, idx)
+            assert torch.equal(fa, fb)
+            ga = torch.autograd.grad(fa, (xa, ya), allow_unused=True)
+            gb = torch.autograd.grad(fb, (xb, yb), allow_unused=True)
+            for u, v in zip(gb, ga):
+                assert (u is None and v is None) or torch.equal(u, v)
+
+
 @pytest.mark.parametrize("which", ["upper", "lower"])
 def test_stacked_and_factored_objectives_agree(our_step, which):
     a, b = our_step.quadratic_factored_problem(), our_step.quadratic_stacked_problem()

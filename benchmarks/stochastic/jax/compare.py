@@ -60,6 +60,8 @@ def run_side(side: str, problem: str, args) -> dict:
                "--batches", args.batches]
         if side == "compiled":
             cmd += ["--compile-block", str(args.compile_block)]
+        else:
+            cmd += ["--rows", args.rows]
         extra = dict(kv.split("=", 1) for kv in args.our_env)
     methods = compiled_methods(args.compiled_methods, problem) if side == "compiled" else args.methods
     cmd += ["--problem", problem, "--methods", methods, "--repeats", str(args.repeats)]
@@ -192,8 +194,12 @@ def markdown(report: dict) -> str:
         "* ours: `bilevel.stochastic.StochasticLoop(..., method=m, batch_size=64, inner_lr=0.1, outer_lr=0.1)` "
         "(`n_inner_steps=10` for AmIGO), eager torch, 128 untimed steps then timed blocks of 128 `step()` calls. "
         f"`batches=\"{a.get('batches', 'shuffled')}\"`. "
-        "The objectives gather the batch's rows by index: random sample indices with shuffled batches, ranges of "
-        "consecutive samples with contiguous ones (theirs are contiguous slices, read with `lax.dynamic_slice`).",
+        + ("The eager objectives read a batch's rows as a slice of the data (`narrow`: a view, no copy), as theirs "
+           "do with `lax.dynamic_slice`; the compiled ones gather them by index. "
+           if a.get("rows", "gather") == "slice" else
+           "The objectives gather the batch's rows by index: random sample indices with shuffled batches, ranges "
+           "of consecutive samples with contiguous ones (theirs are contiguous slices, read with "
+           "`lax.dynamic_slice`)."),
         "* Problems (float32, sizes of the benchmark): quadratic = `simulated` (1024/1024 samples, dims 100/100, "
         "rank-one per-sample matrices stored dense, as the benchmark stores them); quadratic_factored (when run) = "
         "the same functions with the rank-one factors kept (the formulation of benchmarks/stochastic/problems.py, "
@@ -234,6 +240,9 @@ def main():
                          "(default: --methods)")
     ap.add_argument("--batches", choices=("shuffled", "contiguous"), default="shuffled",
                     help="our loop's fixed batches (StochasticLoop(batches=...)); theirs are contiguous slices")
+    ap.add_argument("--rows", choices=("gather", "slice"), default="gather",
+                    help="how our eager objectives read a batch: gathered by index, or (with --batches contiguous) "
+                         "as a slice of the data, a view, like their lax.dynamic_slice; compiled: always gathered")
     ap.add_argument("--cpu", type=int, default=None, help="pin both sides to this CPU core")
     ap.add_argument("--our-env", action="append", default=[], metavar="KEY=VALUE",
                     help="extra environment for our side only (e.g. MALLOC_MMAP_THRESHOLD_=67108864)")
@@ -255,6 +264,8 @@ def main():
         return
     if not os.path.exists(args.jax_python):
         raise SystemExit(f"{args.jax_python} not found: run benchmarks/stochastic/jax/setup.sh first")
+    if args.rows == "slice" and args.batches != "contiguous":
+        raise SystemExit("--rows slice needs --batches contiguous (a slice reads consecutive samples)")
     problems, methods = args.problems.split(","), args.methods.split(",")
     args.compiled_methods = args.compiled_methods or args.methods
     if not {e.split(":")[-1] for e in args.compiled_methods.split(",")} <= set(methods):

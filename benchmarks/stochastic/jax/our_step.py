@@ -4,7 +4,8 @@ Runs in the main venv; the counterpart of their_step.py (same data, from problem
 benchmark's default parameters): inner_lr 0.1 (their step_size), outer_lr 0.1 (step_size / outer_ratio), batch 64,
 n_inner_steps 10 for AmIGO. The objectives are ``upper(x, y, idx)`` / ``lower(x, y, idx)``, means over the index
 tensor ``idx`` (our sampler's fixed batches are random sample indices, so the data rows are gathered; theirs are
-contiguous slices; ``--batches contiguous`` makes ours ranges of consecutive samples too).
+contiguous slices; ``--batches contiguous`` makes ours ranges of consecutive samples too, and ``--rows slice`` then
+reads them as a slice, a view, instead of gathering them).
 
 For each method: build a ``StochasticLoop``, run ``--warmup`` untimed blocks of ``--steps`` steps, then
 ``--repeats`` timed blocks: time per step = block time / steps; the median is reported, with the process CPU time
@@ -43,10 +44,26 @@ OPTIONS = {"soba": {}, "saba": {}, "amigo": {"n_inner_steps": 10}}
 
 
 def _rows(t, idx):
+    """The rows ``idx`` of ``t``, gathered (a copy)."""
     return t if idx is None else t.index_select(0, idx)
 
 
-def quadratic_problem():
+def _slice_rows(t, idx):
+    """The rows ``idx`` of ``t`` as a slice (a view, no copy), like their ``lax.dynamic_slice``: ``idx`` must be a
+    range of consecutive samples (``--batches contiguous``; a batch's indices are sorted and distinct, so its first
+    and last index tell)."""
+    if idx is None:
+        return t
+    start, n = int(idx[0]), idx.numel()
+    if int(idx[-1]) - start + 1 != n:
+        raise ValueError("--rows slice needs batches of consecutive samples (--batches contiguous)")
+    return t.narrow(0, start, n)
+
+
+ROWS = {"gather": _rows, "slice": _slice_rows}
+
+
+def quadratic_problem(rows=_rows):
     data = problem_data.quadratic()
     p = problem_data.QUADRATIC
 
@@ -54,7 +71,7 @@ def quadratic_problem():
         A, B, C, a, b = (torch.from_numpy(d[k]) for k in "ABCab")
 
         def f(x, y, idx):  # mean over idx of 1/2 y'A_i y + 1/2 x'B_i x + x'C_i y + a_i'y + b_i'x
-            Ab, Bb, Cb, ab, bb = (_rows(t, idx) for t in (A, B, C, a, b))
+            Ab, Bb, Cb, ab, bb = (rows(t, idx) for t in (A, B, C, a, b))
             per_sample = (0.5 * ((Ab @ y) * y).sum(1) + 0.5 * ((Bb @ x) * x).sum(1) + ((Cb @ y) * x).sum(1)
                           + ab @ y + bb @ x)
             return per_sample.mean()
@@ -77,27 +94,27 @@ def _factored_problem(blocks):
                 x0=-2 * torch.ones(p["dim_outer"]), y0=torch.zeros(p["dim_inner"]))
 
 
-def quadratic_factored_problem():
+def quadratic_factored_problem(rows=_rows):
     data = problem_data.quadratic(dense=False)
 
     def blocks(side):  # one gather per factor array
         arrays = [torch.from_numpy(data[side][k]) for k in problem_data.STACKED]
-        return lambda idx: [_rows(t, idx) for t in arrays]
+        return lambda idx: [rows(t, idx) for t in arrays]
 
     return _factored_problem(blocks)
 
 
-def quadratic_stacked_problem():
+def quadratic_stacked_problem(rows=_rows):
     data, d = problem_data.quadratic_stacked(), problem_data.QUADRATIC["dim_inner"]
 
     def blocks(side):  # one gather of the batch's rows, cut into the six factor blocks
         table = torch.from_numpy(data[side])
-        return lambda idx: _rows(table, idx).split(d, dim=1)
+        return lambda idx: rows(table, idx).split(d, dim=1)
 
     return _factored_problem(blocks)
 
 
-def datacleaning_problem(problem="datacleaning"):
+def datacleaning_problem(problem="datacleaning", rows=_rows):
     data = problem_data.datacleaning(problem=problem)
     p = problem_data.datacleaning_sizes(problem)
     nf, nc, reg = p["n_features"], p["n_classes"], p["reg"]
@@ -108,12 +125,12 @@ def datacleaning_problem(problem="datacleaning"):
         return (y.view(nc, nf) @ A.T).T
 
     def lower(x, y, idx):  # sigmoid(x_i)-weighted cross-entropy of the linear model + reg ||theta||^2
-        logits_ = logits(_rows(Xtr, idx), y)
-        w = torch.sigmoid(_rows(x, idx))
-        return (w * F.cross_entropy(logits_, _rows(ytr, idx), reduction="none")).mean() + reg * (y * y).sum()
+        logits_ = logits(rows(Xtr, idx), y)
+        w = torch.sigmoid(rows(x, idx))
+        return (w * F.cross_entropy(logits_, rows(ytr, idx), reduction="none")).mean() + reg * (y * y).sum()
 
     def upper(x, y, idx):  # validation cross-entropy (independent of x)
-        return F.cross_entropy(logits(_rows(Xval, idx), y), _rows(yval, idx))
+        return F.cross_entropy(logits(rows(Xval, idx), y), rows(yval, idx))
 
     return dict(upper=upper, lower=lower, n_upper=p["n_outer"], n_lower=p["n_inner"],
                 x0=-2 * torch.ones(p["n_inner"]), y0=torch.zeros(nf * nc))
@@ -169,13 +186,18 @@ def main():
     ap.add_argument("--batches", choices=("shuffled", "contiguous"), default="shuffled",
                     help="the loop's fixed batches: pieces of a seeded permutation, or ranges of consecutive samples "
                          "(benchmark_bilevel's contiguous slices)")
+    ap.add_argument("--rows", choices=sorted(ROWS), default="gather",
+                    help="how the objectives read a batch's rows: gathered by index (a copy), or, with --batches "
+                         "contiguous, eager only, as a slice (a view, like their lax.dynamic_slice)")
     args = ap.parse_args()
+    if args.rows == "slice" and (args.batches != "contiguous" or args.compile_block):
+        ap.error("--rows slice needs --batches contiguous and the eager engine (--compile-block 0)")
     torch.set_num_threads(args.threads)
-    prob = PROBLEMS[args.problem]()
+    prob = PROBLEMS[args.problem](rows=ROWS[args.rows])
     out = {"side": "ours", "problem": args.problem, "methods": {},
            "versions": {"bilevel": getattr(bilevel, "__version__", "?"), "torch": torch.__version__,
                         "numpy": np.__version__, "python": sys.version.split()[0]},
-           "threads": torch.get_num_threads(), "dtype": str(prob["y0"].dtype)}
+           "threads": torch.get_num_threads(), "dtype": str(prob["y0"].dtype), "rows": args.rows}
     for m in args.methods.split(","):
         block = max(1, args.compile_block // 16) if (args.compile_block and m == "amigo") else args.compile_block
         out["methods"][m] = time_method(m, prob, args.steps, args.warmup, args.repeats, args.saba_memory_mb, block,
