@@ -71,6 +71,21 @@ def test_sliced_rows_are_the_gathered_rows_without_a_copy(our_step):
                 assert (u is None and v is None) or torch.equal(u, v)
 
 
+def test_dense_quadratic_as_written_and_batch_mean_first_agree(our_step):
+    """``quadratic_mean`` is ``quadratic`` (the per-sample dense formula) with the mean moved onto the matrices:
+    the same values and gradients, on a batch and on all samples, upper and lower."""
+    a, b = our_step.quadratic_problem(), our_step.quadratic_mean_problem()
+    g = torch.Generator().manual_seed(4)
+    x, y = torch.randn(100, generator=g), torch.randn(100, generator=g)
+    for which in ("upper", "lower"):
+        for idx in (torch.randperm(1024, generator=g)[:64], None):
+            (xa, ya), (xb, yb) = [(x.clone().requires_grad_(), y.clone().requires_grad_()) for _ in range(2)]
+            fa, fb = a[which](xa, ya, idx), b[which](xb, yb, idx)
+            torch.testing.assert_close(fb, fa, rtol=1e-5, atol=1e-5)
+            for u, v in zip(torch.autograd.grad(fb, (xb, yb)), torch.autograd.grad(fa, (xa, ya))):
+                torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("which", ["upper", "lower"])
 def test_stacked_and_factored_objectives_agree(our_step, which):
     a, b = our_step.quadratic_factored_problem(), our_step.quadratic_stacked_problem()
@@ -105,12 +120,30 @@ for layout in ("quadratic_factored", "quadratic_stacked"):
         g_in, g_out = jax.grad(lambda i, o: f(i, o, 128, 64), argnums=(0, 1))(jnp.asarray(y), jnp.asarray(x))
         out[layout + "/" + side] = [abs(got - want) / abs(want), float(np.abs(np.asarray(g_in) - gy).max()),
                                     float(np.abs(np.asarray(g_out) - gx).max())]
+dense = pd.quadratic()
+for name in ("quadratic", "quadratic_mean"):
+    obj = T.PROBLEMS[name](jax, jnp)
+    for side in ("inner", "outer"):
+        d, rows = dense[side], slice(128, 192)
+        A, B, C, a, b = (d[k][rows].astype(np.float64) for k in "ABCab")
+        want = (0.5 * np.einsum("nij,i,j->n", A, y, y) + 0.5 * np.einsum("nij,i,j->n", B, x, x)
+                + np.einsum("nij,i,j->n", C, x, y) + a @ y + b @ x).mean()
+        gy = (0.5 * np.einsum("nij,j->i", A, y) + 0.5 * np.einsum("nji,j->i", A, y) + np.einsum("nji,j->i", C, x)
+              + a.sum(0)) / 64
+        gx = (0.5 * np.einsum("nij,j->i", B, x) + 0.5 * np.einsum("nji,j->i", B, x) + np.einsum("nij,j->i", C, y)
+              + b.sum(0)) / 64
+        f = obj["f_" + side]
+        got = float(f(jnp.asarray(y), jnp.asarray(x), 128, 64))
+        g_in, g_out = jax.grad(lambda i, o: f(i, o, 128, 64), argnums=(0, 1))(jnp.asarray(y), jnp.asarray(x))
+        out[name + "/" + side] = [abs(got - want) / abs(want), float(np.abs(np.asarray(g_in) - gy).max()),
+                                  float(np.abs(np.asarray(g_out) - gx).max())]
 print(json.dumps(out))
 """
 
 
 def test_their_layouts_are_the_formula():
-    """Both JAX layouts, on the inner variable y and the outer x in the right places: values and gradients."""
+    """The JAX quadratics (both factored layouts, the dense one as written and batch mean first), on the inner
+    variable y and the outer x in the right places: values and gradients."""
     from bilevel_benchmarks.jax_refs import group
 
     py, why = group.find_jax_python()
@@ -120,6 +153,6 @@ def test_their_layouts_are_the_formula():
     res = subprocess.run([py, "-c", JAX_CHECK], capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     errors = json.loads(res.stdout.strip().splitlines()[-1])
-    assert len(errors) == 4
+    assert len(errors) == 8
     for name, (value, grad_inner, grad_outer) in errors.items():
         assert value < 1e-5 and grad_inner < 1e-4 and grad_outer < 1e-4, (name, value, grad_inner, grad_outer)

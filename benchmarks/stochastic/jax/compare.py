@@ -201,7 +201,10 @@ def markdown(report: dict) -> str:
            "of consecutive samples with contiguous ones (theirs are contiguous slices, read with "
            "`lax.dynamic_slice`)."),
         "* Problems (float32, sizes of the benchmark): quadratic = `simulated` (1024/1024 samples, dims 100/100, "
-        "rank-one per-sample matrices stored dense, as the benchmark stores them); quadratic_factored (when run) = "
+        "rank-one per-sample matrices stored dense, as the benchmark stores them); quadratic_mean (when run) = the "
+        "same arrays and function with the batch mean taken over the matrices first, 1/2 y'(mean A_i)y + ... "
+        "(problem_data.dense_mean, on both sides: one pass over each of the batch's matrices; XLA makes this "
+        "rewrite of `quadratic` itself); quadratic_factored (when run) = "
         "the same functions with the rank-one factors kept (the formulation of benchmarks/stochastic/problems.py, "
         "not the benchmark's); quadratic_stacked (when run) = the same factors stored as one (n, 600) table, "
         "`[u | w | p | q | a | b]`, so that a batch is one slice (theirs) or one gather (ours) of 64 rows, cut into "
@@ -218,9 +221,10 @@ def markdown(report: dict) -> str:
         "* Known design differences that show in the times: SABA's memory is per batch in theirs "
         "((n/64+2) rows per table) and per sample in ours (n rows: 3.4 GB on datacleaning, run with "
         "`max_memory_mb` raised); their whole epoch is one compiled XLA program; ours runs eager autograd per "
-        "oracle call (Python and allocation overhead per step), or, in the compiled columns, "
-        f"`compile_block={a['compile_block']}` (AmIGO: a sixteenth of it) iterations per `torch.compile` graph "
-        "(bilevel.stochastic.compiled, its INDUCTOR_OPTIONS), the batches of a block drawn beforehand.",
+        "oracle call (Python and allocation overhead per step)"
+        + (f", or, in the compiled columns, `compile_block={a['compile_block']}` (AmIGO: a sixteenth of it) "
+           "iterations per `torch.compile` graph (bilevel.stochastic.compiled, its INDUCTOR_OPTIONS), the batches "
+           "of a block drawn beforehand." if a["compile_block"] else " (eager only in this run)."),
     ]
     return "\n".join(lines) + "\n"
 
@@ -230,7 +234,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=5, help="timed blocks of 128 steps per side, method and round")
     ap.add_argument("--problems", default="quadratic_factored,datacleaning64",
-                    help="of quadratic, quadratic_factored, quadratic_stacked, datacleaning, datacleaning64")
+                    help="of quadratic, quadratic_mean, quadratic_factored, quadratic_stacked, datacleaning, "
+                         "datacleaning64")
     ap.add_argument("--methods", default="soba,saba,amigo")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--compile-block", type=int, default=64,

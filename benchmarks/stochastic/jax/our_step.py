@@ -82,6 +82,18 @@ def quadratic_problem(rows=_rows):
                 x0=-2 * torch.ones(p["dim_outer"]), y0=torch.zeros(p["dim_inner"]))
 
 
+def quadratic_mean_problem(rows=_rows):
+    """The dense quadratic, its batch mean taken over the matrices first (:func:`problem_data.dense_mean`)."""
+    data, p = problem_data.quadratic(), problem_data.QUADRATIC
+
+    def make(d):
+        arrays = [torch.from_numpy(d[k]) for k in "ABCab"]
+        return lambda x, y, idx: problem_data.dense_mean(*(rows(t, idx) for t in arrays), x, y)
+
+    return dict(upper=make(data["outer"]), lower=make(data["inner"]), n_upper=p["n_outer"], n_lower=p["n_inner"],
+                x0=-2 * torch.ones(p["dim_outer"]), y0=torch.zeros(p["dim_inner"]))
+
+
 def _factored_problem(blocks):
     """The factored quadratic whose objectives read a batch's six factor blocks as ``blocks(side)(idx)``."""
     p = problem_data.QUADRATIC
@@ -136,7 +148,8 @@ def datacleaning_problem(problem="datacleaning", rows=_rows):
                 x0=-2 * torch.ones(p["n_inner"]), y0=torch.zeros(nf * nc))
 
 
-PROBLEMS = {"quadratic": quadratic_problem, "quadratic_factored": quadratic_factored_problem,
+PROBLEMS = {"quadratic": quadratic_problem, "quadratic_mean": quadratic_mean_problem,
+            "quadratic_factored": quadratic_factored_problem,
             "quadratic_stacked": quadratic_stacked_problem, "datacleaning": datacleaning_problem,
             "datacleaning64": functools.partial(datacleaning_problem, problem="datacleaning64")}
 

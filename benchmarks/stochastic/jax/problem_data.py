@@ -13,6 +13,11 @@ JAX venv, and our_step.py, in the main venv, so the two sides get the same array
   formulation; it is the one of benchmarks/stochastic/problems.py): a batch costs O(batch d), not O(batch d^2).
 * ``quadratic_stacked``: the same factors stored as one table, the columns ``[u | w | p | q | a | b]`` side by side
   (n x 600): a batch is one slice (or one gather) of 64 rows instead of six, cut into its six column blocks.
+* ``quadratic_mean``: the dense ``quadratic`` (the same arrays) with its batch mean taken over the matrices first,
+  ``1/2 y'(mean A_i)y + 1/2 x'(mean B_i)x + x'(mean C_i)y + (mean a_i)'y + (mean b_i)'x`` (:func:`dense_mean`): the
+  same function, with one pass over each of the batch's matrices. XLA's optimizer makes this rewrite of the
+  per-sample ``quadratic`` itself (its optimized program reduces each sliced matrix over the batch with one dot);
+  eager torch evaluates a formula as written.
 * ``datacleaning``: the shapes of benchmark_bilevel's ``mnist`` dataset (Fashion-MNIST-sized): 20000 training
   (inner) and 5000 validation (outer) samples of 784 features, 10 classes. The features are RANDOM N(0, 1)
   (the benchmark standardises its features) and the labels are random classes: the time per step of these
@@ -24,7 +29,8 @@ import numpy as np
 
 QUADRATIC = dict(n_inner=1024, n_outer=1024, dim_inner=100, dim_outer=100, mu=0.1, L=1.0, L_cross=0.1)
 DATACLEANING = dict(n_inner=20000, n_outer=5000, n_features=784, n_classes=10, reg=0.2)
-PROBLEMS = ("quadratic", "quadratic_factored", "quadratic_stacked", "datacleaning", "datacleaning64")
+PROBLEMS = ("quadratic", "quadratic_mean", "quadratic_factored", "quadratic_stacked", "datacleaning",
+            "datacleaning64")
 #: the column blocks of a ``quadratic_stacked`` table, in order
 STACKED = ("u", "w", "p", "q", "a", "b")
 BATCH = 64  # their default batch size
@@ -90,6 +96,14 @@ def factored_mean(u, w, p, q, a, b, x, y):
     ``A_i = u_i u_i'``, ``B_i = w_i w_i'``, ``C_i = p_i q_i'``, each argument before x the batch's rows of one factor.
     Operators only, so one formula serves torch tensors (our_step.py) and JAX arrays (their_step.py)."""
     return (0.5 * (u @ y) ** 2 + 0.5 * (w @ x) ** 2 + (p @ x) * (q @ y) + a @ y + b @ x).mean()
+
+
+def dense_mean(A, B, C, a, b, x, y):
+    """The mean over a batch of ``1/2 y'A_i y + 1/2 x'B_i x + x'C_i y + a_i'y + b_i'x``, the batch's rows of each
+    array first averaged (``A, B, C``: (batch, d, d)). Operators and ``.mean(0)`` only: one formula for torch tensors
+    (our_step.py) and JAX arrays (their_step.py)."""
+    return (0.5 * (y @ (A.mean(0) @ y)) + 0.5 * (x @ (B.mean(0) @ x)) + x @ (C.mean(0) @ y) + a.mean(0) @ y
+            + b.mean(0) @ x)
 
 
 def datacleaning(seed: int = 32, problem: str = "datacleaning"):

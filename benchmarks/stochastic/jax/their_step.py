@@ -75,6 +75,22 @@ def quadratic_problem(jax, jnp):
     return _quadratic_objective(jnp, make, data)
 
 
+def quadratic_mean_problem(jax, jnp):
+    """The dense quadratic, its batch mean taken over the matrices first (problem_data.dense_mean)."""
+    data = problem_data.quadratic()
+
+    def make(t):
+        arrays = [jnp.asarray(t[k]) for k in "ABCab"]
+
+        def f(inner_var, outer_var, start=0, batch_size=1):
+            rows = [jax.lax.dynamic_slice_in_dim(arr, start, batch_size, axis=0) for arr in arrays]
+            return problem_data.dense_mean(*rows, outer_var, inner_var)
+
+        return jax.jit(f, static_argnames=("batch_size",))
+
+    return _quadratic_objective(jnp, make, data)
+
+
 def _quadratic_objective(jnp, make, data):
     """The set_objective arguments of a quadratic whose per-sample functions ``make`` builds from ``data``."""
     p = problem_data.QUADRATIC
@@ -145,7 +161,8 @@ def datacleaning_problem(jax, jnp, problem="datacleaning"):
                 outer_var0=-2 * jnp.ones(p["n_inner"], jnp.float32))
 
 
-PROBLEMS = {"quadratic": quadratic_problem, "quadratic_factored": quadratic_factored_problem,
+PROBLEMS = {"quadratic": quadratic_problem, "quadratic_mean": quadratic_mean_problem,
+            "quadratic_factored": quadratic_factored_problem,
             "quadratic_stacked": quadratic_stacked_problem, "datacleaning": datacleaning_problem,
             "datacleaning64": functools.partial(datacleaning_problem, problem="datacleaning64")}
 
