@@ -88,7 +88,11 @@ def quadratic_mean_problem(rows=_rows):
 
     def make(d):
         arrays = [torch.from_numpy(d[k]) for k in "ABCab"]
-        return lambda x, y, idx: problem_data.dense_mean(*(rows(t, idx) for t in arrays), x, y)
+        def f(x, y, idx):
+            n = arrays[0].shape[0] if idx is None else idx.numel()
+            return problem_data.dense_mean(*(rows(t, idx) for t in arrays), x, y, torch.full((n,), 1.0 / n))
+
+        return f
 
     return dict(upper=make(data["outer"]), lower=make(data["inner"]), n_upper=p["n_outer"], n_lower=p["n_inner"],
                 x0=-2 * torch.ones(p["dim_outer"]), y0=torch.zeros(p["dim_inner"]))

@@ -14,10 +14,11 @@ JAX venv, and our_step.py, in the main venv, so the two sides get the same array
 * ``quadratic_stacked``: the same factors stored as one table, the columns ``[u | w | p | q | a | b]`` side by side
   (n x 600): a batch is one slice (or one gather) of 64 rows instead of six, cut into its six column blocks.
 * ``quadratic_mean``: the dense ``quadratic`` (the same arrays) with its batch mean taken over the matrices first,
-  ``1/2 y'(mean A_i)y + 1/2 x'(mean B_i)x + x'(mean C_i)y + (mean a_i)'y + (mean b_i)'x`` (:func:`dense_mean`): the
-  same function, with one pass over each of the batch's matrices. XLA's optimizer makes this rewrite of the
-  per-sample ``quadratic`` itself (its optimized program reduces each sliced matrix over the batch with one dot);
-  eager torch evaluates a formula as written.
+  ``1/2 y'(mean A_i)y + 1/2 x'(mean B_i)x + x'(mean C_i)y + (mean a_i)'y + (mean b_i)'x`` (:func:`dense_mean`),
+  each mean one matrix-vector product of the batch's weights with its rows: the same function, with one pass over
+  each of the batch's matrices. XLA's optimizer makes this rewrite of the per-sample ``quadratic`` itself (its
+  optimized program reduces each sliced matrix over the batch with one dot); eager torch evaluates a formula as
+  written.
 * ``datacleaning``: the shapes of benchmark_bilevel's ``mnist`` dataset (Fashion-MNIST-sized): 20000 training
   (inner) and 5000 validation (outer) samples of 784 features, 10 classes. The features are RANDOM N(0, 1)
   (the benchmark standardises its features) and the labels are random classes: the time per step of these
@@ -98,12 +99,15 @@ def factored_mean(u, w, p, q, a, b, x, y):
     return (0.5 * (u @ y) ** 2 + 0.5 * (w @ x) ** 2 + (p @ x) * (q @ y) + a @ y + b @ x).mean()
 
 
-def dense_mean(A, B, C, a, b, x, y):
+def dense_mean(A, B, C, a, b, x, y, w):
     """The mean over a batch of ``1/2 y'A_i y + 1/2 x'B_i x + x'C_i y + a_i'y + b_i'x``, the batch's rows of each
-    array first averaged (``A, B, C``: (batch, d, d)). Operators and ``.mean(0)`` only: one formula for torch tensors
-    (our_step.py) and JAX arrays (their_step.py)."""
-    return (0.5 * (y @ (A.mean(0) @ y)) + 0.5 * (x @ (B.mean(0) @ x)) + x @ (C.mean(0) @ y) + a.mean(0) @ y
-            + b.mean(0) @ x)
+    array first averaged (``A, B, C``: (batch, d, d)) as one matrix-vector product with ``w``, the batch's weights
+    (``1 / batch`` each). Operators and ``reshape`` only: one formula for torch tensors (our_step.py) and JAX arrays
+    (their_step.py)."""
+    def avg(t):  # (batch, *shape) -> shape, one pass over t
+        return (w @ t.reshape(t.shape[0], -1)).reshape(t.shape[1:])
+
+    return (0.5 * (y @ (avg(A) @ y)) + 0.5 * (x @ (avg(B) @ x)) + x @ (avg(C) @ y) + avg(a) @ y + avg(b) @ x)
 
 
 def datacleaning(seed: int = 32, problem: str = "datacleaning"):

@@ -84,7 +84,7 @@ def quadratic_mean_problem(jax, jnp):
 
         def f(inner_var, outer_var, start=0, batch_size=1):
             rows = [jax.lax.dynamic_slice_in_dim(arr, start, batch_size, axis=0) for arr in arrays]
-            return problem_data.dense_mean(*rows, outer_var, inner_var)
+            return problem_data.dense_mean(*rows, outer_var, inner_var, jnp.full((batch_size,), 1.0 / batch_size))
 
         return jax.jit(f, static_argnames=("batch_size",))
 
