@@ -162,10 +162,10 @@ def markdown(report: dict) -> str:
         "",
         "Each cell is the median over rounds of each side's median time per step; the ratio is the median of the "
         "per-round ratios (the two sides of a round run one after the other, in alternating order). "
-        "Compile: the wall time of the first compiled block of a subprocess, in round 1 (inductor's on-disk cache "
-        "cold) and the median of the later rounds (cache warm); the compiled engine pays off after round 1's "
-        "compile time / (eager - compiled time per step) steps. "
-        "Process CPU time over wall time (1 = one busy thread, lower = the machine was shared): JAX "
+        + ("Compile: the wall time of the first compiled block of a subprocess, in round 1 (inductor's on-disk "
+           "cache cold) and the median of the later rounds (cache warm); the compiled engine pays off after round "
+           "1's compile time / (eager - compiled time per step) steps. " if a["compile_block"] else "")
+        + "Process CPU time over wall time (1 = one busy thread, lower = the machine was shared): JAX "
         + ", ".join(f"{r['problem'][:4]}/{r['method']} {r['jax_cpu_over_wall']:.2f}" for r in report["rows"])
         + "; ours " + ", ".join(f"{r['problem'][:4]}/{r['method']} {r['ours_cpu_over_wall']:.2f}"
                                  for r in report["rows"]) + ".",
