@@ -88,6 +88,7 @@ def quadratic_mean_problem(rows=_rows):
 
     def make(d):
         arrays = [torch.from_numpy(d[k]) for k in "ABCab"]
+
         def f(x, y, idx):
             n = arrays[0].shape[0] if idx is None else idx.numel()
             return problem_data.dense_mean(*(rows(t, idx) for t in arrays), x, y, torch.full((n,), 1.0 / n))
