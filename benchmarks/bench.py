@@ -1278,12 +1278,19 @@ def write_markdown(path: Path, records: List[Dict[str, Any]], checks: List[Dict[
             seen.add(key)
             L.append(f"- `{r['problem']}`: {r['note']}")
     L += [f"- {n}" for n in notes]
+    # the committed results live in benchmarks/results/: link them relative to this report's folder
+    rel = os.path.relpath(Path(__file__).resolve().parent / "results", Path(path).resolve().parent)
+    up = "" if rel == "." else rel.replace(os.sep, "/") + "/"
     L += ["", "## Other benchmarks", "",
           "- The stochastic solvers (`bilevel.stochastic`) on benchmark_bilevel's problems: "
-          "[stochastic/RESULTS.md](stochastic/RESULTS.md) (curves and time-to-target tables, "
+          f"[stochastic/RESULTS.md]({up}stochastic/RESULTS.md) (curves and time-to-target tables, "
           "`python -m bilevel_benchmarks.stochastic.run` / `.plot`), and their time per step against benchmark_bilevel's "
-          "own JAX solvers: [stochastic/jax_compare.md](stochastic/jax_compare.md).",
-          "- The first-order family's accuracy sweeps: [first_order/SWEEPS.md](first_order/SWEEPS.md)."]
+          f"own JAX solvers: [stochastic/jax_compare.md]({up}stochastic/jax_compare.md) (eager), "
+          f"[stochastic/jax_compare_compiled.md]({up}stochastic/jax_compare_compiled.md) (compiled), "
+          f"[stochastic/jax_compare_dense.md]({up}stochastic/jax_compare_dense.md) and "
+          f"[stochastic/jax_compare_dense_amigo.md]({up}stochastic/jax_compare_dense_amigo.md) (the benchmark's "
+          "dense quadratic).",
+          f"- The first-order family's accuracy sweeps: [first_order/SWEEPS.md]({up}first_order/SWEEPS.md)."]
     path.write_text("\n".join(L) + "\n")
 
 
