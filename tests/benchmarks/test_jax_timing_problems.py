@@ -64,11 +64,15 @@ def test_sliced_rows_are_the_gathered_rows_without_a_copy(our_step):
             idx = torch.arange(start, start + 64)
             (xa, ya), (xb, yb) = [(x.clone().requires_grad_(), y.clone().requires_grad_()) for _ in range(2)]
             fa, fb = a[which](xa, ya, idx), b[which](xb, yb, idx)
-            assert torch.equal(fa, fb)
+            # the same numbers in the same layout; a view's alignment may differ from a fresh copy's, so the
+            # vectorized kernels may round differently: equal to float32 round-off, not bitwise
+            torch.testing.assert_close(fb, fa, rtol=1e-6, atol=1e-7)
             ga = torch.autograd.grad(fa, (xa, ya), allow_unused=True)
             gb = torch.autograd.grad(fb, (xb, yb), allow_unused=True)
             for u, v in zip(gb, ga):
-                assert (u is None and v is None) or torch.equal(u, v)
+                assert (u is None) == (v is None)
+                if u is not None:
+                    torch.testing.assert_close(u, v, rtol=1e-6, atol=1e-7)
 
 
 def test_dense_quadratic_as_written_and_batch_mean_first_agree(our_step):
